@@ -1,0 +1,568 @@
+"""The results as a table on stdout, ``docs/benchmarks.md`` (generated, with the hand-written profiling notes of
+``benchmarks/profiling.md`` appended), the latency plot, and optionally every figure as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks.workload import WorkloadSpec, hot_position
+
+HERE = Path(__file__).resolve().parent
+NOT_YET = "not available yet"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def headline(results) -> list[dict]:
+    """One row per figure: value, baseline, ratio, target and whether it is met."""
+    s, http, mem = results.scenarios, results.http, results.memory
+    pg = (results.pgbench or {}).get("tps")
+    rows: list[dict] = []
+
+    def rate(key: str) -> float | None:
+        return s[key]["ledger"]["sustained_per_s"] if key in s else None
+
+    mixed, naive, hot, naive_hot = rate("mixed"), rate("naive mixed"), rate("hot sku"), rate("naive hot sku")
+    rows.append({"figure": "pgbench TPC-B-like, 4 clients (baseline)", "value": _num(pg), "unit": "tps"})
+    rows.append(
+        {
+            "figure": "naive applier, mixed (baseline, 1 event per transaction)",
+            "value": _num(naive),
+            "unit": "events/s",
+        }
+    )
+    rows.append(
+        {"figure": "naive applier, one hot sku (baseline)", "value": _num(naive_hot), "unit": "events/s"}
+    )
+    r = _ratio(mixed, pg)
+    rows.append(
+        {
+            "figure": "mixed events applied (ledger), publisher included",
+            "value": _num(mixed),
+            "unit": "events/s",
+            "ratio": f"{r:.2f}× pgbench" if r else "—",
+            "target": "≥ 10,000/s and ≥ 3× pgbench",
+            "ok": None if mixed is None or r is None else (mixed >= 10_000 and r >= 3),
+        }
+    )
+    if "mixed" in s:
+        led = s["mixed"]["ledger"]
+        rows.append(
+            {
+                "figure": "mixed events visible end to end (until the relay published the last)",
+                "value": _num(led.get("visible_per_s")),
+                "unit": "events/s",
+                "ratio": f"relay {_num(led.get('relayed_per_s'))} rows/s, "
+                f"{_num(led.get('relay_lag_at_end_s'), 1)} s behind at the end",
+            }
+        )
+    r2 = _ratio(mixed, naive)
+    rows.append(
+        {
+            "figure": "mixed: batching worker over naive applier",
+            "value": f"{r2:.1f}×" if r2 else "—",
+            "unit": "",
+            "ratio": "",
+            "target": "",
+            "ok": None,
+        }
+    )
+    r = _ratio(hot, naive_hot)
+    rows.append(
+        {
+            "figure": "one hot sku applied (ledger)",
+            "value": _num(hot),
+            "unit": "events/s",
+            "ratio": f"{r:.1f}× naive" if r else "—",
+            "target": "≥ 5,000/s and ≥ 5× naive",
+            "ok": None if hot is None or r is None else (hot >= 5_000 and r >= 5),
+        }
+    )
+    at_1000 = next((x for x in results.sweep if x["offered"] == 1000), None)
+    rows.append(
+        {
+            "figure": "publish-to-visible p99 at 1,000 events/s offered",
+            "value": _num(at_1000["p99"], 1) if at_1000 else "—",
+            "unit": "ms",
+            "ratio": f"p50 {_num(at_1000['p50'], 1)}, p95 {_num(at_1000['p95'], 1)}" if at_1000 else "",
+            "target": "≤ 50 ms",
+            "ok": None if not at_1000 else at_1000["p99"] <= 50,
+        }
+    )
+    hot_lat = next((v for k, v in s.items() if k.startswith("hot sku latency")), None)
+    if hot_lat:
+        lat = hot_lat["latency_ms"]
+        rows.append(
+            {
+                "figure": f"one hot sku, publish-to-visible p99 at {hot_lat['offered_rate']:,.0f}/s offered",
+                "value": _num(lat["p99"], 1),
+                "unit": "ms",
+                "ratio": f"p50 {_num(lat['p50'], 1)}, p95 {_num(lat['p95'], 1)}",
+                "target": "(≤ 50 ms)",
+                "ok": lat["p99"] <= 50,
+            }
+        )
+    for name, target_rate, target_p99 in (
+        ("availability", 3_000, 15.0),
+        ("pickup", None, None),
+        ("reservations", 1_000, 25.0),
+    ):
+        peak = next((v for k, v in http.items() if k.startswith(name) and "max" in k), None)
+        fixed = next((v for k, v in http.items() if k.startswith(name) and "offered" in k), None)
+        label = {
+            "availability": "GET /v1/availability",
+            "pickup": "GET /v1/pickup",
+            "reservations": "POST /v1/reservations (201s)",
+        }[name]
+        if peak is None:
+            rows.append({"figure": f"{label}", "value": NOT_YET, "unit": "", "target": "", "ok": None})
+            continue
+        rows.append(
+            {
+                "figure": f"{label}, {peak['mode']}",
+                "value": _num(peak["ok_rps"]),
+                "unit": "requests/s",
+                "ratio": f"p99 {_num(peak['latency_ms']['p99'], 1)} ms",
+                "target": f"≥ {target_rate:,}/s" if target_rate else "",
+                "ok": None if not target_rate else peak["ok_rps"] >= target_rate,
+            }
+        )
+        if fixed is not None:
+            ok_share = fixed["ok_rps"] / fixed["offered_rate"] if fixed["offered_rate"] else 0
+            at_target = bool(target_rate) and fixed["offered_rate"] >= target_rate
+            note = "" if at_target or not target_rate else " (below the target rate: the server's capacity)"
+            rows.append(
+                {
+                    "figure": f"{label}, {fixed['mode']}{note}",
+                    "value": _num(fixed["latency_ms"]["p99"], 1),
+                    "unit": "ms p99",
+                    "ratio": f"{_num(fixed['ok_rps'])} ok/s, p50 {_num(fixed['latency_ms']['p50'], 1)} ms",
+                    "target": f"p99 < {target_p99:g} ms at {target_rate:,}/s" if target_p99 else "",
+                    "ok": None
+                    if not target_p99
+                    else (at_target and fixed["latency_ms"]["p99"] < target_p99 and ok_share >= 0.97),
+                }
+            )
+    worker = next((v for k, v in mem.items() if k.startswith("worker")), None)
+    rows.append(
+        {
+            "figure": "worker resident memory, peak at full load",
+            "value": _num(worker, 0),
+            "unit": "MB",
+            "target": "< 250 MB",
+            "ok": None if worker is None else worker < 250,
+        }
+    )
+    api = next((v for k, v in mem.items() if k.startswith("api")), None)
+    rows.append({"figure": "API resident memory, peak under HTTP load", "value": _num(api, 0), "unit": "MB"})
+    relay = next((v for k, v in mem.items() if k.startswith("relay")), None)
+    rows.append({"figure": "relay resident memory, peak at full load", "value": _num(relay, 0), "unit": "MB"})
+    rec = results.reconcile or {}
+    if rec.get("available"):
+        inside = rec.get("checks_seconds")
+        rows.append(
+            {
+                "figure": f"reconcile {rec['positions']:,} positions, {rec['movements']:,} movements",
+                "value": _num(rec["seconds"], 1),
+                "unit": "s",
+                "ratio": f"exit {rec['exit_code']}" + (f", {inside:.1f} s in its checks" if inside else ""),
+            }
+        )
+    else:
+        rows.append(
+            {
+                "figure": "reconcile 100,000 positions / 1,000,000 movements",
+                "value": NOT_YET,
+                "unit": "",
+                "ratio": rec.get("summary", "not measured"),
+            }
+        )
+    return rows
+
+
+def print_table(results) -> None:
+    rows = headline(results)
+    width = max(len(r["figure"]) for r in rows)
+    print("\n" + "=" * (width + 60))
+    for r in rows:
+        print(
+            f"{r['figure']:<{width}}  {r['value']:>12} {r.get('unit', ''):<11} {r.get('ratio', '') or '':<30}"
+            f" {r.get('target', '') or ''} {_verdict(r.get('ok')).strip('*') if r.get('target') else ''}"
+        )
+    failed = [c for c in results.checks if not c["ok"]]
+    print(f"consistency checks: {len(results.checks) - len(failed)} passed, {len(failed)} failed")
+    for c in failed:
+        print(f"  FAILED {c['name']}: {c['detail']}")
+    print("=" * (width + 60))
+
+
+def markdown(results, plot_name: str | None) -> str:
+    m, plan = results.machine, results.plan
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by scripts/bench: edit benchmarks/report.py or benchmarks/profiling.md, not this file. -->",
+        "",
+        f"- **command**: `{results.command}` ({'quick smoke run' if plan['quick'] else 'full run'}, "
+        f"{results.seconds:.0f} s)",
+        f"- **date**: {results.started_at}",
+        f"- **machine**: {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM, {m['os']}, Python {m['python']}; "
+        f"load average {m['load_at_start']} at the start, {m.get('load_at_end', '?')} at the end",
+        f"- **servers**: {results.software.get('postgresql', '?').split(' on ')[0]} (embedded, its own data "
+        f"directory; default settings, fsync on), {results.software.get('nats-server', '?')} (JetStream, file "
+        f"storage, `sync_interval: 1s` as the product runs it); both started by the bench in a temporary directory",
+        "- **everything on the same cores**: the publisher (load generator), nats-server, PostgreSQL, the worker, "
+        "the relay and the API share the machine's CPUs.",
+    ]
+    for note in results.notes:
+        out.append(f"- **note**: {note}")
+    out += [
+        "",
+        "Absolute figures on these shared machines drift from run to run; the ratios against the baselines "
+        "measured in the same run (pgbench on the same PostgreSQL, the naive applier on the same workload) are "
+        "what to compare across runs.",
+        "",
+        "## Targets and figures",
+        "",
+        "| figure | value | unit | ratio / detail | target | |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
+    for r in headline(results):
+        out.append(
+            f"| {r['figure']} | {r['value']} | {r.get('unit', '')} | {r.get('ratio', '') or ''} | "
+            f"{r.get('target', '') or ''} | {_verdict(r.get('ok')) if r.get('target') else ''} |"
+        )
+
+    out += [
+        "",
+        "## Event throughput over NATS",
+        "",
+        " ".join(
+            [
+                "Events published by a separate process (`benchmarks/publisher.py`) as fast as it can, applied by the",
+                "service's worker process (`stocksync serve --role worker`, batches of up to 500 in one transaction)",
+                "with the relay (`--role relay`) publishing every outcome and availability update meanwhile, or by the",
+                "naive applier (`benchmarks/naive.py`: the same decoding and the same `LedgerService`, one event per",
+                f"transaction, {plan['naive_concurrency']} concurrent transactions) without the relay, so that the",
+                "baseline is not charged for the relay's pass per tiny transaction. *Sustained* is the middle 80% of",
+                "the events recorded in `processed_events`, over the time between their `recorded_at`; *while",
+                "publishing* counts what the ledger recorded before the publisher's last message; *overall* is all of",
+                "them over first to last. *Visible* is the events over the time from the first one recorded to the",
+                "last outbox row relayed (what a web shop sees end to end); *relay behind at the end* is how long",
+                "after the last commit the relay marked its last row. The publisher pipelines its JetStream publishes",
+                "(`publish_async`, up to 2,000 awaiting their acknowledgement).",
+            ]
+        ),
+        "",
+        "| scenario | events | sustained applied/s | while publishing /s | overall /s | visible /s "
+        "| outbox rows relayed/s | relay behind at the end | publisher msg/s | movements | rejected "
+        "| worker peak RSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, sc in results.scenarios.items():
+        if "latency" in key:
+            continue
+        led, pub = sc["ledger"], sc["publisher"]
+        out.append(
+            f"| {key} | {led['recorded']:,} | {_num(led['sustained_per_s'])} | "
+            f"{_num(led['while_publishing_per_s'])} | {_num(led['overall_per_s'])} | "
+            f"{_num(led.get('visible_per_s'))} | {_num(led.get('relayed_per_s'))} | "
+            f"{_num(led.get('relay_lag_at_end_s'), 1)} s | {_num(pub['publish_rate'])} | "
+            f"{led['movements']:,} | {led['rejected']:,} | {sc['memory_mb'].get('worker', '—')} MB |"
+        )
+    rejected = {k: sc["ledger"]["errors"] for k, sc in results.scenarios.items() if sc["ledger"]["errors"]}
+    if rejected:
+        out += [
+            "",
+            "Rejections by error (recorded outcomes, part of the workload: reserves finding too little stock, "
+            "settling a reservation that was rejected): "
+            + "; ".join(
+                f"{k}: " + ", ".join(f"{e} {n:,}" for e, n in errs.items()) for k, errs in rejected.items()
+            ),
+        ]
+
+    cpu_rows = [(k, sc["cpu_seconds"]) for k, sc in results.scenarios.items() if sc.get("cpu_seconds")]
+    if cpu_rows:
+        cols = ["worker", "relay", "postgres", "nats-server", "publisher", "bench", "other processes"]
+        out += [
+            "",
+            "Where the machine's CPU went during each throughput scenario (CPU seconds from psutil, from the "
+            "publisher's start until the ledger held every event and the outbox was relayed; *other processes* "
+            "is the rest of the machine: on a shared machine, other people's work). "
+            f"{m['nproc']} CPUs give {m['nproc']} CPU seconds per wall second.",
+            "",
+            "| scenario | wall s | " + " | ".join(cols) + " |",
+            "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
+        ]
+        for key, cpu in cpu_rows:
+            out.append(
+                f"| {key} | {cpu.get('wall seconds', 0):.1f} | "
+                + " | ".join(f"{cpu.get(c, 0):.1f}" for c in cols)
+                + " |"
+            )
+
+    out += [
+        "",
+        "## Latency: publish to visible",
+        "",
+        "The publisher subscribes to `stocksync.out.outcome.>` and matches outcomes to its events by `event_id`; "
+        "latency runs from the publish call to the outcome's arrival, on the publisher's monotonic clock. The "
+        "relay publishes a transaction's availability updates before its outcomes (outbox order, one "
+        "connection), so this is the time until the new availability is visible on the out stream.",
+        "",
+    ]
+    if plot_name:
+        out += [f"![latency against offered load]({plot_name})", ""]
+    out += [
+        "| offered events/s | reached | p50 ms | p95 ms | p99 ms | max ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for x in results.sweep:
+        out.append(
+            f"| {x['offered']:,} | {_num(x['reached'])} | {_num(x['p50'], 1)} | {_num(x['p95'], 1)} | "
+            f"{_num(x['p99'], 1)} | {_num(x['max'], 1)} |"
+        )
+    staged = [(k, sc["stages_ms"]) for k, sc in results.scenarios.items() if sc.get("stages_ms")]
+    if staged:
+        out += [
+            "",
+            "Where the time goes, for a sample of the events of each latency run: from the publish to the start "
+            "of the transaction that applied the event (`processed_events.recorded_at`: the stream, the worker's "
+            "fetch, the batch ahead of it), and from there to the outcome's arrival (the transaction and its "
+            "commit, the relay's pass, the delivery). Wall clocks of one machine.",
+            "",
+            "| run | sample | publish → transaction p50 / p99 ms | transaction → visible p50 / p99 ms |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for key, st in staged:
+            a, b = st["publish_to_transaction"], st["transaction_to_visible"]
+            out.append(
+                f"| {key} | {st['samples']:,} | {_num(a['p50'], 1)} / {_num(a['p99'], 1)} | "
+                f"{_num(b['p50'], 1)} / {_num(b['p99'], 1)} |"
+            )
+    for key, sc in results.scenarios.items():
+        if key.startswith("hot sku latency"):
+            lat = sc["latency_ms"]
+            location, sku = hot_position(WorkloadSpec(**sc["spec"]))
+            out += [
+                "",
+                f"One hot sku (every event on `{location}` / `{sku}`) at "
+                f"{sc['offered_rate']:,.0f}/s offered: p50 {_num(lat['p50'], 1)} ms, p95 {_num(lat['p95'], 1)} ms, "
+                f"p99 {_num(lat['p99'], 1)} ms, max {_num(lat['max'], 1)} ms.",
+            ]
+
+    out += ["", "## HTTP", ""]
+    if results.http:
+        out += [
+            "The API alone (`stocksync serve --role api`, one process) on a clone of the seeded ledger, loaded by "
+            "`benchmarks/httpload.py` (raw asyncio HTTP/1.1, keep-alive) from another process with an `ecommerce` "
+            "key. Closed loop: each connection sends its next request when the answer is in. Fixed rate: requests "
+            "are due at a steady pace over up to 64 connections, and latency counts from when a request was due. "
+            "Availability asks 2 skus at 3 locations; pickup 1 sku near a point; a reservation holds 1 unit of a "
+            "popular sku at a random store (the server makes its id).",
+            "",
+            "| load | requests/s | ok/s | p50 ms | p95 ms | p99 ms | statuses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for key, a in results.http.items():
+            lat = a["latency_ms"]
+            out.append(
+                f"| {key}, {a['mode']} | {_num(a['rps'])} | {_num(a['ok_rps'])} | {_num(lat['p50'], 1)} | "
+                f"{_num(lat['p95'], 1)} | {_num(lat['p99'], 1)} | {a['statuses']} |"
+            )
+        cols = ["api", "postgres", "load generator", "bench", "other processes"]
+        out += [
+            "",
+            "CPU seconds per load (each lasts the seconds given in the plan):",
+            "",
+            "| load | " + " | ".join(cols) + " |",
+            "| --- | " + " | ".join("---:" for _ in cols) + " |",
+        ]
+        for key, a in results.http.items():
+            cpu = a.get("cpu_seconds", {})
+            out.append(f"| {key} | " + " | ".join(f"{cpu.get(c, 0):.1f}" for c in cols) + " |")
+    else:
+        out.append(f"HTTP measures: {NOT_YET}.")
+
+    out += [
+        "",
+        "## Memory",
+        "",
+        "Peak resident set size (psutil, sampled every 0.25 s) of each process.",
+        "",
+        "| process | peak RSS MB |",
+        "| --- | ---: |",
+    ]
+    out += [f"| {k} | {v} |" for k, v in results.memory.items()]
+
+    out += ["", "## Reconciliation", ""]
+    rec = results.reconcile or {}
+    if rec.get("available"):
+        out.append(
+            f"`stocksync reconcile --report FILE` over a ledger bulk-seeded by `{rec['seeded_by']}` "
+            f"({rec['positions']:,} positions, {rec['movements']:,} movements, seeded in "
+            f"{rec['seed_seconds']:.1f} s): **{rec['seconds']:.1f} s** for the whole command (process start "
+            f"included), {_num(rec.get('checks_seconds'), 1)} s between the report's `started_at` and "
+            f"`finished_at`; exit code {rec['exit_code']}."
+        )
+    else:
+        out.append(
+            f"Reconciliation time: **{NOT_YET}** ({rec.get('summary', 'not measured in this run')}). The "
+            "measure is in place (`benchmarks/reconcile.py`) and runs as soon as `stocksync reconcile` exists."
+        )
+
+    out += ["", "## Baselines", ""]
+    if results.pgbench:
+        pg = results.pgbench
+        out.append(
+            f"- **pgbench** ({pg['version']}), scratch database on the same server: `{pg['command']}` → "
+            f"**{pg['tps']:,.0f} tps**, average latency {pg['latency_ms']:.2f} ms, "
+            f"{pg['transactions']:,} transactions (initialised in {pg['init_seconds']:.1f} s)."
+        )
+    out.append(
+        f"- **naive applier**: the same workload and the same hot sku, one transaction per event through "
+        f"`LedgerService.apply([event])`, {plan['naive_concurrency']} at a time, no relay running (fewer events: "
+        f"{plan['naive_events']:,} mixed, {plan['naive_hot_events']:,} hot; the rate is what is compared)."
+    )
+    out += [
+        "",
+        "## Workload",
+        "",
+        f"{plan['stores']} pickup stores, an online node and a warehouse; {plan['skus']:,} skus with Zipf "
+        "popularity (weight 1/rank); stock demo-like by kind (warehouse 50–400, online 5–60, stores 0–12) plus "
+        "what the run sells from each position; a seeded ledger of "
+        f"{results.seed.get('positions', 0):,} positions cloned for each scenario. Mix: 70% sale (1–3 lines), "
+        "10% return, 10% reserve (at a store), 7% collect or cancel of an earlier reservation, 1% each "
+        "receipt, adjust, count; 0.5% of events published twice (intended duplicates). The hot-sku runs put "
+        f"every event on one position. Mixed run {plan['mixed_events']:,} events, hot run "
+        f"{plan['hot_events']:,}; latency runs {', '.join(f'{r:,}' for r in plan['sweep_rates'])} events/s for "
+        f"{plan['sweep_seconds']:g} s each.",
+        "",
+    ]
+
+    out += ["## Consistency checks", ""]
+    failed = [c for c in results.checks if not c["ok"]]
+    out.append(f"{len(results.checks) - len(failed)} passed, {len(failed)} failed.")
+    for c in results.checks:
+        out.append(f"- {'✓' if c['ok'] else '✗'} {c['name']}: {c['detail'][:200]}")
+
+    if results.profile:
+        out += ["", "## Profile of this run", ""]
+        out.append(
+            "py-spy at 100 Hz; idle samples left out, so *samples / (100 × seconds)* is the share of one "
+            "core the process used. Percentages are of the samples."
+        )
+        out.append("")
+        for role, prof in results.profile.items():
+            busy = prof["samples"] / (100 * prof["seconds"]) if prof.get("seconds") else None
+            out += [
+                f"### {role}: {prof['samples']:,} samples"
+                + (f" in {prof['seconds']:g} s (≈ {busy:.0%} of a core)" if busy is not None else ""),
+                "",
+                "| where the CPU went (leaf frame's library) | % |",
+                "| --- | ---: |",
+            ]
+            out += [f"| {name} | {pct} |" for name, pct in prof["groups"]]
+            out += ["", "| deepest stocksync frame on the stack | % |", "| --- | ---: |"]
+            out += [f"| `{name}` | {pct} |" for name, pct in prof["deepest_product_frame"][:12]]
+            out += [
+                "",
+                "| what the event loop was running (frame under `Handle._run`) | % |",
+                "| --- | ---: |",
+            ]
+            out += [f"| `{name}` | {pct} |" for name, pct in prof.get("tasks", [])[:10]]
+            out += ["", "| function, inclusive (event-loop plumbing left out) | % |", "| --- | ---: |"]
+            out += [f"| `{name}` | {pct} |" for name, pct in prof["inclusive"][:25]]
+            out += ["", "| function, self | % |", "| --- | ---: |"]
+            out += [f"| `{name}` | {pct} |" for name, pct in prof["self"][:12]]
+            out.append("")
+    notes = HERE / "profiling.md"
+    if notes.exists():
+        out += ["", notes.read_text().strip(), ""]
+    return "\n".join(out) + "\n"
+
+
+def plot(results, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sweep = [x for x in results.sweep if not math.isnan(x["p99"])]
+    if not sweep:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    xs = [x["offered"] for x in sweep]
+    for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ax.plot(xs, [x[q] for x in sweep], style, label=f"{q} mixed")
+    hot = next((v for k, v in results.scenarios.items() if k.startswith("hot sku latency")), None)
+    if hot:
+        for q, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
+            ax.plot(
+                [hot["offered_rate"]],
+                [hot["latency_ms"][q]],
+                marker,
+                color="black",
+                fillstyle="none",
+                label=f"{q} one hot sku",
+            )
+    ax.axhline(50, color="red", linestyle="--", linewidth=1, label="target p99 at 1,000/s: 50 ms")
+    ax.axvline(1000, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load, events/s (log)")
+    ax.set_ylabel("publish to visible, ms (log)")
+    m = results.machine
+    ax.set_title(
+        f"stocksync publish-to-visible latency\n{results.started_at}, {m['nproc']} CPUs, "
+        f"{'quick' if results.plan['quick'] else 'full'} run",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(
+    results, report: Path, plot_path: Path | None = None, json_path: Path | None = None, **kwargs
+) -> None:
+    plot_path = plot_path or kwargs.get("plot")
+    print_table(results)
+    plotted = plot(results, plot_path) if plot_path else False
+    if not plotted:
+        results.notes.append("no latency plot: matplotlib is not installed (pip install -e '.[bench]')")
+    rel = None
+    if plotted:
+        try:
+            rel = str(plot_path.resolve().relative_to(report.resolve().parent))
+        except ValueError:
+            rel = str(plot_path.resolve())
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(markdown(results, rel))
+    print(f"wrote {report}" + (f" and {plot_path}" if plotted else ""))
+    if json_path:
+        json_path.write_text(json.dumps(asdict(results), indent=1, default=str))
+        print(f"wrote {json_path}")

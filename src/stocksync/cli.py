@@ -1,0 +1,262 @@
+"""The `stocksync` command line (spec section 5). Adapters only: each command translates to a service call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from stocksync.adapters.database import create_engine
+from stocksync.adapters.embedded import embedded_services
+from stocksync.logs import configure_logging
+from stocksync.settings import SERVICE_ROLES, Settings
+
+console = Console(stderr=True)
+KEY_ROLES = ("admin", "ecommerce", "staff", "pos")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stocksync", description="The real-time stock ledger.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="bring the schema (and NATS topology) to the current version")
+    serve = commands.add_parser("serve", help="run the HTTP API and background parts")
+    serve.add_argument(
+        "--role", action="append", choices=SERVICE_ROLES, help="run only this part (repeatable); default: all"
+    )
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--role", required=True, choices=KEY_ROLES)
+    create.add_argument("--location", action="append", default=[], help="a location the key may act on")
+    create.add_argument("--label", help="who the key is for")
+    commands.add_parser("demo", help="seed demo locations, skus, stock and keys, and print the keys")
+    _pos_simulate_arguments(
+        commands.add_parser("pos", help="a till").add_subparsers(dest="pos_command", required=True)
+    )
+    _reconcile_arguments(
+        commands.add_parser(
+            "reconcile",
+            help="the nightly reconciliation: prove the ledger whole, true it against store counts",
+            description="Exit 0 clean, 1 discrepancies found, 2 could not run. See docs/operations.md.",
+        )
+    )
+    return parser
+
+
+def _reconcile_arguments(reconcile: argparse.ArgumentParser) -> None:
+    def report(value: str) -> Path:
+        if not value.lower().endswith((".json", ".csv")):
+            raise argparse.ArgumentTypeError(f"{value!r}: a report is FILE.json or FILE.csv")
+        return Path(value)
+
+    reconcile.add_argument(
+        "--counts",
+        type=Path,
+        metavar="FILE.csv",
+        help="store counts: location_id,sku,counted,counted_at[,cost] with a header row",
+    )
+    reconcile.add_argument("--apply", action="store_true", help="post the count differences as count events")
+    reconcile.add_argument(
+        "--repair",
+        action="store_true",
+        help="expire overdue reservations, re-relay stuck "
+        "outbox rows, rewrite stale bucket entries (never edits movements)",
+    )
+    reconcile.add_argument(
+        "--pos-journal",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="a POS spool, one event per line: each must have an outcome",
+    )
+    reconcile.add_argument(
+        "--report",
+        type=report,
+        action="append",
+        default=[],
+        metavar="FILE.json|FILE.csv",
+        help="write one row per finding for machines (repeatable)",
+    )
+    reconcile.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=300.0,
+        metavar="N",
+        help="leave what changed in the last N seconds alone: it may be in flight (300)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    command: Callable[[Settings, argparse.Namespace], Awaitable[int]] = {
+        "migrate": _migrate,
+        "serve": _serve,
+        "keys": _keys_create,
+        "demo": _demo,
+        "pos": _pos_simulate,
+        "reconcile": _reconcile,
+    }[args.command]
+    if getattr(args, "local", False):  # works on local files only: no servers to start
+        return _pos_journal(args)
+    try:
+        with embedded_services(settings) as resolved:
+            return asyncio.run(command(resolved, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.messaging.topology import migrate_topology
+    from stocksync.migrate import migrate_database_async
+
+    await migrate_database_async(settings.database_url)
+    console.print("[green]database schema is current[/green]")
+    await migrate_topology(settings.nats_url, settings.nats_replicas)
+    console.print("[green]NATS streams, consumer and bucket are current[/green]")
+    return 0
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.server import serve
+
+    await serve(settings, args.role or SERVICE_ROLES)
+    return 0
+
+
+async def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.service.keys import create_key
+
+    if args.role in ("pos", "staff") and not args.location:
+        console.print(f"[red]a {args.role} key needs at least one --location[/red]")
+        return 2
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        key = await create_key(engine, args.role, args.location, args.label)
+    finally:
+        await engine.dispose()
+    print(key)
+    return 0
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.service.demo import LOCATIONS, demo_receipts, demo_skus, seed_demo
+    from stocksync.service.keys import create_key
+    from stocksync.service.ledger_service import LedgerService
+
+    engine = create_engine(settings.database_url, pool_size=2)
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("stocking the demo retailer", total=len(demo_receipts(demo_skus())))
+            skus = await seed_demo(
+                engine, LedgerService(engine), progress=lambda n: progress.advance(task, n)
+            )
+        store = next(location.location_id for location in LOCATIONS if location.kind == "store")
+        keys = {
+            "admin": await create_key(engine, "admin", (), "demo admin"),
+            "ecommerce": await create_key(engine, "ecommerce", (), "demo web shop"),
+            "staff": await create_key(engine, "staff", (store,), f"demo staff at {store}"),
+            "pos": await create_key(engine, "pos", (store,), f"demo tills at {store}"),
+        }
+    finally:
+        await engine.dispose()
+    home = Path(settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "demo-keys.json").write_text(json.dumps({"keys": keys, "store": store, "sku": skus[0]}, indent=2))
+    console.print(f"[green]demo retailer ready:[/green] {len(LOCATIONS)} locations, {len(skus)} skus")
+    for role, key in keys.items():
+        print(f"{role:<10} {key}")
+    return 0
+
+
+async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from stocksync.domain.reconciliation import BadInput
+    from stocksync.service.reconciliation import CouldNotRun, ReconcileOptions, reconcile
+    from stocksync.service.reconciliation.terminal import RichProgress, render
+
+    if args.apply and not args.counts:
+        console.print("[red]--apply needs --counts FILE.csv[/red]")
+        return 2
+    options = ReconcileOptions(
+        counts=args.counts,
+        apply=args.apply,
+        repair=args.repair,
+        pos_journal=args.pos_journal,
+        reports=tuple(args.report),
+        grace_seconds=args.grace_seconds,
+        home=Path(settings.home),
+    )
+    try:
+        with RichProgress(console) as progress:
+            summary = await reconcile(settings.database_url, settings.nats_url, options, progress=progress)
+    except (BadInput, CouldNotRun) as error:
+        console.print(f"[red]reconcile could not run:[/red] {escape(str(error))}")
+        return 2
+    except Exception:  # exit 1 means discrepancies: a crash must not read as one
+        console.print_exception()
+        return 2
+    render(summary, Console())
+    return summary.exit_code
+
+
+def _pos_simulate_arguments(pos: argparse._SubParsersAction) -> None:
+    simulate = pos.add_parser("simulate", help="drive a till with random sales and returns, for demos")
+    simulate.add_argument("--location", required=True, help="the store the till is in")
+    simulate.add_argument("--till", required=True, help="the till's id")
+    simulate.add_argument("--rate", type=float, default=5.0, help="transactions per second (5)")
+    simulate.add_argument("--count", type=int, default=100, help="transactions to ring up (100)")
+    simulate.add_argument(
+        "--spool", type=Path, help="the till's spool (default: <home>/pos/<location>-<till>.sqlite3)"
+    )
+    simulate.add_argument(
+        "--sku",
+        action="append",
+        default=[],
+        help="a sku to sell (repeatable; default: those with stock at the location)",
+    )
+    simulate.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for the last outcomes (30)"
+    )
+    journal = pos.add_parser("journal", help="write a till's journal (30 days) as JSON lines for reconcile")
+    journal.add_argument("--spool", type=Path, required=True, help="the till's spool file (till closed)")
+    journal.add_argument("--out", type=Path, help="the JSONL file to write (default: standard output)")
+    journal.set_defaults(local=True)
+
+
+async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.clients.simulate import simulate
+
+    return await simulate(
+        settings,
+        location_id=args.location,
+        till_id=args.till,
+        rate=args.rate,
+        count=args.count,
+        spool=args.spool,
+        skus=args.sku,
+        wait_s=args.wait,
+        console=console,
+    )
+
+
+def _pos_journal(args: argparse.Namespace) -> int:
+    from stocksync.clients.pos import export_journal
+
+    if args.out is None:
+        export_journal(args.spool, sys.stdout)
+        return 0
+    with args.out.open("w") as out:
+        written = export_journal(args.spool, out)
+    console.print(f"{written} events written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""A till's client: each sale or return is written to a durable local spool before it is sent, and leaves
+the spool only when the ledger's outcome for it arrives on ``stocksync.out.outcome.<location_id>``.
+
+Why the outcome and not JetStream's publish ack: the ack says the stream took the message, not that a disk
+holds it (JetStream syncs every two minutes by default; Jepsen lost acknowledged writes of NATS 2.12 that
+way). The outcome is published by the ledger after its commit. Re-sending is harmless (the ledger applies an
+event_id once, for ever), so whatever has no outcome after a while is sent again, in spool order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TextIO, TypeVar
+
+import msgspec
+import structlog
+from msgspec import Struct
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from stocksync.aio import pause, quietly
+from stocksync.domain.events import (
+    ID_PATTERN,
+    MAX_BODY_BYTES,
+    InboundEvent,
+    QtyLine,
+    Return,
+    ReturnLine,
+    Sale,
+    decode_inbound,
+    encode,
+)
+from stocksync.messages import OutcomeMessage
+from stocksync.messaging.topology import OUT_STREAM, connect
+from stocksync.service.clock import utc_now
+
+log = structlog.get_logger("stocksync.pos")
+T = TypeVar("T")
+Disposition = Literal["restock", "damaged"]
+_ID = re.compile(ID_PATTERN)
+_decode_outcome = msgspec.json.Decoder(OutcomeMessage).decode
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,"
+    " subject TEXT NOT NULL, body BLOB NOT NULL, spooled_at TEXT NOT NULL,"
+    " published INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS rejected (event_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, error TEXT,"
+    " body BLOB NOT NULL, spooled_at TEXT NOT NULL, recorded_at TEXT NOT NULL)",
+    # Every event the till recorded, settled or not, for the nightly reconciliation (`--pos-journal`).
+    "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, spooled_at TEXT NOT NULL)",
+)
+JOURNAL_DAYS = 30
+
+
+def export_journal(spool_path: str | Path, out: TextIO) -> int:
+    """Write the till's journal as JSON lines, one event envelope per line; returns how many.
+
+    Reads the spool file directly, so run it while the till's client is closed (the spool is locked while open).
+    """
+    db = sqlite3.connect(f"{Path(spool_path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT body FROM journal ORDER BY seq")
+        written = 0
+        for (body,) in rows:
+            out.write(bytes(body).decode() + "\n")
+            written += 1
+        return written
+    finally:
+        db.close()
+
+
+def inbound_subject(event: InboundEvent) -> str:
+    return f"stocksync.in.{event.location_id}.{event.type}"
+
+
+def wire_body(event: InboundEvent) -> bytes:
+    """The JSON body, refused here if the worker would dead-letter it: such an event never gets an outcome."""
+    body = encode(event)
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"the event is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    decode_inbound(body)  # raises msgspec.ValidationError naming the field
+    return body
+
+
+class SpoolInUse(RuntimeError):
+    """Another client has this spool open (two tills on one spool would forward each other's events)."""
+
+
+class RejectedEvent(Struct, frozen=True, kw_only=True):
+    """An event of this till that the ledger refused (rule 11), kept for the store to look at."""
+
+    event: InboundEvent
+    error: str | None
+    spooled_at: datetime
+    recorded_at: datetime
+
+
+class Cursor(NamedTuple):
+    """A place in the outcome stream; its creation time tells a re-created stream from the old one."""
+
+    stream: str
+    seq: int
+
+
+class SpooledEvent(NamedTuple):
+    seq: int
+    event_id: str
+    subject: str
+    body: bytes
+    published: bool
+
+
+class Spool:
+    """The SQLite spool (WAL, fsync at every commit, locked to one client). Blocking: use from one thread."""
+
+    def __init__(self, path: str | Path, location_id: str, till_id: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.location_id, self.till_id = location_id, till_id
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            for pragma in ("locking_mode=EXCLUSIVE", "journal_mode=WAL", "synchronous=FULL"):
+                self._db.execute(f"PRAGMA {pragma}")
+            with self._transaction():
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._claim(location_id, till_id)
+                kept_from = (utc_now() - timedelta(days=JOURNAL_DAYS)).isoformat()
+                self._db.execute("DELETE FROM journal WHERE spooled_at < ?", (kept_from,))
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            if "locked" in str(error):
+                raise SpoolInUse(f"the spool {path} is open in another client") from error
+            raise
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def _claim(self, location_id: str, till_id: str) -> None:
+        """A spool belongs to one till for ever: its sequence numbers are that till's event ids."""
+        owner = (self._meta("location_id"), self._meta("till_id"))
+        if owner == (None, None):
+            self._set_meta("location_id", location_id)
+            self._set_meta("till_id", till_id)
+            self._set_meta("last_seq", 0)
+        elif owner != (location_id, till_id):
+            raise ValueError(f"this spool belongs to till {owner[1]!r} at {owner[0]!r}")
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+
+    def append(self, build: Callable[[str], InboundEvent]) -> tuple[str, int]:
+        """Take the next sequence number, build and validate the event, and store it; (event_id, pending)."""
+        with self._transaction():
+            seq = int(self._meta("last_seq") or 0) + 1
+            event = build(f"{self.location_id}:{self.till_id}:{seq:06d}")
+            body, spooled_at = wire_body(event), utc_now().isoformat()
+            self._db.execute(
+                "INSERT INTO spool (seq, event_id, subject, body, spooled_at) VALUES (?, ?, ?, ?, ?)",
+                (seq, event.event_id, inbound_subject(event), body, spooled_at),
+            )
+            self._db.execute(
+                "INSERT INTO journal (seq, body, spooled_at) VALUES (?, ?, ?)", (seq, body, spooled_at)
+            )
+            self._set_meta("last_seq", seq)
+        return event.event_id, self.count()
+
+    def unsettled(self, limit: int) -> list[SpooledEvent]:
+        rows = self._db.execute(
+            "SELECT seq, event_id, subject, body, published FROM spool ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [SpooledEvent(*row[:4], bool(row[4])) for row in rows]
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        """So that a restarted till waits for the outcomes of these rather than sending them all again."""
+        with self._transaction():
+            self._db.executemany("UPDATE spool SET published = 1 WHERE seq = ?", [(seq,) for seq in seqs])
+
+    def settle(self, outcomes: Sequence[OutcomeMessage], cursor: Cursor) -> tuple[list[OutcomeMessage], int]:
+        """Drop the events these outcomes answer (rejected ones kept aside) and move the cursor with it."""
+        settled = []
+        with self._transaction():
+            for outcome in outcomes:
+                row = self._db.execute(
+                    "DELETE FROM spool WHERE event_id = ? RETURNING seq, body, spooled_at",
+                    (outcome.event_id,),
+                ).fetchone()
+                if row is None:  # a repeated outcome of an event already settled
+                    continue
+                settled.append(outcome)
+                if outcome.outcome == "rejected":
+                    recorded_at = outcome.recorded_at.isoformat()
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?, ?)",
+                        (outcome.event_id, row[0], outcome.error, row[1], row[2], recorded_at),
+                    )
+            self._set_cursor(cursor)
+        return settled, self.count()
+
+    def cursor(self) -> Cursor | None:
+        """Where the last outcome message read was: a restarted till resumes after it."""
+        stream, seq = self._meta("outcome_stream"), self._meta("outcome_cursor")
+        return None if stream is None or seq is None else Cursor(stream, int(seq))
+
+    def reset_cursor(self, cursor: Cursor) -> None:
+        with self._transaction():
+            self._set_cursor(cursor)
+
+    def _set_cursor(self, cursor: Cursor) -> None:
+        self._set_meta("outcome_stream", cursor.stream)
+        self._set_meta("outcome_cursor", cursor.seq)
+
+    def rejected(self) -> list[RejectedEvent]:
+        rows = self._db.execute("SELECT body, error, spooled_at, recorded_at FROM rejected ORDER BY seq")
+        return [
+            RejectedEvent(
+                event=decode_inbound(body),
+                error=error,
+                spooled_at=datetime.fromisoformat(spooled),
+                recorded_at=datetime.fromisoformat(recorded),
+            )
+            for body, error, spooled, recorded in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PosClient:
+    """One till. Selling never waits for NATS; a background forwarder sends the spool in order when it can.
+
+    Open with `PosClient.open`; each till needs a spool of its own (it is locked while open). A re-send inside
+    JetStream's two-minute duplicate window is dropped by the stream when it still holds the first copy, so an
+    event whose outcome alone was lost is answered (``duplicate``) after at most that window.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        executor: ThreadPoolExecutor,
+        nats_url: str,
+        *,
+        resend_after_s: float,
+        window: int,
+        on_outcome: Callable[[OutcomeMessage], Any] | None,
+    ) -> None:
+        self.location_id, self.till_id = spool.location_id, spool.till_id
+        self.source = f"pos:{self.location_id}:{self.till_id}"
+        self.nats_url = nats_url
+        self.resend_after_s = resend_after_s
+        self.window = window
+        self.on_outcome = on_outcome
+        self._spool = spool
+        self._executor = executor
+        self._prefix = f"{self.location_id}:{self.till_id}:"
+        self._pending = 0
+        self._sent: dict[int, float] = {}  # seq -> when last published (monotonic)
+        self._stream = ""  # the creation time of the outcome stream being read
+        self._drained, self._wake, self._stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._connected, self._listening = asyncio.Event(), asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._nc: Client | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        nats_url: str,
+        location_id: str,
+        till_id: str,
+        spool_path: str | Path,
+        *,
+        resend_after_s: float = 30.0,
+        window: int = 1000,
+        on_outcome: Callable[[OutcomeMessage], Any] | None = None,
+    ) -> PosClient:
+        """Open (or create) the till's spool and start forwarding; returns at once, even with NATS down.
+
+        ``resend_after_s``: how long an event waits for its outcome before it is sent again. ``window``: how
+        many events may be out without an outcome. ``on_outcome``: called once per event leaving the spool.
+        """
+        for name, value in (("location_id", location_id), ("till_id", till_id)):
+            if not _ID.fullmatch(value):
+                raise ValueError(f"{name} {value!r} does not match {ID_PATTERN}")
+        if (
+            len(f"{location_id}:{till_id}:") + 10 > 128
+        ):  # room for a ten-digit sequence in a 128-char event_id
+            raise ValueError("location_id and till_id are too long together for event ids")
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"spool-{till_id}")
+        try:
+            spool = await asyncio.get_running_loop().run_in_executor(
+                executor, Spool, spool_path, location_id, till_id
+            )
+        except BaseException:
+            executor.shutdown()
+            raise
+        client = cls(
+            spool, executor, nats_url, resend_after_s=resend_after_s, window=window, on_outcome=on_outcome
+        )
+        client._set_pending(await client._call(spool.count))
+        client._task = asyncio.create_task(client._run(), name=client.source)
+        return client
+
+    async def __aenter__(self) -> PosClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    # -- what the till does ----------------------------------------------------------------------------------
+
+    async def sell(
+        self, lines: Iterable[QtyLine], *, reference: str | None = None, occurred_at: datetime | None = None
+    ) -> str:
+        """Record a sale; returns its event_id once it is on disk, whether or not NATS is reachable."""
+        return await self._record(functools.partial(Sale, lines=list(lines)), reference, occurred_at)
+
+    async def return_(
+        self,
+        lines: Iterable[QtyLine | ReturnLine],
+        *,
+        disposition: Disposition = "restock",
+        reference: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> str:
+        """Record a return; ``disposition`` applies to the lines given as `QtyLine`."""
+        returned = [
+            ReturnLine(sku=ln.sku, qty=ln.qty, disposition=disposition) if isinstance(ln, QtyLine) else ln
+            for ln in lines
+        ]
+        return await self._record(functools.partial(Return, lines=returned), reference, occurred_at)
+
+    def pending(self) -> int:
+        """Events in the spool: recorded here, their outcome not yet received."""
+        return self._pending
+
+    async def wait_until_drained(self, timeout: float) -> None:
+        """Wait until every recorded event has its outcome; TimeoutError otherwise."""
+        await asyncio.wait_for(self._drained.wait(), timeout)
+
+    async def rejected(self) -> list[RejectedEvent]:
+        return await self._call(self._spool.rejected)
+
+    async def close(self) -> None:
+        """Stop forwarding and close the spool; what is still pending is sent by the next `open`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._nc is not None:
+            await quietly(self._nc.close())
+        await self._call(self._spool.close)
+        self._executor.shutdown()
+
+    async def _record(
+        self, make: Callable[..., InboundEvent], reference: str | None, occurred_at: datetime | None
+    ) -> str:
+        if self._closed:
+            raise RuntimeError("the till's client is closed")
+        fields = dict(
+            location_id=self.location_id,
+            occurred_at=occurred_at or utc_now(),
+            source=self.source,
+            reference=reference,
+        )
+        event_id, pending = await self._call(self._spool.append, lambda eid: make(event_id=eid, **fields))
+        self._set_pending(pending)
+        self._wake.set()
+        return event_id
+
+    def _set_pending(self, count: int) -> None:
+        self._pending = count
+        if count == 0:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    # -- in the background -----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._nc = nc = await self._connect()
+        # return_exceptions: cancelled, it waits for both parts to finish before close() closes the connection
+        await asyncio.gather(
+            self._supervise("listener", self._listen, nc),
+            self._supervise("forwarder", self._forward, nc),
+            return_exceptions=True,
+        )
+
+    async def _connect(self) -> Client:
+        """Keep trying until NATS answers (the till may start while it is down); then nats-py reconnects."""
+
+        async def on_error(error: Exception) -> None:
+            log.debug("nats_error", till=self.source, error=f"{type(error).__name__}: {error}")
+
+        async def on_disconnected() -> None:
+            self._connected.clear()
+
+        async def on_reconnected() -> None:
+            self._connected.set()
+
+        while True:
+            try:
+                nc = await connect(
+                    self.nats_url,
+                    name=self.source,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                )
+            except (NatsError, OSError) as error:
+                log.info("nats_unreachable", till=self.source, error=f"{type(error).__name__}: {error}")
+                await pause(self._stop, 1.0)
+                continue
+            self._connected.set()
+            return nc
+
+    async def _supervise(self, name: str, part: Callable[[Client], Awaitable[None]], nc: Client) -> None:
+        """Run ``part`` until closed: NATS faults pass; anything else is logged, never silently ends it."""
+        while not self._stop.is_set():
+            try:
+                await part(nc)
+            except (NatsError, OSError) as error:  # OSError includes TimeoutError
+                log.info(f"{name}_interrupted", till=self.source, error=f"{type(error).__name__}: {error}")
+            except Exception:
+                log.exception(f"{name}_failed", till=self.source)
+            await pause(self._stop, 0.5)
+
+    async def _listen(self, nc: Client) -> None:
+        """Read this location's outcomes and settle the spool with those of this till."""
+        self._listening.clear()
+        await self._connected.wait()
+        sub = await self._subscribe(nc.jetstream())
+        self._listening.set()
+        self._wake.set()
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(256, timeout=5.0)
+                except TimeoutError:  # no outcome yet; a consumer lost with a NATS restart answers 404 here
+                    await sub.consumer_info()
+                    continue
+                await self._settle(msgs)
+        finally:
+            self._listening.clear()
+            await quietly(sub.unsubscribe())
+
+    async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        """An ephemeral consumer from the first outcome this till has not read, even before a restart."""
+        empty = await self._call(self._spool.count) == 0
+        info = await js.stream_info(OUT_STREAM)
+        self._stream = stream = info.created.isoformat() if info.created else ""
+        cursor = await self._call(self._spool.cursor)
+        if cursor is None or empty:  # nothing sent awaits an outcome: only outcomes from now on concern it
+            start = info.state.last_seq + 1
+            await self._call(self._spool.reset_cursor, Cursor(stream, info.state.last_seq))
+        elif cursor.stream != stream:  # the stream was re-created since: read all of it
+            start = max(info.state.first_seq, 1)
+        else:
+            start = cursor.seq + 1
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=60.0,
+            description=f"outcomes for {self.source}",
+        )
+        subject = f"stocksync.out.outcome.{self.location_id}"
+        return await js.pull_subscribe(subject, stream=OUT_STREAM, config=config)
+
+    async def _settle(self, msgs: Sequence[Msg]) -> None:
+        """Settle this till's events; other tills' outcomes only move the cursor, which need not be stored."""
+        mine = []
+        for msg in msgs:
+            try:
+                outcome = _decode_outcome(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                log.warning("outcome_unreadable", till=self.source, error=str(error))
+                continue
+            if outcome.event_id.startswith(self._prefix):
+                mine.append(outcome)
+        if not mine:
+            return
+        cursor = Cursor(self._stream, msgs[-1].metadata.sequence.stream)
+        settled, pending = await self._call(self._spool.settle, mine, cursor)
+        self._set_pending(pending)
+        self._wake.set()
+        for outcome in settled:
+            if outcome.outcome == "rejected":
+                log.warning("event_rejected", event_id=outcome.event_id, error=outcome.error)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+
+    async def _forward(self, nc: Client) -> None:
+        """Send the spool in sequence order: what was never sent, and what waited too long for its outcome."""
+        js = nc.jetstream()
+        while True:
+            await self._listening.wait()  # never send what this till could not hear the outcome of
+            await self._connected.wait()
+            self._wake.clear()
+            rows = await self._call(self._spool.unsettled, self.window)
+            now = time.monotonic()  # what was sent before a restart waits for its outcome from now on
+            sent = self._sent
+            self._sent = {r.seq: sent.get(r.seq, now) for r in rows if r.published or r.seq in sent}
+            first_sends = await self._send_due(js, rows)
+            if first_sends:
+                await self._call(self._spool.mark_published, first_sends)
+            oldest = min(self._sent.values(), default=time.monotonic())
+            await pause(self._stop, max(0.05, oldest + self.resend_after_s - time.monotonic()), self._wake)
+
+    async def _send_due(self, js: JetStreamContext, rows: Sequence[SpooledEvent]) -> list[int]:
+        """Publish, in order, the rows never sent or sent too long ago; the seqs of the first sends."""
+        first_sends = []
+        for row in rows:
+            last = self._sent.get(row.seq)
+            if last is not None and time.monotonic() - last < self.resend_after_s:
+                continue
+            if not (self._listening.is_set() and self._connected.is_set()):
+                break
+            await js.publish(row.subject, row.body, headers={"Nats-Msg-Id": row.event_id}, timeout=5.0)
+            self._sent[row.seq] = time.monotonic()
+            if last is None:
+                first_sends.append(row.seq)
+            else:
+                log.info("event_resent", event_id=row.event_id, waited_s=round(self._sent[row.seq] - last, 1))
+        return first_sends

@@ -1,0 +1,89 @@
+"""One error hierarchy. Each kind carries a machine code; adapters map kinds to HTTP statuses in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StocksyncError(Exception):
+    """Base of every error stocksync reports to a caller."""
+
+    code = "error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidRequest(StocksyncError):
+    """A body or parameter that is not a valid message: never recorded."""
+
+    code = "invalid_request"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail, **({"field": field} if field else {}))
+
+
+class Unauthorized(StocksyncError):
+    code = "unauthorized"
+
+
+class Forbidden(StocksyncError):
+    code = "forbidden"
+
+
+class NotFound(StocksyncError):
+    code = "not_found"
+
+
+class LedgerRefusal(StocksyncError):
+    """A valid event the ledger refuses (rule 11): recorded as rejected, moves nothing."""
+
+
+class UnknownLocation(LedgerRefusal, NotFound):
+    code = "unknown_location"
+
+
+class UnknownReservation(LedgerRefusal, NotFound):
+    code = "unknown_reservation"
+
+
+class InsufficientStock(LedgerRefusal):
+    code = "insufficient_stock"
+
+
+class ReservationNotHeld(LedgerRefusal):
+    code = "reservation_not_held"
+
+
+class ReservationExists(LedgerRefusal):
+    code = "reservation_exists"
+
+
+class LocationMismatch(LedgerRefusal):
+    code = "location_mismatch"
+
+
+class EventIdConflict(LedgerRefusal):
+    code = "event_id_conflict"
+
+
+REFUSALS: dict[str, type[LedgerRefusal]] = {
+    kind.code: kind
+    for kind in (
+        UnknownLocation,
+        UnknownReservation,
+        InsufficientStock,
+        ReservationNotHeld,
+        ReservationExists,
+        LocationMismatch,
+        EventIdConflict,
+    )
+}
+
+
+class Unavailable(StocksyncError):
+    """A passing fault (the database unreachable): retry later; nothing was applied."""
+
+    code = "unavailable"

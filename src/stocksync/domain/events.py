@@ -1,0 +1,158 @@
+"""Inbound events (spec section 3): one msgspec Struct per type, tagged by ``type``.
+
+The same Structs validate NATS bodies and ``POST /v1/events``, so both refuse the same malformed input.
+Internal commands (expiry, safety stock) share the base but are not part of the inbound union.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+EVENT_ID_PATTERN = r"^[\x20-\x7e]{1,128}$"
+# A reservation id is also a NATS subject token and an HTTP path segment: no '.', '*', '>', '/' or spaces.
+RESERVATION_ID_PATTERN = r"^[!-)+,\-0-=?-~]{1,128}$"
+MAX_LINES = 500
+MAX_BODY_BYTES = 256 * 1024
+
+LocationId = Annotated[str, Meta(pattern=ID_PATTERN, description="location id")]
+Sku = Annotated[str, Meta(pattern=ID_PATTERN, description="sku id")]
+EventId = Annotated[str, Meta(pattern=EVENT_ID_PATTERN, description="1..128 printable ASCII characters")]
+ReservationId = Annotated[str, Meta(pattern=RESERVATION_ID_PATTERN)]
+Qty = Annotated[int, Meta(ge=1, le=100_000)]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"  # PostgreSQL text refuses NUL; none belong in a name
+Text = Annotated[str, Meta(max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+Channel = Literal["ecommerce", "staff"]
+Ttl = Annotated[int, Meta(ge=60, le=604_800)]
+DEFAULT_TTL_S = 7200
+
+
+class QtyLine(Struct, frozen=True, kw_only=True):
+    sku: Sku
+    qty: Qty
+
+
+class ReturnLine(Struct, frozen=True, kw_only=True):
+    sku: Sku
+    qty: Qty
+    disposition: Literal["restock", "damaged"] = "restock"
+
+
+class AdjustLine(Struct, frozen=True, kw_only=True):
+    sku: Sku
+    delta: Annotated[int, Meta(ge=-100_000, le=100_000)]
+    reason: Literal["shrinkage", "damage", "found", "correction"]
+
+    def __post_init__(self) -> None:
+        if self.delta == 0:
+            raise ValueError("`delta` must be a non-zero integer")
+
+
+class CountLine(Struct, frozen=True, kw_only=True):
+    sku: Sku
+    counted: Annotated[int, Meta(ge=0, le=10_000_000)]
+
+
+def _lines(kind: type) -> type:
+    return Annotated[list[kind], Meta(min_length=1, max_length=MAX_LINES)]  # type: ignore[valid-type]
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries."""
+
+    event_id: EventId
+    location_id: LocationId
+    occurred_at: Timestamp
+    source: Text | None = None
+    reference: Text | None = None
+
+    @property
+    def type(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+class Sale(Event, frozen=True, kw_only=True, tag="sale"):
+    lines: _lines(QtyLine)  # type: ignore[valid-type]
+
+
+class Return(Event, frozen=True, kw_only=True, tag="return"):
+    lines: _lines(ReturnLine)  # type: ignore[valid-type]
+
+
+class Receipt(Event, frozen=True, kw_only=True, tag="receipt"):
+    lines: _lines(QtyLine)  # type: ignore[valid-type]
+
+
+class Adjust(Event, frozen=True, kw_only=True, tag="adjust"):
+    lines: _lines(AdjustLine)  # type: ignore[valid-type]
+
+
+class Count(Event, frozen=True, kw_only=True, tag="count"):
+    lines: _lines(CountLine)  # type: ignore[valid-type]
+
+
+class Reserve(Event, frozen=True, kw_only=True, tag="reserve"):
+    reservation_id: ReservationId
+    channel: Channel
+    ttl_seconds: Ttl = DEFAULT_TTL_S
+    lines: _lines(QtyLine)  # type: ignore[valid-type]
+
+
+class Collect(Event, frozen=True, kw_only=True, tag="collect"):
+    reservation_id: ReservationId
+    lines: Annotated[list[QtyLine], Meta(max_length=0)] = []
+
+
+class Cancel(Event, frozen=True, kw_only=True, tag="cancel"):
+    reservation_id: ReservationId
+    lines: Annotated[list[QtyLine], Meta(max_length=0)] = []
+
+
+class Expire(Event, frozen=True, kw_only=True, tag="expire"):
+    """Internal: the sweeper's command to expire one held reservation past its expiry."""
+
+    reservation_id: ReservationId
+
+
+class SetSafetyStock(Event, frozen=True, kw_only=True, tag="safety_stock"):
+    """Internal: a new safety-stock buffer for one position."""
+
+    sku: Sku
+    qty: Annotated[int, Meta(ge=0, le=10_000_000)]
+
+
+InboundEvent = Sale | Return | Receipt | Adjust | Count | Reserve | Collect | Cancel
+Command = InboundEvent | Expire | SetSafetyStock
+INBOUND_TYPES: tuple[str, ...] = (
+    "sale",
+    "return",
+    "receipt",
+    "adjust",
+    "count",
+    "reserve",
+    "collect",
+    "cancel",
+)
+RESERVATION_TYPES = (Reserve, Collect, Cancel, Expire)
+
+_inbound_decoder = msgspec.json.Decoder(InboundEvent)
+_command_decoder = msgspec.json.Decoder(Command)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_inbound(body: bytes | str) -> InboundEvent:
+    """Decode and validate one inbound body; raises msgspec.ValidationError / DecodeError naming the field."""
+    return _inbound_decoder.decode(body)
+
+
+def decode_command(body: bytes | str) -> Command:
+    return _command_decoder.decode(body)
+
+
+def encode(event: Command) -> bytes:
+    return _encoder.encode(event)

@@ -1,0 +1,423 @@
+"""The ledger rules (spec section 2), applied in memory to the working set of one transaction.
+
+The application layer loads and locks what a batch touches, hands it to a `Ledger`, applies the events in
+order, then writes back what the ledger reports changed. Nothing here does I/O, so every rule can be tested
+as a plain function and the same rule serves HTTP, NATS and the sweeper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from msgspec import structs
+
+from .errors import (
+    EventIdConflict,
+    InsufficientStock,
+    LedgerRefusal,
+    LocationMismatch,
+    ReservationExists,
+    ReservationNotHeld,
+    UnknownLocation,
+    UnknownReservation,
+)
+from .events import (
+    Adjust,
+    Cancel,
+    Collect,
+    Command,
+    Count,
+    Expire,
+    Receipt,
+    Reserve,
+    Return,
+    Sale,
+    SetSafetyStock,
+)
+from .model import (
+    Alert,
+    Location,
+    Movement,
+    Outcome,
+    OutcomeKind,
+    Position,
+    PositionKey,
+    RecordedEvent,
+    Reservation,
+    ReservationLine,
+    Shortage,
+)
+
+INTERNAL = (Expire, SetSafetyStock)
+
+
+def is_superseded(position: Position, occurred_at: datetime) -> bool:
+    """Rule 9: a count already saw the effect of anything that happened before it."""
+    return position.last_count_at is not None and occurred_at < position.last_count_at
+
+
+def merge_lines(lines: Iterable[ReservationLine]) -> tuple[ReservationLine, ...]:
+    """One line per sku, quantities summed, in first-seen order."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.sku] = totals.get(line.sku, 0) + line.qty
+    return tuple(ReservationLine(sku=sku, qty=qty) for sku, qty in totals.items())
+
+
+def shortages(lines: Sequence[ReservationLine], positions: Mapping[str, Position]) -> tuple[Shortage, ...]:
+    """Rule 5: every line whose quantity exceeds what is available now."""
+    return tuple(
+        Shortage(sku=line.sku, requested=line.qty, available=positions[line.sku].available)
+        for line in lines
+        if line.qty > positions[line.sku].available
+    )
+
+
+def reservations_at_risk(on_hand: int, held: Sequence[tuple[str, int]]) -> tuple[str, ...]:
+    """Rule 4: which held reservations (oldest first, as ``(reservation_id, qty)``) on_hand can no longer cover."""
+    remaining = max(0, on_hand)
+    at_risk = []
+    for reservation_id, qty in held:
+        if qty <= remaining:
+            remaining -= qty
+        else:
+            at_risk.append(reservation_id)
+    return tuple(at_risk)
+
+
+def stock_alerts(position: Position, event_id: str) -> list[Alert]:
+    """Rule 4: a fact that leaves stock below zero or below what is promised raises alerts."""
+    kinds = []
+    if position.on_hand < 0:
+        kinds.append("negative_stock")
+    if position.reserved > 0 and position.on_hand < position.reserved:
+        kinds.append("reservation_at_risk")
+    return [
+        Alert(
+            kind=kind,  # type: ignore[arg-type]
+            location_id=position.location_id,
+            sku=position.sku,
+            on_hand=position.on_hand,
+            reserved=position.reserved,
+            event_id=event_id,
+        )
+        for kind in kinds
+    ]
+
+
+class Ledger:
+    """The positions and reservations one transaction holds locked, with a batch of events applied in order."""
+
+    def __init__(
+        self,
+        *,
+        now: datetime,
+        locations: Mapping[str, Location],
+        positions: Mapping[PositionKey, Position] = {},
+        reservations: Mapping[str, Reservation] = {},
+        recorded: Mapping[str, RecordedEvent] = {},
+        stored_on_hand_after: Callable[[PositionKey, datetime], int] = lambda key, when: 0,
+    ) -> None:
+        self.now = now
+        self._locations = locations
+        self.positions: dict[PositionKey, Position] = dict(positions)
+        self.reservations: dict[str, Reservation] = dict(reservations)
+        self._recorded: dict[str, RecordedEvent] = dict(recorded)
+        self._stored_on_hand_after = stored_on_hand_after
+        self.movements: list[Movement] = []
+        self.outcomes: list[Outcome] = []
+        self.alerts: list[Alert] = []
+        self.new_records: dict[str, RecordedEvent] = {}
+        self.changed_positions: dict[PositionKey, None] = {}
+        self.changed_reservations: dict[str, None] = {}
+
+    # -- the batch ---------------------------------------------------------------------------------------
+
+    def apply(self, event: Command, body_hash: bytes) -> Outcome:
+        """Apply one event exactly once (rule 10); a refusal moves nothing and is recorded (rule 11)."""
+        recorded = self._recorded.get(event.event_id)
+        if recorded is not None:
+            outcome = self._repeat(event, body_hash, recorded)
+        else:
+            outcome = self._first(event)
+            if not isinstance(event, INTERNAL):
+                record = RecordedEvent(body_hash=body_hash, outcome=outcome)
+                self._recorded[event.event_id] = self.new_records[event.event_id] = record
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _first(self, event: Command) -> Outcome:
+        try:
+            kind = _HANDLERS[type(event)](self, event)
+        except LedgerRefusal as refusal:
+            return self._outcome(event, "rejected", refusal)
+        return self._outcome(event, kind)
+
+    def _repeat(self, event: Command, body_hash: bytes, recorded: RecordedEvent) -> Outcome:
+        if recorded.body_hash != body_hash:
+            conflict = EventIdConflict(f"event {event.event_id!r} was already recorded with another body")
+            return self._outcome(event, "rejected", conflict)
+        first = recorded.outcome
+        kind: OutcomeKind = "rejected" if first.outcome == "rejected" else "duplicate"
+        return structs.replace(first, outcome=kind, recorded_at=self.now)
+
+    def _outcome(self, event: Command, kind: OutcomeKind, refusal: LedgerRefusal | None = None) -> Outcome:
+        return Outcome(
+            event_id=event.event_id,
+            type=event.type,
+            location_id=event.location_id,
+            outcome=kind,
+            recorded_at=self.now,
+            error=refusal.code if refusal else None,
+            detail=refusal.detail if refusal else None,
+            reservation_id=getattr(event, "reservation_id", None),
+            shortages=tuple(refusal.extra.get("shortages", ())) if refusal else (),
+        )
+
+    # -- reading and moving ------------------------------------------------------------------------------
+
+    def location(self, location_id: str) -> Location:
+        location = self._locations.get(location_id)
+        if location is None:
+            raise UnknownLocation(f"location {location_id!r} is not known")
+        return location
+
+    def position(self, location_id: str, sku: str) -> Position:
+        """A position never seen reads as all zeros with version 0."""
+        key = (location_id, sku)
+        position = self.positions.get(key)
+        if position is None:
+            position = self.positions[key] = Position(location_id=location_id, sku=sku)
+        return position
+
+    def reservation(self, event: Collect | Cancel | Expire) -> Reservation:
+        reservation = self.reservations.get(event.reservation_id)
+        if reservation is None:
+            raise UnknownReservation(f"reservation {event.reservation_id!r} is not known")
+        if reservation.location_id != event.location_id:
+            raise LocationMismatch(
+                f"reservation {event.reservation_id!r} is held at {reservation.location_id!r}, "
+                f"not {event.location_id!r}"
+            )
+        return reservation
+
+    def move(
+        self,
+        event: Command,
+        location_id: str,
+        sku: str,
+        *,
+        on_hand: int = 0,
+        reserved: int = 0,
+        damaged: int = 0,
+        reason: str | None = None,
+        reservation_id: str | None = None,
+        count_at: datetime | None = None,
+        superseded: bool | None = None,
+    ) -> Position:
+        """Rules 2, 3 and 9: one movement, its deltas on the position, version + 1.
+
+        ``count_at`` marks a count (it sets on_hand and is never itself superseded); ``superseded`` forces the
+        flag, otherwise an on_hand change older than the latest count is superseded.
+        """
+        position = self.position(location_id, sku)
+        if superseded is None:
+            superseded = on_hand != 0 and count_at is None and is_superseded(position, event.occurred_at)
+        if superseded:
+            on_hand = 0
+        position = structs.replace(
+            position,
+            on_hand=position.on_hand + on_hand,
+            reserved=position.reserved + reserved,
+            damaged=position.damaged + damaged,
+            version=position.version + 1,
+            last_count_at=count_at or position.last_count_at,
+        )
+        self.positions[position.key] = position
+        self.changed_positions[position.key] = None
+        self.movements.append(
+            Movement(
+                event_id=event.event_id,
+                type=event.type,
+                location_id=location_id,
+                sku=sku,
+                occurred_at=event.occurred_at,
+                on_hand_delta=on_hand,
+                reserved_delta=reserved,
+                damaged_delta=damaged,
+                reason=reason,
+                superseded_by_count=superseded,
+                reservation_id=reservation_id,
+            )
+        )
+        if on_hand < 0:
+            self.alerts.extend(stock_alerts(position, event.event_id))
+        return position
+
+    def on_hand_after(self, key: PositionKey, when: datetime) -> int:
+        """On-hand deltas recorded for a position from ``when`` on: stored ones plus this batch's own.
+
+        A change at the count's very instant is not earlier than it, so it is not superseded when it arrives
+        later (rule 9); it is kept here too, so the result does not depend on which arrived first.
+        """
+        in_batch = sum(
+            m.on_hand_delta for m in self.movements if (m.location_id, m.sku) == key and m.occurred_at >= when
+        )
+        return self._stored_on_hand_after(key, when) + in_batch
+
+    def set_reservation(self, reservation: Reservation) -> None:
+        self.reservations[reservation.reservation_id] = reservation
+        self.changed_reservations[reservation.reservation_id] = None
+
+
+# -- the rules, one function per event type --------------------------------------------------------------
+
+
+def sell(ledger: Ledger, event: Sale) -> OutcomeKind:
+    """Rule 4: a sale is a fact, always applied."""
+    ledger.location(event.location_id)
+    for line in event.lines:
+        ledger.move(event, event.location_id, line.sku, on_hand=-line.qty)
+    return "applied"
+
+
+def take_return(ledger: Ledger, event: Return) -> OutcomeKind:
+    """Rule 8: restock adds to on_hand, damaged to damaged (a count never saw damaged units)."""
+    ledger.location(event.location_id)
+    for line in event.lines:
+        if line.disposition == "damaged":
+            ledger.move(event, event.location_id, line.sku, damaged=line.qty, reason="damaged")
+        else:
+            ledger.move(event, event.location_id, line.sku, on_hand=line.qty, reason="restock")
+    return "applied"
+
+
+def receive(ledger: Ledger, event: Receipt) -> OutcomeKind:
+    ledger.location(event.location_id)
+    for line in event.lines:
+        ledger.move(event, event.location_id, line.sku, on_hand=line.qty)
+    return "applied"
+
+
+def adjust(ledger: Ledger, event: Adjust) -> OutcomeKind:
+    ledger.location(event.location_id)
+    for line in event.lines:
+        ledger.move(event, event.location_id, line.sku, on_hand=line.delta, reason=line.reason)
+    return "applied"
+
+
+def count(ledger: Ledger, event: Count) -> OutcomeKind:
+    """Rule 9: on_hand becomes the counted quantity as of occurred_at, plus what moved after it.
+
+    A count no newer than the latest applied count of its position is recorded with delta 0, superseded.
+    """
+    ledger.location(event.location_id)
+    for line in event.lines:
+        position = ledger.position(event.location_id, line.sku)
+        if position.last_count_at is not None and event.occurred_at <= position.last_count_at:
+            ledger.move(event, event.location_id, line.sku, reason="count", superseded=True)
+            continue
+        as_of = position.on_hand - ledger.on_hand_after(position.key, event.occurred_at)
+        ledger.move(
+            event,
+            event.location_id,
+            line.sku,
+            on_hand=line.counted - as_of,
+            reason="count",
+            count_at=event.occurred_at,
+        )
+    return "applied"
+
+
+def reserve(ledger: Ledger, event: Reserve) -> OutcomeKind:
+    """Rule 5: held only if every line fits what is available now; otherwise rejected whole."""
+    location = ledger.location(event.location_id)
+    if event.reservation_id in ledger.reservations:
+        raise ReservationExists(f"reservation {event.reservation_id!r} already exists")
+    lines = merge_lines(ReservationLine(sku=line.sku, qty=line.qty) for line in event.lines)
+    positions = {line.sku: ledger.position(location.location_id, line.sku) for line in lines}
+    missing = shortages(lines, positions)
+    if missing:
+        raise InsufficientStock(
+            f"not enough available at {location.location_id!r} for {len(missing)} line(s)", shortages=missing
+        )
+    for line in lines:
+        ledger.move(
+            event, location.location_id, line.sku, reserved=line.qty, reservation_id=event.reservation_id
+        )
+    ledger.set_reservation(
+        Reservation(
+            reservation_id=event.reservation_id,
+            location_id=location.location_id,
+            channel=event.channel,
+            status="held",
+            lines=lines,
+            created_at=ledger.now,
+            expires_at=ledger.now + timedelta(seconds=event.ttl_seconds),
+            event_id=event.event_id,
+            reference=event.reference,
+        )
+    )
+    return "applied"
+
+
+def _leave_held(ledger: Ledger, event: Collect | Cancel | Expire, status: str, *, sold: bool) -> OutcomeKind:
+    """Rule 6: a reservation leaves ``held`` once; repeating the same transition moves nothing."""
+    reservation = ledger.reservation(event)
+    if reservation.status == status:
+        return "duplicate"
+    if reservation.status != "held":
+        raise ReservationNotHeld(
+            f"reservation {reservation.reservation_id!r} is {reservation.status}", status=reservation.status
+        )
+    for line in reservation.lines:
+        ledger.move(
+            event,
+            reservation.location_id,
+            line.sku,
+            on_hand=-line.qty if sold else 0,
+            reserved=-line.qty,
+            reservation_id=reservation.reservation_id,
+        )
+    ledger.set_reservation(structs.replace(reservation, status=status))  # type: ignore[arg-type]
+    return "applied"
+
+
+def collect(ledger: Ledger, event: Collect) -> OutcomeKind:
+    """Rule 6: collecting turns the hold into a sale."""
+    return _leave_held(ledger, event, "collected", sold=True)
+
+
+def cancel(ledger: Ledger, event: Cancel) -> OutcomeKind:
+    return _leave_held(ledger, event, "cancelled", sold=False)
+
+
+def expire(ledger: Ledger, event: Expire) -> OutcomeKind:
+    """Rule 7: only a held reservation past its expiry expires; anything else is left alone."""
+    reservation = ledger.reservation(event)
+    if reservation.status == "held" and reservation.expires_at > ledger.now:
+        raise ReservationNotHeld(f"reservation {reservation.reservation_id!r} is not due", status="held")
+    return _leave_held(ledger, event, "expired", sold=False)
+
+
+def set_safety_stock(ledger: Ledger, event: SetSafetyStock) -> OutcomeKind:
+    """Setting the buffer is a change: version + 1 and a movement with zero deltas."""
+    ledger.location(event.location_id)
+    position = ledger.move(event, event.location_id, event.sku, reason="safety_stock")
+    ledger.positions[position.key] = structs.replace(position, safety_stock=event.qty)
+    return "applied"
+
+
+_HANDLERS: dict[type, Callable[[Ledger, Command], OutcomeKind]] = {
+    Sale: sell,
+    Return: take_return,
+    Receipt: receive,
+    Adjust: adjust,
+    Count: count,
+    Reserve: reserve,
+    Collect: collect,
+    Cancel: cancel,
+    Expire: expire,
+    SetSafetyStock: set_safety_stock,
+}  # type: ignore[dict-item]

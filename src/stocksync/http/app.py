@@ -1,0 +1,70 @@
+"""The one place the HTTP app is put together: routes, services, authentication, errors and OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stocksync import __version__
+from stocksync.domain.events import MAX_BODY_BYTES
+from stocksync.http import errors, health
+from stocksync.http.auth import SECURITY, SECURITY_SCHEME, Access, ApiKeyMiddleware, provide_key
+from stocksync.http.events import EventController
+from stocksync.http.locations import LocationController
+from stocksync.http.reservations import ReservationController
+from stocksync.http.stock import StockController
+from stocksync.service.clock import Clock, utc_now
+from stocksync.service.keys import KeyVerifier
+from stocksync.service.ledger_service import LedgerService
+from stocksync.service.queries import Queries
+
+
+def create_app(
+    *,
+    engine: AsyncEngine,
+    ledger: LedgerService,
+    readiness: Mapping[str, health.Probe] = {},
+    clock: Clock = utc_now,
+) -> Litestar:
+    """The API over ``engine`` and ``ledger``; ``readiness`` adds checks (``"nats"``) to the database's."""
+    queries = Queries(engine)
+    services: dict[str, Any] = {
+        "engine": engine,
+        "ledger": ledger,
+        "queries": queries,
+        "access": Access(queries),
+        "clock": clock,
+        "probes": {"database": health.database_probe(engine), **readiness},
+    }
+    api = Router(
+        "/v1",
+        route_handlers=[StockController, ReservationController, EventController, LocationController],
+        middleware=[ApiKeyMiddleware],
+        dependencies={"key": Provide(provide_key, sync_to_thread=False)},
+        security=[{SECURITY_SCHEME: []}],
+    )
+    return Litestar(
+        route_handlers=[api, health.live, health.ready, health.metrics],
+        dependencies={name: _constant(value) for name, value in services.items()},
+        exception_handlers={Exception: errors.handle},
+        request_max_body_size=MAX_BODY_BYTES,
+        state=State({"key_verifier": KeyVerifier(engine)}),
+        openapi_config=OpenAPIConfig(
+            title="stocksync",
+            version=__version__,
+            path="/schema",
+            components=Components(security_schemes=SECURITY),
+        ),
+        logging_config=None,
+    )
+
+
+def _constant(value: Any) -> Provide:
+    return Provide(lambda: value, sync_to_thread=False, use_cache=True)

@@ -1,0 +1,104 @@
+"""Who may do what: bearer API keys on every ``/v1`` route, and each role's scope.
+
+| role | reads | writes |
+| --- | --- | --- |
+| admin | all | all, including locations and safety stock |
+| ecommerce | all | reserve, collect, cancel at pickup-enabled locations |
+| staff | all (reservation lists at its locations) | every event type at its locations |
+| pos | all (reservation lists at its locations) | sale and return at its locations |
+
+A missing, malformed or unknown key is 401; a key acting outside its scope 403. A write at a location that
+does not exist is no scope question: the ledger refuses it as ``unknown_location`` (404, or a recorded
+rejection).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.openapi.spec import Reference, SecurityScheme
+
+from stocksync.domain.errors import Forbidden, Unauthorized
+from stocksync.domain.events import INBOUND_TYPES
+from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
+from stocksync.service.queries import Queries
+
+SECURITY_SCHEME = "apiKey"
+SECURITY: dict[str, SecurityScheme | Reference] = {
+    SECURITY_SCHEME: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="ssk_<key_id>_<secret>",
+        description="An API key from `stocksync keys create`",
+    )
+}
+
+# role -> (event types it may apply, where: "own" locations or "pickup"-enabled ones); admin may do anything.
+_GRANTS: dict[str, tuple[frozenset[str], str]] = {
+    "ecommerce": (frozenset({"reserve", "collect", "cancel"}), "pickup"),
+    "staff": (frozenset(INBOUND_TYPES), "own"),
+    "pos": (frozenset({"sale", "return"}), "own"),
+}
+
+
+class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
+    """Puts the verified `ApiKey` of ``Authorization: Bearer <key>`` in ``request.user``.
+
+    The verifier (and its cache) is ``app.state.key_verifier``: Litestar copies routers, not the app's state.
+    """
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
+        verifier: KeyVerifier = connection.app.state.key_verifier
+        return AuthenticationResult(user=await verifier.verify(presented.strip()), auth=None)
+
+
+def provide_key(request: Request[ApiKey, Any, Any]) -> ApiKey:
+    return request.user
+
+
+def admin_only(connection: ASGIConnection[Any, ApiKey, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of the routes that change reference data (locations, safety stock)."""
+    if connection.user.role != "admin":
+        raise Forbidden("only an admin key may change locations and safety stock")
+
+
+class Access:
+    """Scope checks that need to know a location; looks it up only when the key alone cannot decide."""
+
+    def __init__(self, queries: Queries) -> None:
+        self.queries = queries
+
+    async def check(self, key: ApiKey, action: str, location_id: str) -> None:
+        """Raise `Forbidden` unless ``key`` may apply an event of type ``action`` at ``location_id``."""
+        if key.role == "admin":
+            return
+        actions, where = _GRANTS[key.role]
+        if action not in actions:
+            raise Forbidden(f"a {key.role} key may not {action}")
+        if where == "own" and location_id in key.locations:
+            return
+        location = await self.queries.location(location_id)
+        if location is None:
+            return  # the ledger answers unknown_location
+        if where == "own" or not location.pickup_enabled:
+            raise Forbidden(f"this {key.role} key may not {action} at {location_id!r}")
+
+
+def listing_scope(key: ApiKey, location_id: str | None) -> list[str] | None:
+    """Whose reservations ``key`` may list: its own locations for pos and staff; None means every location."""
+    if key.role not in SCOPED_ROLES:
+        return None if location_id is None else [location_id]
+    if location_id is None:
+        return sorted(key.locations)
+    if location_id not in key.locations:
+        raise Forbidden(f"this {key.role} key may not list reservations at {location_id!r}")
+    return [location_id]

@@ -1,0 +1,98 @@
+"""Every error answer, from whatever was raised: ``{"error": "<code>", "detail": "<sentence>", ...extras}``.
+
+`answer` is the one place an exception becomes a status. Validation failures are all 400 ``invalid_request``
+with ``field`` naming what failed (``lines[0].qty``, ``sku``, ``body`` when the body is not JSON at all): one
+status for every malformed input, query or body, so a client has one rule to follow. A body over 256 KiB is
+413 ``body_too_large``. Anything unexpected is a 500 ``internal`` whose cause is logged, never answered.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from stocksync import metrics
+from stocksync.domain.errors import (
+    REFUSALS,
+    Forbidden,
+    InvalidRequest,
+    LedgerRefusal,
+    NotFound,
+    ReservationNotHeld,
+    StocksyncError,
+    Unauthorized,
+    Unavailable,
+)
+from stocksync.domain.model import Outcome, Reservation
+
+log = structlog.get_logger("stocksync.http")
+
+# Checked in order: UnknownLocation is both a NotFound and a LedgerRefusal, and answers 404.
+_STATUSES: tuple[tuple[type[StocksyncError], int], ...] = (
+    (InvalidRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (LedgerRefusal, 409),
+    (Unavailable, 503),
+)
+_CODES = {400: "invalid_request", 413: "body_too_large"}
+_PARAMETER = re.compile(r"parameter '(?P<name>[^']+)'")
+_DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # passing faults: retry later
+
+
+def answer(error: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and body for ``error``."""
+    if isinstance(error, StocksyncError):
+        status = next((status for kind, status in _STATUSES if isinstance(error, kind)), 500)
+        return status, {"error": error.code, "detail": error.detail, **error.extra}
+    if isinstance(error, ValidationException):
+        return 400, {"error": _CODES[400], **_named(error)}
+    if isinstance(error, HTTPException):
+        status = error.status_code
+        code = _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
+        return status, {"error": code, "detail": error.detail}
+    if isinstance(error, _DATABASE_DOWN):
+        return 503, {"error": Unavailable.code, "detail": "the database is unreachable; retry later"}
+    return 500, {"error": "internal", "detail": "internal error"}
+
+
+def _named(error: ValidationException) -> dict[str, str]:
+    """Litestar's failed query or path parameter as our ``detail`` and ``field``."""
+    if isinstance(error.extra, list) and error.extra and isinstance(error.extra[0], dict):
+        first = error.extra[0]
+        return {"detail": str(first.get("message", error.detail)), "field": str(first.get("key", ""))}
+    named = _PARAMETER.search(error.detail)  # "Missing required query parameter 'sku' for path ..."
+    return {"detail": error.detail, "field": named["name"] if named else "request"}
+
+
+def handle(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    """Litestar's handler for every exception (app-wide)."""
+    status, body = answer(error)
+    if status == 500:
+        # A plain traceback, not exc_info: a renderer that shows frame locals would print the request's key.
+        trace = "".join(traceback.format_exception(error))
+        log.error("http_internal_error", method=request.method, path=request.url.path, exception=trace)
+    metrics.HTTP_ERRORS.labels(body["error"]).inc()
+    headers = error.headers if isinstance(error, HTTPException) else None
+    return Response(msgspec.json.encode(body), status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def refusal(outcome: Outcome, reservation: Reservation | None = None) -> LedgerRefusal:
+    """The recorded refusal of an event as the error it answers with, shortages and status included."""
+    assert outcome.error is not None
+    extra: dict[str, Any] = {}
+    if outcome.shortages:
+        extra["shortages"] = outcome.shortages
+    if outcome.error == ReservationNotHeld.code and reservation is not None:
+        extra["status"] = reservation.status
+    return REFUSALS[outcome.error](outcome.detail or outcome.error, **extra)

@@ -1,0 +1,69 @@
+"""Events over HTTP: the NATS envelope, applied with the same rules and the same exactly-once record."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from stocksync.domain.errors import InvalidRequest, NotFound
+from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbound
+from stocksync.http.auth import Access
+from stocksync.http.schemas import EventAnswer, body_operation, read_body
+from stocksync.messages import OutcomeMessage, ReservationBody
+from stocksync.service.keys import ApiKey
+from stocksync.service.ledger_service import LedgerService
+from stocksync.service.queries import Queries
+
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+
+
+class EventController(Controller):
+    path = "/events"
+    tags = ["events"]
+
+    @post("/", status_code=200, operation_class=body_operation(InboundEvent))
+    async def apply(
+        self,
+        request: Request[ApiKey, Any, Any],
+        key: NamedDependency[ApiKey],
+        ledger: NamedDependency[LedgerService],
+        access: NamedDependency[Access],
+    ) -> EventAnswer:
+        """200 with the outcome: a valid event the ledger refuses is recorded and answered ``rejected``."""
+        event = await read_body(request, decode_inbound)
+        await access.check(key, event.type, event.location_id)
+        result = await ledger.apply([event])
+        outcome = result.outcomes[0]
+        reservation = result.reservations.get(outcome.reservation_id or "")
+        return EventAnswer(
+            event_id=outcome.event_id,
+            outcome=outcome.outcome,
+            error=outcome.error,
+            reservation=ReservationBody.of(reservation) if reservation else None,
+        )
+
+    @get("/{event_id:path}")
+    async def outcome(
+        self, request: Request[ApiKey, Any, Any], queries: NamedDependency[Queries], event_id: FromPath[str]
+    ) -> OutcomeMessage:
+        """The recorded outcome of an event (its id percent-encoded where it holds ``?``, ``#`` or ``%``)."""
+        event_id = _exact_event_id(request, event_id)
+        if not _EVENT_ID.fullmatch(event_id):
+            raise InvalidRequest("an event id is 1..128 printable ASCII characters", field="event_id")
+        outcome = await queries.outcome(event_id)
+        if outcome is None:
+            raise NotFound(f"no event {event_id!r} was recorded")
+        return OutcomeMessage.of(outcome)
+
+
+def _exact_event_id(request: Request[Any, Any, Any], event_id: str) -> str:
+    """The id as sent: Litestar's path parameter collapses ``//`` and drops a trailing ``/``."""
+    raw: bytes | None = request.scope.get("raw_path")
+    if raw and (sent := raw.decode("latin-1").partition("?")[0].partition("/events/")[2]):
+        return unquote(sent)
+    return event_id.removeprefix("/")

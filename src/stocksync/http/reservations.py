@@ -1,0 +1,159 @@
+"""Click-and-collect: reserve (rule 5), collect and cancel (rule 6), read and list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import uuid4
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromQuery, QueryParameter
+
+from stocksync.domain.errors import EventIdConflict, UnknownReservation
+from stocksync.domain.events import Cancel, Collect
+from stocksync.domain.model import ReservationStatus
+from stocksync.http.auth import Access, listing_scope
+from stocksync.http.errors import refusal
+from stocksync.http.schemas import (
+    LocationIdQuery,
+    ReservationIdPath,
+    ReservationList,
+    ReserveRequest,
+    body_operation,
+    decoder,
+    read_body,
+)
+from stocksync.messages import ReservationBody
+from stocksync.service.clock import Clock
+from stocksync.service.keys import ApiKey
+from stocksync.service.ledger_service import LedgerService
+from stocksync.service.queries import Queries
+
+_decode_reserve = decoder(ReserveRequest)
+
+
+class ReservationController(Controller):
+    path = "/reservations"
+    tags = ["reservations"]
+
+    @post(
+        "/",
+        operation_class=body_operation(ReserveRequest),
+        responses={200: ResponseSpec(ReservationBody, description="the same body again: its reservation")},
+    )
+    async def reserve(
+        self,
+        request: Request[ApiKey, Any, Any],
+        key: NamedDependency[ApiKey],
+        ledger: NamedDependency[LedgerService],
+        queries: NamedDependency[Queries],
+        access: NamedDependency[Access],
+        clock: NamedDependency[Clock],
+    ) -> Response[ReservationBody]:
+        """Hold every line or none (201); 409 insufficient_stock with the shortages; 404 unknown_location."""
+        body = await read_body(request, _decode_reserve)
+        await access.check(key, "reserve", body.location_id)
+        if body.reservation_id is not None and (again := await _posted_before(queries, body)) is not None:
+            return Response(again, status_code=200)
+        reservation_id = body.reservation_id or f"res-{uuid4().hex}"
+        result = await ledger.apply([body.event(reservation_id, clock(), source=f"http:{key.key_id}")])
+        outcome = result.outcomes[0]
+        if outcome.error == EventIdConflict.code and (again := await _posted_before(queries, body)):
+            return Response(again, status_code=200)  # an identical request committed first
+        if outcome.outcome == "rejected":
+            raise refusal(outcome)
+        return Response(ReservationBody.of(result.reservations[reservation_id]), status_code=201)
+
+    @get("/")
+    async def list_reservations(
+        self,
+        key: NamedDependency[ApiKey],
+        queries: NamedDependency[Queries],
+        location_id: LocationIdQuery = None,
+        status: FromQuery[ReservationStatus | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> ReservationList:
+        """Oldest first; pos and staff keys see their own locations only."""
+        found = await queries.reservations(listing_scope(key, location_id), status, limit)
+        return ReservationList(items=[ReservationBody.of(reservation) for reservation in found])
+
+    @get("/{reservation_id:str}")
+    async def read(
+        self, queries: NamedDependency[Queries], reservation_id: ReservationIdPath
+    ) -> ReservationBody:
+        reservation = await queries.reservation(reservation_id)
+        if reservation is None:
+            raise UnknownReservation(f"reservation {reservation_id!r} is not known")
+        return ReservationBody.of(reservation)
+
+    @post("/{reservation_id:str}/collect", status_code=200)
+    async def collect(
+        self,
+        key: NamedDependency[ApiKey],
+        ledger: NamedDependency[LedgerService],
+        queries: NamedDependency[Queries],
+        access: NamedDependency[Access],
+        clock: NamedDependency[Clock],
+        reservation_id: ReservationIdPath,
+    ) -> ReservationBody:
+        """Turn the hold into a sale; collecting again answers the same; else 409 reservation_not_held."""
+        return await _settle(Collect, reservation_id, key, ledger, queries, access, clock)
+
+    @post("/{reservation_id:str}/cancel", status_code=200)
+    async def cancel(
+        self,
+        key: NamedDependency[ApiKey],
+        ledger: NamedDependency[LedgerService],
+        queries: NamedDependency[Queries],
+        access: NamedDependency[Access],
+        clock: NamedDependency[Clock],
+        reservation_id: ReservationIdPath,
+    ) -> ReservationBody:
+        """Release the hold; cancelling again answers the same; 409 reservation_not_held otherwise."""
+        return await _settle(Cancel, reservation_id, key, ledger, queries, access, clock)
+
+
+async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationBody | None:
+    """A reservation id posted before answers as it did (rule 10): its reservation, or its refusal again.
+
+    Its reserve event cannot simply be applied again: the new ``occurred_at`` would make it a conflict.
+    """
+    assert body.reservation_id is not None
+    outcome = await queries.outcome(f"http:reserve:{body.reservation_id}")
+    if outcome is None:
+        return None
+    if outcome.outcome == "rejected":
+        raise refusal(outcome)
+    reservation = await queries.reservation(body.reservation_id)
+    if reservation is None or not body.same_as(reservation):
+        raise EventIdConflict(f"reservation {body.reservation_id!r} was already posted with another body")
+    return ReservationBody.of(reservation)
+
+
+async def _settle(
+    kind: type[Collect | Cancel],
+    reservation_id: str,
+    key: ApiKey,
+    ledger: LedgerService,
+    queries: Queries,
+    access: Access,
+    clock: Clock,
+) -> ReservationBody:
+    """One collect or cancel event at the reservation's own location, under a fresh event id."""
+    reservation = await queries.reservation(reservation_id)
+    if reservation is None:
+        raise UnknownReservation(f"reservation {reservation_id!r} is not known")
+    event = kind(
+        event_id=f"http:{uuid4().hex}",
+        location_id=reservation.location_id,
+        occurred_at=clock(),
+        source=f"http:{key.key_id}",
+        reservation_id=reservation_id,
+    )
+    await access.check(key, event.type, event.location_id)
+    result = await ledger.apply([event])
+    outcome, settled = result.outcomes[0], result.reservations[reservation_id]
+    if outcome.outcome == "rejected":
+        raise refusal(outcome, settled)
+    return ReservationBody.of(settled)

@@ -1,0 +1,232 @@
+"""HTTP bodies: one msgspec Struct per contract, and the one way a request body is decoded.
+
+Bodies are decoded from the raw bytes by msgspec (not by Litestar) so that a validation failure names the
+exact field (``lines[0].qty``) in the error answer; the same Structs also document the bodies in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import PathParameter, QueryParameter
+from msgspec import Meta, Struct
+
+from stocksync.domain.errors import InvalidRequest
+from stocksync.domain.events import (
+    DEFAULT_TTL_S,
+    ID_PATTERN,
+    MAX_LINES,
+    NO_CONTROL_CHARACTERS,
+    RESERVATION_ID_PATTERN,
+    Channel,
+    LocationId,
+    QtyLine,
+    Reserve,
+    ReservationId,
+    Text,
+    Ttl,
+)
+from stocksync.domain.ledger import merge_lines
+from stocksync.domain.model import Location, Reservation, ReservationLine
+from stocksync.domain.pickup import LatLon, PickupStore
+from stocksync.messages import PositionBody, ReservationBody
+from stocksync.service.queries import MovementView
+
+T = TypeVar("T")
+
+# Single-valued parameters: Litestar drops the msgspec constraints of an aliased type there (it keeps those of
+# list items), so their patterns are restated.
+LocationIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="location id")]
+SkuPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="sku id")]
+ReservationIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="reservation")]
+LocationIdQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="location id")]
+SkuQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="sku id")]
+
+# -- requests ------------------------------------------------------------------------------------------------
+
+
+class ReserveRequest(Struct, frozen=True, kw_only=True):
+    """``POST /v1/reservations``: the HTTP face of a ``reserve`` event."""
+
+    location_id: LocationId
+    channel: Channel
+    lines: Annotated[list[QtyLine], Meta(min_length=1, max_length=MAX_LINES)]
+    reservation_id: ReservationId | None = None
+    ttl_seconds: Ttl = DEFAULT_TTL_S
+    reference: Text | None = None
+
+    def event(self, reservation_id: str, now: datetime, source: str) -> Reserve:
+        return Reserve(
+            event_id=f"http:reserve:{reservation_id}",
+            location_id=self.location_id,
+            occurred_at=now,
+            source=source,
+            reference=self.reference,
+            reservation_id=reservation_id,
+            channel=self.channel,
+            ttl_seconds=self.ttl_seconds,
+            lines=self.lines,
+        )
+
+    def same_as(self, reservation: Reservation) -> bool:
+        """Whether ``reservation`` is what this body asks for: a repeat, not a conflict."""
+        return (
+            reservation.location_id == self.location_id
+            and reservation.channel == self.channel
+            and reservation.reference == self.reference
+            and reservation.expires_at - reservation.created_at == timedelta(seconds=self.ttl_seconds)
+            and reservation.lines == merge_lines(ReservationLine(sku=ln.sku, qty=ln.qty) for ln in self.lines)
+        )
+
+
+class LocationRequest(Struct, frozen=True, kw_only=True):
+    """``PUT /v1/locations/{location_id}``."""
+
+    kind: Literal["store", "warehouse", "online"]
+    name: Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+    pickup_enabled: bool = False
+    lat: Annotated[float, Meta(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Meta(ge=-180, le=180)] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.lat is None) != (self.lon is None):
+            missing = "lat" if self.lat is None else "lon"
+            raise ValueError(f"`{missing}` is required with the other coordinate: give both or neither")
+
+    def location(self, location_id: str) -> Location:
+        return Location(location_id=location_id, **msgspec.structs.asdict(self))
+
+
+class SafetyStockRequest(Struct, frozen=True, kw_only=True):
+    """``PUT /v1/locations/{location_id}/safety-stock/{sku}``."""
+
+    qty: Annotated[int, Meta(ge=0, le=10_000_000)]
+
+
+# -- answers -------------------------------------------------------------------------------------------------
+
+
+class PositionList(Struct, frozen=True, kw_only=True):
+    items: list[PositionBody]
+
+
+class PickupAnswer(Struct, frozen=True, kw_only=True):
+    stores: list[PickupStore]
+
+
+class ReservationList(Struct, frozen=True, kw_only=True):
+    items: list[ReservationBody]
+
+
+class LocationList(Struct, frozen=True, kw_only=True):
+    items: list[Location]
+
+
+class MovementPage(Struct, frozen=True, kw_only=True):
+    items: list[MovementView]
+    next: int | None
+
+
+class EventAnswer(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``POST /v1/events``: the outcome, and the reservation when the event concerns one that exists."""
+
+    event_id: str
+    outcome: str
+    error: str | None = None
+    reservation: ReservationBody | None = None
+
+
+class Health(Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool]
+
+
+# -- decoding ------------------------------------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_NAMED = re.compile(r"^(?:Object missing required field )?`(?P<name>[^`]+)`")
+
+
+def invalid(error: msgspec.ValidationError) -> InvalidRequest:
+    """msgspec's "<message> - at `$.lines[0]`" as an `InvalidRequest` naming the field (``lines[0].qty``)."""
+    parts = _AT.match(str(error))
+    assert parts is not None  # the pattern matches any text
+    message, path = parts["message"], (parts["path"] or "").lstrip(".")
+    if named := _NAMED.match(message):
+        path = f"{path}.{named['name']}" if path else named["name"]
+    return InvalidRequest(message, field=path or "body")
+
+
+async def read_body(request: Request[Any, Any, Any], decode: Callable[[bytes], T]) -> T:
+    try:
+        return decode(await request.body())
+    except msgspec.ValidationError as error:
+        raise invalid(error) from None
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}", field="body") from None
+
+
+def decoder(kind: type[T]) -> Callable[[bytes], T]:
+    return msgspec.json.Decoder(kind).decode
+
+
+def body_operation(kind: Any) -> type[Operation]:
+    """An OpenAPI operation documenting ``kind`` as the request body (that `read_body` decodes)."""
+    schema = _inline(*msgspec.json.schema_components([kind], ref_template="{name}"))
+
+    @dataclass
+    class BodyOperation(Operation):
+        def __post_init__(self) -> None:
+            media = OpenAPIMediaType(schema=schema)  # type: ignore[arg-type]  # plain JSON Schema
+            self.request_body = RequestBody(content={"application/json": media}, required=True)
+
+    return BodyOperation
+
+
+def _inline(schemas: Sequence[Any], definitions: dict[str, Any]) -> dict[str, Any]:
+    """msgspec's schema with its definitions inlined: Litestar owns ``components/schemas``."""
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"]])
+            return {key: resolve(value) for key, value in node.items() if key != "mapping"}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schemas[0])
+
+
+# -- query parameters that Litestar's types cannot say -------------------------------------------------------
+
+
+def pickup_lines(skus: Sequence[str], quantities: Sequence[int] | None) -> list[ReservationLine]:
+    """``sku`` and ``qty`` paired in order; a sku without its qty wants 1."""
+    quantities = quantities or []
+    if len(quantities) > len(skus):
+        raise InvalidRequest(
+            "more qty than sku parameters: each qty pairs with the sku at its position", field="qty"
+        )
+    padded = [*quantities, *[1] * (len(skus) - len(quantities))]
+    return [ReservationLine(sku=sku, qty=qty) for sku, qty in zip(skus, padded, strict=True)]
+
+
+def parse_near(near: str | None) -> LatLon | None:
+    """``lat,lon`` in degrees."""
+    if near is None:
+        return None
+    try:
+        lat, lon = (float(part) for part in near.split(","))
+    except ValueError:
+        raise InvalidRequest("near must be `lat,lon` in degrees", field="near") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise InvalidRequest("near is off the globe: lat within ±90, lon within ±180", field="near")
+    return lat, lon

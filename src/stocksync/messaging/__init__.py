@@ -1,0 +1,1 @@
+"""The NATS JetStream adapter: topology, the batched event worker, the outbox relay."""

@@ -1,0 +1,150 @@
+"""Streams, the worker's durable consumer and the availability bucket, created or updated by `migrate`.
+
+Durability choices are explained in docs/reliability.md: file storage everywhere, a two-minute duplicate
+window on the publish side (exactly-once *effect* comes from the ledger's processed_events, for ever),
+inbound messages kept for a week so the nightly reconciliation can prove none was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+log = structlog.get_logger("stocksync.nats")
+
+DAY = 86_400.0
+IN_STREAM = "STOCKSYNC_IN"
+OUT_STREAM = "STOCKSYNC_OUT"
+DLQ_STREAM = "STOCKSYNC_DLQ"
+WORKER_CONSUMER = "stocksync-worker"
+AVAILABILITY_BUCKET = "stocksync_availability"
+DUPLICATE_WINDOW_S = 120.0
+
+
+def streams(replicas: int = 1) -> list[StreamConfig]:
+    common = dict(
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        max_msg_size=512 * 1024,
+    )
+    return [
+        StreamConfig(
+            name=IN_STREAM,
+            subjects=["stocksync.in.>"],
+            max_age=7 * DAY,
+            description="events from tills, the web shop and staff",
+            **common,
+        ),
+        StreamConfig(
+            name=OUT_STREAM,
+            subjects=["stocksync.out.>"],
+            max_age=3 * DAY,
+            description="availability, reservations, alerts and outcomes",
+            **common,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            subjects=["stocksync.dlq.>"],
+            max_age=30 * DAY,
+            description="messages that could not be decoded or validated",
+            **common,
+        ),
+    ]
+
+
+def availability_bucket(replicas: int = 1) -> StreamConfig:
+    """The stream behind the KV bucket, as ``create_key_value`` makes it (history 1); migrate updates it."""
+    return StreamConfig(
+        name=f"KV_{AVAILABILITY_BUCKET}",
+        subjects=[f"$KV.{AVAILABILITY_BUCKET}.>"],
+        description="current availability per <location_id>.<sku>",
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        deny_delete=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        allow_direct=False,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=0.0,
+        max_bytes=-1,
+        max_msg_size=-1,
+        max_msgs=-1,
+        max_consumers=-1,
+    )
+
+
+def worker_consumer() -> ConsumerConfig:
+    """Explicit acks after the commit; redelivered without limit, so a passing fault never drops an event."""
+    return ConsumerConfig(
+        durable_name=WORKER_CONSUMER,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=60.0,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        max_waiting=512,
+        filter_subject="stocksync.in.>",
+    )
+
+
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create what is missing and update settings that changed; safe to repeat."""
+    for config in [*streams(replicas), availability_bucket(replicas)]:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+    await js.add_consumer(IN_STREAM, worker_consumer())
+
+
+async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
+    """A connection that keeps reconnecting for ever, and keeps trying the first time too: a NATS that is
+    down or not started yet is a passing fault, not a reason for a worker to exit."""
+    backoff = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                servers=url.split(","),
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+                **options,
+            )
+        except (NoServersError, OSError, TimeoutError) as error:
+            log.warning(
+                "nats_unreachable", url=url, error=f"{type(error).__name__}: {error}", retry_in_s=backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+async def migrate_topology(url: str, replicas: int = 1) -> None:
+    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3)
+    try:
+        await ensure_topology(nc.jetstream(), replicas)
+    finally:
+        await nc.close()

@@ -1,0 +1,202 @@
+"""The event worker: pulls inbound events in batches and applies each batch in one transaction.
+
+Acknowledges only after the commit. A message that cannot be decoded or validated goes to the DLQ and is
+acknowledged, so it never blocks the ones behind it. A passing fault (database down) leaves the batch
+unacknowledged and is retried with backoff; a batch that fails for one bad event is split until the others
+apply and the bad one is dead-lettered. Several workers may share the durable consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from stocksync import metrics
+from stocksync.aio import pause, quietly
+from stocksync.domain.errors import Unavailable
+from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, decode_inbound
+from stocksync.messaging.topology import IN_STREAM, WORKER_CONSUMER
+from stocksync.service.ledger_service import LedgerService
+
+log = structlog.get_logger("stocksync.worker")
+_LOCATION = re.compile(ID_PATTERN)
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """``stocksync.dlq.<location_id or _>``: the original message and why it was refused."""
+
+    subject: str
+    headers: dict[str, str]
+    body: str
+    body_encoding: str  # "utf-8", or "base64" when the body is not UTF-8
+    error: str
+    detail: str
+    stream_sequence: int | None
+    dead_lettered_at: datetime
+
+
+class Refused(Exception):
+    """A message that is not a valid event: it goes to the DLQ with a machine code."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) -> InboundEvent:
+    """Body and subject must agree: ``stocksync.in.<location_id>.<type>``, and ``Nats-Msg-Id`` = event_id."""
+    if len(data) > MAX_BODY_BYTES:
+        raise Refused(
+            "body_too_large", f"the body is {len(data)} bytes; at most {MAX_BODY_BYTES} are accepted"
+        )
+    try:
+        event = decode_inbound(data)
+    except msgspec.ValidationError as error:
+        raise Refused("invalid_event", str(error)) from None
+    except msgspec.DecodeError as error:
+        raise Refused("undecodable", f"the body is not valid JSON: {error}") from None
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[2] != event.location_id or tokens[3] != event.type:
+        raise Refused(
+            "subject_mismatch",
+            f"subject {subject!r} does not match the body (stocksync.in.{event.location_id}.{event.type})",
+        )
+    msg_id = (headers or {}).get("Nats-Msg-Id")
+    if msg_id is not None and msg_id != event.event_id:
+        raise Refused("msg_id_mismatch", f"Nats-Msg-Id {msg_id!r} is not the event_id {event.event_id!r}")
+    return event
+
+
+def dead_letter_of(msg: Msg, refusal: Refused) -> tuple[str, DeadLetter]:
+    tokens = msg.subject.split(".")
+    location = tokens[2] if len(tokens) > 2 and _LOCATION.match(tokens[2]) else "_"
+    try:
+        body, encoding = msg.data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        body, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
+    letter = DeadLetter(
+        subject=msg.subject,
+        headers=dict(msg.headers or {}),
+        body=body,
+        body_encoding=encoding,
+        error=refusal.error,
+        detail=refusal.detail,
+        stream_sequence=_sequence(msg),
+        dead_lettered_at=datetime.now(UTC),
+    )
+    return f"stocksync.dlq.{location}", letter
+
+
+def _sequence(msg: Msg) -> int | None:
+    try:
+        return msg.metadata.sequence.stream
+    except (ValueError, AttributeError, IndexError):
+        return None
+
+
+class EventWorker:
+    def __init__(
+        self,
+        nc: Client,
+        ledger: LedgerService,
+        *,
+        batch_max: int = 500,
+        fetch_timeout_s: float = 1.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.ledger = ledger
+        self.batch_max = batch_max
+        self.fetch_timeout_s = fetch_timeout_s
+        self.max_backoff_s = max_backoff_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch with expiry; re-create the pull subscription after any NATS error.
+
+        No idle heartbeat: nats-py sends the lingering pull request with what is left of the timeout, the
+        server refuses one shorter than two heartbeats (400, as after a reconnect), and fetch then raises
+        and drops the messages it had already received, unacknowledged until ``ack_wait`` runs out.
+        """
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                sub = await self.js.pull_subscribe_bind(WORKER_CONSUMER, IN_STREAM)
+                try:
+                    while not stop.is_set():
+                        try:
+                            msgs = await sub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
+                        except TimeoutError:
+                            continue
+                        await self.handle(msgs, stop)
+                        backoff = 0.1
+                finally:
+                    await quietly(sub.unsubscribe())
+            except (NatsError, OSError) as error:
+                log.warning("worker_subscription_lost", error=f"{type(error).__name__}: {error}")
+                await pause(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def handle(self, msgs: Sequence[Msg], stop: asyncio.Event | None = None) -> None:
+        """Dead-letter the invalid, apply the rest as one batch, then acknowledge everything."""
+        valid: list[tuple[Msg, InboundEvent]] = []
+        for msg in msgs:
+            try:
+                valid.append((msg, decode_message(msg.subject, msg.headers, msg.data)))
+            except Refused as refusal:
+                await self.dead_letter(msg, refusal)
+        await self._apply_until_committed(valid, stop or asyncio.Event())
+
+    async def _apply_until_committed(
+        self, batch: list[tuple[Msg, InboundEvent]], stop: asyncio.Event
+    ) -> None:
+        backoff = 0.05
+        while batch and not stop.is_set():
+            try:
+                await self._apply_or_split(batch)
+                return
+            except Unavailable as error:
+                log.warning("batch_deferred", events=len(batch), error=str(error), retry_in_s=backoff)
+                await asyncio.gather(*(quietly(msg.in_progress()) for msg, _ in batch))
+                await pause(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _apply_or_split(self, batch: list[tuple[Msg, InboundEvent]]) -> None:
+        try:
+            await self.ledger.apply([event for _, event in batch])
+        except Unavailable:
+            raise
+        except Exception as error:  # one event the ledger cannot store: isolate it, keep the rest
+            if len(batch) == 1:
+                log.error("event_failed", event_id=batch[0][1].event_id, error=repr(error))
+                await self.dead_letter(
+                    batch[0][0], Refused("apply_failed", f"{type(error).__name__}: {error}")
+                )
+                return
+            half = len(batch) // 2
+            await self._apply_or_split(batch[:half])
+            await self._apply_or_split(batch[half:])
+            return
+        for msg, _ in batch:  # each ack only queues a publish: a plain loop beats gathering 500 coroutines
+            await msg.ack()
+
+    async def dead_letter(self, msg: Msg, refusal: Refused) -> None:
+        """Publish to the DLQ (de-duplicated by the inbound sequence), then acknowledge the original."""
+        subject, letter = dead_letter_of(msg, refusal)
+        msg_id = f"dlq:{letter.stream_sequence}" if letter.stream_sequence is not None else None
+        await self.js.publish(
+            subject, msgspec.json.encode(letter), headers={"Nats-Msg-Id": msg_id} if msg_id else None
+        )
+        await msg.ack()
+        metrics.DEAD_LETTERS.labels(refusal.error).inc()
+        log.warning("dead_lettered", subject=msg.subject, error=refusal.error, detail=refusal.detail)

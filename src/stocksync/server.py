@@ -1,0 +1,129 @@
+"""`stocksync serve`: the HTTP API and the background parts, in one process or one role at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
+
+import structlog
+import uvicorn
+from nats.errors import Error as NatsError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stocksync.adapters.database import create_engine
+from stocksync.messaging.relay import OutboxRelay
+from stocksync.messaging.topology import connect
+from stocksync.messaging.worker import EventWorker
+from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
+from stocksync.service.sweeper import ExpirySweeper
+from stocksync.settings import SERVICE_ROLES, Settings
+
+log = structlog.get_logger("stocksync.server")
+
+
+def nats_probe(nats_url: str) -> Callable[[], Awaitable[bool]]:
+    """Readiness: the NATS server answers with its INFO line."""
+    parts = urlsplit(nats_url.split(",")[0])
+
+    async def probe() -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1
+            )
+        except (OSError, TimeoutError):
+            return False
+        try:
+            return (await asyncio.wait_for(reader.readline(), timeout=1)).startswith(b"INFO")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    return probe
+
+
+def _http_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
+    from stocksync.http.app import create_app
+
+    readiness = {"nats": nats_probe(settings.nats_url)} if settings.nats_url else {}
+    app = create_app(engine=engine, ledger=GroupCommitLedger(engine), readiness=readiness)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> None:
+    """Run the chosen roles until SIGINT or SIGTERM, then stop them cleanly."""
+    roles = set(roles)
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, pool_size=20)
+    ledger = LedgerService(engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    tasks: list[asyncio.Task] = []
+    http = None
+    if "api" in roles:
+        http = _http_server(settings, engine)
+        http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        tasks.append(asyncio.create_task(http.serve(), name="api"))
+    if "sweeper" in roles:
+        sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
+        tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
+    if roles & {"worker", "relay"}:
+        tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
+    gc.collect()
+    gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
+    log.info("serving", roles=sorted(roles), http=f"http://{settings.http_host}:{settings.http_port}")
+    try:
+        done, _ = await asyncio.wait(
+            [asyncio.create_task(stop.wait()), *tasks], return_when="FIRST_COMPLETED"
+        )
+        for task in done:
+            if task in tasks and task.exception():
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        if http is not None:
+            http.should_exit = True
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=15)
+            for task in pending:  # still waiting for a server that never came: give up
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await engine.dispose()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")
+
+
+async def _nats_roles(
+    settings: Settings, roles: set[str], engine: AsyncEngine, ledger: LedgerService, stop: asyncio.Event
+) -> None:
+    """The worker and the relay share one NATS connection, made (patiently) before they start."""
+    nc = await connect(settings.nats_url)
+    parts = []
+    if "worker" in roles:
+        parts.append(EventWorker(nc, ledger, batch_max=settings.batch_max).run(stop))
+    if "relay" in roles:
+        parts.append(
+            OutboxRelay(engine, nc, retention=timedelta(seconds=settings.outbox_retention_s)).run(stop)
+        )
+    try:
+        await asyncio.gather(*parts)
+    finally:
+        try:  # a NATS that went away for good must not hold the shutdown up
+            await asyncio.wait_for(nc.drain(), timeout=5)
+        except (TimeoutError, NatsError):
+            await nc.close()

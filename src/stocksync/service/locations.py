@@ -1,0 +1,32 @@
+"""Locations: where stock is held. Not ledger changes themselves, so no movement is written."""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stocksync.adapters import tables as t
+from stocksync.domain.model import Location
+
+_COLUMNS = ("location_id", "kind", "name", "pickup_enabled", "lat", "lon")
+
+
+async def upsert_locations(engine: AsyncEngine, locations: list[Location]) -> None:
+    if not locations:
+        return
+    statement = insert(t.locations)
+    statement = statement.on_conflict_do_update(
+        index_elements=[t.locations.c.location_id],
+        set_={name: statement.excluded[name] for name in _COLUMNS[1:]} | {"updated_at": func.now()},
+    )
+    async with engine.begin() as conn:
+        await conn.execute(statement, [msgspec.structs.asdict(location) for location in locations])
+
+
+async def list_locations(engine: AsyncEngine) -> list[Location]:
+    columns = [t.locations.c[name] for name in _COLUMNS]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(*columns).order_by(t.locations.c.location_id))
+        return [Location(**row._asdict()) for row in rows]

@@ -1,0 +1,103 @@
+"""Turns what a batch changed into outbox rows: the messages published once the transaction commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import msgspec
+
+from stocksync.domain.events import INBOUND_TYPES
+from stocksync.domain.ledger import Ledger
+from stocksync.domain.model import Alert, Outcome
+from stocksync.messages import (
+    AlertMessage,
+    AvailabilityMessage,
+    OutcomeMessage,
+    ReservationMessage,
+)
+
+_encode = msgspec.json.encode
+
+
+def availability_subject(location_id: str, sku: str) -> str:
+    return f"stocksync.out.availability.{location_id}.{sku}"
+
+
+def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[dict]:
+    """Availability per changed position (its final version), reservation changes, alerts and outcomes."""
+    rows = []
+    for key in ledger.changed_positions:
+        position = ledger.positions[key]
+        body = AvailabilityMessage.of(position, now)
+        rows.append(
+            _row(
+                availability_subject(*key),
+                f"availability:{key[0]}:{key[1]}:{position.version}",
+                body,
+                kv_key=f"{key[0]}.{key[1]}",
+                version=position.version,
+            )
+        )
+    rows.extend(_reservation_row(ledger, outcome) for outcome in ledger.outcomes if outcome.reservation_id)
+    rows.extend(
+        _row(
+            f"stocksync.out.alert.{a.location_id}",
+            f"alert:{a.event_id}:{a.sku}:{a.kind}:{a.on_hand}",
+            AlertMessage.of(a),
+        )
+        for a in alerts
+    )
+    rows.extend(
+        _row(
+            f"stocksync.out.outcome.{o.location_id}",
+            f"outcome:{o.event_id}:{o.outcome}",
+            OutcomeMessage.of(o),
+        )
+        for o in ledger.outcomes
+        if o.type in INBOUND_TYPES  # internal commands (expiry, safety stock) have no channel waiting
+    )
+    return rows
+
+
+def _reservation_row(ledger: Ledger, outcome: Outcome) -> dict:
+    """The reservation as this event left it; a reserve refused for want of stock is published ``rejected``.
+
+    A refused reserve naming a reservation that exists (a conflict) publishes that reservation's real state.
+    """
+    assert outcome.reservation_id is not None
+    reservation = ledger.reservations.get(outcome.reservation_id)
+    if reservation is None:
+        body = ReservationMessage(
+            reservation_id=outcome.reservation_id,
+            location_id=outcome.location_id,
+            status="rejected",
+            lines=(),
+            expires_at=None,
+            shortages=outcome.shortages,
+            event_id=outcome.event_id,
+        )
+    else:
+        body = ReservationMessage(
+            reservation_id=reservation.reservation_id,
+            location_id=reservation.location_id,
+            status=reservation.status,
+            lines=reservation.lines,
+            expires_at=reservation.expires_at,
+            shortages=(),
+            event_id=outcome.event_id,
+        )
+    subject = f"stocksync.out.reservation.{outcome.reservation_id}"
+    return _row(subject, f"reservation:{outcome.event_id}:{outcome.outcome}", body)
+
+
+def _row(
+    subject: str, msg_id: str, body: msgspec.Struct, *, kv_key: str | None = None, version: int | None = None
+) -> dict:
+    return {
+        "subject": subject,
+        "msg_id": msg_id,
+        "payload": _encode(body),
+        "kv_key": kv_key,
+        "version": version,
+    }

@@ -1,0 +1,143 @@
+"""The read side: committed state as HTTP shows it. Never locks, never writes.
+
+Positions are read whole and their ``available`` computed by the one rule in the core (rule 1), so every read
+path shows the same numbers for the same committed state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from msgspec import Struct
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from stocksync.adapters import tables as t
+from stocksync.adapters.database import any_of
+from stocksync.adapters.ledger_store import recorded_of, reservation_of
+from stocksync.domain.errors import UnknownLocation
+from stocksync.domain.model import Location, Outcome, Position, PositionKey, Reservation, ReservationLine
+
+_POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
+_LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__])
+
+
+class MovementView(Struct, frozen=True, kw_only=True):
+    """One movement as the audit trail shows it; ``id`` is the keyset cursor."""
+
+    id: int
+    event_id: str
+    type: str
+    location_id: str
+    sku: str
+    on_hand_delta: int
+    reserved_delta: int
+    damaged_delta: int
+    reason: str | None
+    superseded_by_count: bool
+    reservation_id: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class Queries:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def location(self, location_id: str) -> Location | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_LOCATIONS.where(t.locations.c.location_id == location_id))).first()
+        return None if row is None else Location(**row._asdict())
+
+    async def positions(self, skus: Sequence[str], location_ids: Sequence[str] = ()) -> list[Position]:
+        """Every (location, sku) asked for, a never-seen one as zeros; without locations, those that exist."""
+        p = t.positions.c
+        query = select(*_POSITION).where(p.sku == any_of(skus))
+        async with self.engine.connect() as conn:
+            if not location_ids:
+                rows = await conn.execute(query.order_by(p.location_id, p.sku))
+                return [Position(**row._asdict()) for row in rows]
+            await _require_locations(conn, location_ids)
+            rows = await conn.execute(query.where(p.location_id == any_of(location_ids)))
+        found = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
+        return [
+            found.get((location_id, sku)) or Position(location_id=location_id, sku=sku)
+            for location_id in dict.fromkeys(location_ids)
+            for sku in dict.fromkeys(skus)
+        ]
+
+    async def position(self, location_id: str, sku: str) -> Position:
+        (position,) = await self.positions([sku], [location_id])
+        return position
+
+    async def pickup_stock(self, skus: Sequence[str]) -> tuple[list[Location], dict[PositionKey, Position]]:
+        """Pickup-enabled locations and their positions of ``skus``."""
+        p, loc = t.positions.c, t.locations.c
+        async with self.engine.connect() as conn:
+            stores = await conn.execute(_LOCATIONS.where(loc.pickup_enabled))
+            held = select(*_POSITION).join(t.locations).where(loc.pickup_enabled, p.sku == any_of(skus))
+            rows = await conn.execute(held)
+        positions = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
+        return [Location(**row._asdict()) for row in stores], positions
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        query = select(t.reservations).where(t.reservations.c.reservation_id == reservation_id)
+        async with self.engine.connect() as conn:
+            found = await _with_lines(conn, (await conn.execute(query)).all())
+        return found[0] if found else None
+
+    async def reservations(
+        self, location_ids: Sequence[str] | None, status: str | None, limit: int
+    ) -> list[Reservation]:
+        """Oldest first; ``location_ids`` None means every location."""
+        r = t.reservations.c
+        query = select(t.reservations).order_by(r.created_at, r.reservation_id).limit(limit)
+        if location_ids is not None:
+            query = query.where(r.location_id == any_of(location_ids))
+        if status is not None:
+            query = query.where(r.status == status)
+        async with self.engine.connect() as conn:
+            return await _with_lines(conn, (await conn.execute(query)).all())
+
+    async def outcome(self, event_id: str) -> Outcome | None:
+        query = select(t.processed_events).where(t.processed_events.c.event_id == event_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else recorded_of(row).outcome
+
+    async def movements(
+        self, *, location_id: str | None, sku: str | None, after: int, limit: int
+    ) -> tuple[list[MovementView], int | None]:
+        """One page oldest first after the cursor ``after``, and the next cursor (None when no more)."""
+        m = t.movements.c
+        query = select(t.movements).where(m.id > after).order_by(m.id).limit(limit + 1)
+        if location_id is not None:
+            query = query.where(m.location_id == location_id)
+        if sku is not None:
+            query = query.where(m.sku == sku)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        items = [MovementView(**row._asdict()) for row in rows[:limit]]
+        return items, items[-1].id if len(rows) > limit else None
+
+
+async def _require_locations(conn: AsyncConnection, location_ids: Sequence[str]) -> None:
+    column = t.locations.c.location_id
+    known = set((await conn.execute(select(column).where(column == any_of(location_ids)))).scalars())
+    if missing := [location_id for location_id in location_ids if location_id not in known]:
+        raise UnknownLocation(f"location {missing[0]!r} is not known", location_id=missing[0])
+
+
+async def _with_lines(conn: AsyncConnection, rows: Sequence[Row]) -> list[Reservation]:
+    line = t.reservation_lines.c
+    lines: dict[str, list[ReservationLine]] = {row.reservation_id: [] for row in rows}
+    if lines:
+        found = await conn.execute(
+            select(line.reservation_id, line.sku, line.qty)
+            .where(line.reservation_id == any_of(list(lines)))
+            .order_by(line.reservation_id, line.line_no)
+        )
+        for row in found:
+            lines[row.reservation_id].append(ReservationLine(sku=row.sku, qty=row.qty))
+    return [reservation_of(row, lines[row.reservation_id]) for row in rows]

@@ -1,0 +1,255 @@
+"""Check 4: what the ledger publishes. Outbox rows the relay has not sent after the grace, and availability
+bucket entries that do not say what the ledger says.
+
+The bucket is compared in SQL: its entries stream in (last value per key, a batch per fetch) into a temporary
+table on one connection, and a full outer join with positions returns only the entries that differ and the
+positions with none. Repairs go through the publishing paths: the relay's own `relay_once` under its leader
+lock, and the bucket's compare-and-set (`put_if_newer`), or a replace at the revision read when the bucket
+holds a version the ledger does not agree with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from sqlalchemy import Row, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from stocksync.adapters import tables as t
+from stocksync.domain.model import Position
+from stocksync.domain.reconciliation import (
+    KV_MISSING,
+    KV_STALE,
+    KV_UNKNOWN,
+    Finding,
+    Numbers,
+    entry_problem,
+    kv_finding,
+    ledger_numbers,
+    outbox_finding,
+    split_key,
+)
+from stocksync.messages import AvailabilityMessage
+from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay, put_if_newer
+from stocksync.messaging.topology import AVAILABILITY_BUCKET
+from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired, stream_rows
+from stocksync.service.reconciliation.inbound import read_batches
+
+# -- the outbox --------------------------------------------------------------------------------------------------
+
+
+async def check_outbox(ctx: Context) -> Findings:
+    """Rows unrelayed since before the grace: the relay is down, wedged, or cannot reach NATS."""
+    o = t.outbox.c
+    stuck = (
+        select(o.id, o.subject, o.msg_id, o.created_at)
+        .where(o.relayed_at.is_(None), o.created_at <= ctx.cutoff)
+        .order_by(o.id)
+    )
+    ctx.progress.phase("outbox")
+    async with ctx.engine.connect() as conn:
+        async for rows in stream_rows(conn, stuck):
+            findings = [
+                outbox_finding(row_id=r.id, subject=r.subject, msg_id=r.msg_id, created_at=r.created_at)
+                for r in rows
+            ]
+            yield await _relay(ctx, rows, findings) if ctx.options.repair else findings
+
+
+async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> list[Finding]:
+    """Publish through the relay itself, holding its leader lock so no running relay is overtaken."""
+    async with ctx.engine.connect() as session:
+        if not await session.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}):
+            return [not_repaired(f, "a running relay holds the leader lock; restart it") for f in findings]
+        try:
+            relay = OutboxRelay(ctx.engine, ctx.nc)
+            kv = await ctx.js.key_value(AVAILABILITY_BUCKET)
+            while await relay.relay_once(kv) == relay.batch:
+                pass
+        finally:
+            await session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
+            await session.commit()
+    o = t.outbox.c
+    async with ctx.engine.connect() as conn:
+        pending = set(
+            (
+                await conn.scalars(select(o.id).where(o.id.in_([r.id for r in rows]), o.relayed_at.is_(None)))
+            ).all()
+        )
+    return [
+        not_repaired(f, "still unrelayed") if r.id in pending else repaired(f, "published by the relay")
+        for r, f in zip(rows, findings, strict=True)
+    ]
+
+
+# -- the availability bucket -----------------------------------------------------------------------------------
+
+_KV_TABLE = text(
+    """
+    CREATE TEMPORARY TABLE reconcile_kv (
+        location_id text NOT NULL, sku text NOT NULL, problem text,
+        on_hand bigint, reserved bigint, damaged bigint, safety_stock bigint, available bigint, version bigint,
+        PRIMARY KEY (location_id, sku)
+    ) ON COMMIT DROP
+    """
+)
+_KV_INSERT = text(
+    """
+    INSERT INTO reconcile_kv
+    SELECT * FROM unnest(CAST(:location_id AS text[]), CAST(:sku AS text[]), CAST(:problem AS text[]),
+        CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]), CAST(:damaged AS bigint[]),
+        CAST(:safety_stock AS bigint[]), CAST(:available AS bigint[]), CAST(:version AS bigint[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+_NUMBERS = ("on_hand", "reserved", "damaged", "safety_stock", "version")
+_KV_DIFFERENCES = text(
+    f"""
+    SELECT coalesce(p.location_id, k.location_id) AS location_id, coalesce(p.sku, k.sku) AS sku,
+           p.location_id IS NOT NULL AS in_ledger, p.updated_at >= :cutoff AS in_flight,
+           {", ".join(f"p.{n}" for n in _NUMBERS)},
+           k.location_id IS NOT NULL AS in_bucket, k.problem,
+           {", ".join(f"k.{n} AS k_{n}" for n in (*_NUMBERS, "available"))}
+    FROM positions p FULL JOIN reconcile_kv k ON k.location_id = p.location_id AND k.sku = p.sku
+    WHERE p.location_id IS NULL OR k.location_id IS NULL OR k.problem IS NOT NULL
+       OR ({", ".join(f"k.{n}" for n in _NUMBERS)}) IS DISTINCT FROM ({", ".join(f"p.{n}" for n in _NUMBERS)})
+    """
+)
+
+
+async def check_bucket(ctx: Context) -> Findings:
+    """Every bucket entry against its position, and every position against its entry."""
+    bucket = f"KV_{AVAILABILITY_BUCKET}"
+    info = await ctx.js.stream_info(bucket)
+    ctx.progress.phase("availability bucket", info.state.messages)
+    async with ctx.engine.begin() as conn:
+        await conn.execute(_KV_TABLE)
+        async for msgs in read_batches(ctx.js, bucket, f"$KV.{AVAILABILITY_BUCKET}.>", last_per_subject=True):
+            yield await _load_entries(conn, msgs)
+            ctx.advance("bucket_entries", len(msgs))
+        await conn.execute(text("ANALYZE reconcile_kv"))
+        async for rows in stream_rows(conn, _KV_DIFFERENCES, {"cutoff": ctx.cutoff}):
+            findings = [f for row in rows if (f := _judge(row))]
+            yield await _rewrite(ctx, findings) if ctx.options.repair else findings
+
+
+async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Finding]:
+    """Copy a batch of entries into the temporary table; a key that names no position is reported at once."""
+    prefix = len(f"$KV.{AVAILABILITY_BUCKET}.")
+    columns: dict[str, list] = {
+        name: [] for name in ("location_id", "sku", "problem", *_NUMBERS, "available")
+    }
+    unknown = []
+    for msg in msgs:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            continue
+        key = msg.subject[prefix:]
+        position = split_key(key)
+        if position is None:
+            unknown.append(Finding(kind=KV_UNKNOWN, detail=f"bucket key {key!r} is not <location_id>.<sku>"))
+            continue
+        entry = _decode(msg.data)
+        for name, value in (
+            ("location_id", position[0]),
+            ("sku", position[1]),
+            ("problem", entry_problem(entry)),
+        ):
+            columns[name].append(value)
+        for name in (*_NUMBERS, "available"):
+            columns[name].append(getattr(entry, name) if entry else None)
+    await conn.execute(_KV_INSERT, columns)
+    return unknown
+
+
+def _decode(data: bytes) -> Numbers | None:
+    try:
+        return msgspec.json.decode(data, type=Numbers)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _judge(row: Row) -> Finding | None:
+    ledger = ledger_numbers(*(getattr(row, n) for n in _NUMBERS)) if row.in_ledger else None
+    entry = (
+        Numbers(**{n: getattr(row, f"k_{n}") for n in (*_NUMBERS, "available")})
+        if (row.in_bucket and row.problem is None)
+        else None
+    )
+    return kv_finding(
+        row.location_id, row.sku, ledger, entry, problem=row.problem, in_flight=bool(row.in_flight)
+    )
+
+
+async def _rewrite(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    """Write the ledger's numbers for each stale or missing entry, read fresh (a sweep may have moved them)."""
+    targets = [(f.location_id, f.sku) for f in findings if f.kind in (KV_STALE, KV_MISSING)]
+    if not targets:
+        return findings
+    positions = await _positions(ctx, targets)
+    kv = await ctx.js.key_value(AVAILABILITY_BUCKET)
+
+    async def rewrite(finding: Finding) -> Finding:
+        found = positions.get((finding.location_id, finding.sku))
+        if finding.kind not in (KV_STALE, KV_MISSING) or found is None:
+            return finding
+        position, as_of = found
+        await overwrite(
+            kv, f"{position.location_id}.{position.sku}", position.version, _payload(position, as_of)
+        )
+        return repaired(finding, f"bucket rewritten from the ledger at version {position.version}")
+
+    return list(await asyncio.gather(*(rewrite(f) for f in findings)))
+
+
+async def _positions(ctx: Context, keys: list[tuple]) -> dict[tuple, tuple[Position, datetime]]:
+    p = t.positions.c
+    columns = [p[name] for name in Position.__struct_fields__]
+    async with ctx.engine.connect() as conn:
+        rows = await conn.execute(
+            select(*columns, p.updated_at).where(
+                func.row(p.location_id, p.sku).in_([func.row(*k) for k in keys])
+            )
+        )
+        return {
+            (row.location_id, row.sku): (
+                Position(**{n: getattr(row, n) for n in Position.__struct_fields__}),
+                row.updated_at,
+            )
+            for row in rows
+        }
+
+
+def _payload(position: Position, as_of: datetime) -> bytes:
+    """The body the relay would publish for this position (spec section 3)."""
+    return msgspec.json.encode(AvailabilityMessage.of(position, as_of))
+
+
+async def overwrite(kv: KeyValue, key: str, version: int, payload: bytes) -> None:
+    """The ledger is the truth: `put_if_newer` over a missing or older entry; otherwise (same or newer version
+    with other numbers, or no valid body) replace it at the revision read, trying again if a writer got in."""
+    while True:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        held = _entry_version(entry.value) if entry else None
+        if entry is None or (held is not None and held < version):
+            await put_if_newer(kv, key, version, payload)
+            return
+        try:
+            await kv.update(key, payload, last=entry.revision)
+            return
+        except KeyWrongLastSequenceError:
+            continue
+
+
+def _entry_version(value: bytes | None) -> int | None:
+    """The version of a valid availability body; None for one that is not (it is replaced, not compared)."""
+    entry = _decode(value or b"")
+    return entry.version if entry else None

@@ -1,0 +1,80 @@
+"""Rule 7: held reservations past their expiry are expired within seconds, with no request arriving.
+
+Each pass picks due reservations and applies `Expire` commands through the same `LedgerService` as every
+other change. Several sweepers may run: the reservation row lock and the core's status check make a second
+expiry of the same reservation a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stocksync import metrics
+from stocksync.aio import pause
+from stocksync.adapters import tables as t
+from stocksync.domain.errors import Unavailable
+from stocksync.domain.events import Expire
+from stocksync.service.ledger_service import LedgerService
+
+log = structlog.get_logger("stocksync.sweeper")
+
+
+class ExpirySweeper:
+    def __init__(
+        self, engine: AsyncEngine, ledger: LedgerService, *, interval_s: float = 1.0, batch: int = 200
+    ) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.interval_s = interval_s
+        self.batch = batch
+
+    async def sweep_once(self) -> int:
+        """Expire what is due now; returns how many reservations this pass expired."""
+        now = self.ledger.clock()
+        r = t.reservations.c
+        async with self.engine.connect() as conn:
+            due = (
+                await conn.execute(
+                    select(r.reservation_id, r.location_id)
+                    .where(r.status == "held", r.expires_at <= now)
+                    .order_by(r.expires_at)
+                    .limit(self.batch)
+                )
+            ).all()
+        if not due:
+            return 0
+        commands = [
+            Expire(event_id=f"expire:{rid}", location_id=loc, occurred_at=now, reservation_id=rid)
+            for rid, loc in due
+        ]
+        result = await self.ledger.apply(commands)
+        expired = sum(1 for outcome in result.outcomes if outcome.outcome == "applied")
+        metrics.EXPIRED.inc(expired)
+        log.info("reservations_expired", expired=expired, due=len(due))
+        return expired
+
+    async def count_by_status(self) -> None:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.reservations.c.status, func.count()).group_by(t.reservations.c.status)
+            )
+            for status, n in rows:
+                metrics.RESERVATIONS.labels(status).set(n)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        passes = 0
+        while not stop.is_set():
+            try:
+                while await self.sweep_once() == self.batch:
+                    pass
+                if passes % 15 == 0:
+                    await self.count_by_status()
+            except (Unavailable, SQLAlchemyError, OSError) as error:
+                log.warning("sweep_failed", error=f"{type(error).__name__}: {error}")
+            passes += 1
+            await pause(stop, self.interval_s)

@@ -1,0 +1,198 @@
+"""The running service, as a retailer starts it: `stocksync` processes over HTTP and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+import nats
+import psutil
+
+from stocksync.adapters.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env.update({f"STOCKSYNC_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def _stocksync(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "stocksync.cli", *args],
+        env=env,
+        cwd=cwd,
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+class Service:
+    """`stocksync serve` in a process of its own, its log kept for inspection."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> None:
+        self.base = f"http://127.0.0.1:{env['STOCKSYNC_HTTP_PORT']}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stocksync.cli", "serve"],
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not ready in {seconds}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._log.close()
+        return code
+
+
+def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_path: Path) -> None:
+    home = tmp_path / ".stocksync"  # the default, relative to where stocksync runs
+    env = _env(http_port=str(free_port()), log_format="json")
+    _stocksync(env, "migrate", cwd=tmp_path)
+    _stocksync(env, "migrate", cwd=tmp_path)  # safe to repeat
+    _stocksync(env, "demo", cwd=tmp_path)
+    demo = json.loads((home / "demo-keys.json").read_text())
+    service = Service(env, tmp_path / "serve.log", cwd=tmp_path)
+    try:
+        answer = httpx.get(
+            f"{service.base}/v1/pickup",
+            params={"sku": demo["sku"], "near": "52.3731,4.8926"},
+            headers={"Authorization": f"Bearer {demo['keys']['ecommerce']}"},
+        )
+        assert httpx.get(f"{service.base}/v1/pickup", params={"sku": demo["sku"]}).status_code == 401
+    finally:
+        assert service.stop() == 0
+    assert answer.status_code == 200, answer.text
+    stores = answer.json()["stores"]
+    assert stores, "the demo stocks its first sku in some pickup stores"
+    distances = [store["distance_km"] for store in stores]
+    assert distances == sorted(distances)
+    assert all(line["available"] >= 1 for store in stores for line in store["lines"])
+    assert (home / "pg" / "PG_VERSION").exists(), "data kept under ./.stocksync for the next start"
+    _stocksync(env, "migrate", cwd=tmp_path)  # restarting on the same data works
+    assert not _embedded_processes(tmp_path), "embedded servers stop with the last stocksync process"
+
+
+async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and_the_out_stream(
+    tmp_path: Path, fresh_database, nats_server
+) -> None:
+    env = _env(
+        database_url=fresh_database(), nats_url=nats_server.url, http_port=str(free_port()), log_format="json"
+    )
+    _stocksync(env, "migrate")
+    _stocksync(env, "demo")
+    key = _stocksync(env, "keys", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    service = Service(env, tmp_path / "serve.log")
+    store, sku = "store-ams-dam", f"SKU-E2E-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {key}"}
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        availability = await nc.subscribe(f"stocksync.out.availability.{store}.{sku}")
+        async with httpx.AsyncClient(base_url=service.base, headers=headers) as http:
+            receipt = _event("receipt", store, [{"sku": sku, "qty": 5}])
+            assert (await http.post("/v1/events", json=receipt)).json()["outcome"] == "applied"
+            sale = _event("sale", store, [{"sku": sku, "qty": 2}])
+            await js.publish(
+                f"stocksync.in.{store}.sale",
+                msgspec.json.encode(sale),
+                headers={"Nats-Msg-Id": sale["event_id"]},
+            )
+            versions = [json.loads((await availability.next_msg(timeout=10)).data) for _ in range(2)]
+            reservation = await http.post(
+                "/v1/reservations",
+                json={"location_id": store, "channel": "ecommerce", "lines": [{"sku": sku, "qty": 3}]},
+            )
+            too_many = await http.post(
+                "/v1/reservations",
+                json={"location_id": store, "channel": "ecommerce", "lines": [{"sku": sku, "qty": 1}]},
+            )
+            position = (await http.get("/v1/availability", params={"sku": sku, "location_id": store})).json()
+            outcome = (await http.get(f"/v1/events/{sale['event_id']}")).json()
+        kv = await js.key_value("stocksync_availability")
+        entry = await _kv_at_version(kv, f"{store}.{sku}", 3)
+    finally:
+        await nc.close()
+        assert service.stop() == 0
+    assert [v["on_hand"] for v in versions] == [5, 3]
+    assert [v["version"] for v in versions] == [1, 2]
+    assert outcome["outcome"] == "applied"
+    assert reservation.status_code == 201 and reservation.json()["status"] == "held"
+    assert too_many.status_code == 409 and too_many.json()["error"] == "insufficient_stock"
+    assert position["items"] == [
+        {
+            "location_id": store,
+            "sku": sku,
+            "on_hand": 3,
+            "reserved": 3,
+            "damaged": 0,
+            "safety_stock": 0,
+            "available": 0,
+            "version": 3,
+        }
+    ]
+    assert entry["available"] == 0 and entry["reserved"] == 3
+    log = (tmp_path / "serve.log").read_text()
+    assert key not in log and key.split("_")[-1] not in log, "an API key must never be logged"
+    batches = [json.loads(line) for line in log.splitlines() if '"batch_applied"' in line]
+    assert batches and all({"events", "applied", "duplicate", "rejected"} <= b.keys() for b in batches)
+
+
+def _event(type_: str, location_id: str, lines: list[dict]) -> dict:
+    return {
+        "event_id": f"e2e:{uuid.uuid4().hex}",
+        "type": type_,
+        "location_id": location_id,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "lines": lines,
+    }
+
+
+async def _kv_at_version(kv, key: str, version: int, seconds: float = 10) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = json.loads((await kv.get(key)).value)
+        if value["version"] >= version or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+def _embedded_processes(tmp_path: Path) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and any(str(tmp_path) in part for part in p.info["cmdline"])
+    ]

@@ -1,0 +1,172 @@
+"""Reading stock: availability, pickup stores, the audit trail, and safety stock as a change."""
+
+from __future__ import annotations
+
+from tests.support_http import Api, admin, client, ecommerce, engine, unique  # noqa: F401
+
+AMSTERDAM = (52.3676, 4.9041)
+UTRECHT = (52.0907, 5.1214)
+ROTTERDAM = (51.9244, 4.4777)
+
+
+async def test_availability_reads_positions_and_zeros_for_skus_never_seen(admin: Api, ecommerce: Api) -> None:
+    one, two, sku, never = await admin.store(), await admin.store(), unique("sku"), unique("sku")
+    await admin.receive(one, sku, 4)
+    await admin.receive(two, sku, 6)
+
+    asked = await ecommerce.get("/v1/availability", params={"sku": [sku, never], "location_id": one})
+    everywhere = await ecommerce.get("/v1/availability", params={"sku": [sku, never]})
+
+    assert asked.status_code == 200
+    assert asked.json()["items"] == [
+        {
+            "location_id": one,
+            "sku": sku,
+            "on_hand": 4,
+            "reserved": 0,
+            "damaged": 0,
+            "safety_stock": 0,
+            "available": 4,
+            "version": 1,
+        },
+        {
+            "location_id": one,
+            "sku": never,
+            "on_hand": 0,
+            "reserved": 0,
+            "damaged": 0,
+            "safety_stock": 0,
+            "available": 0,
+            "version": 0,
+        },
+    ]
+    assert sorted((p["location_id"], p["on_hand"]) for p in everywhere.json()["items"]) == sorted(
+        [(one, 4), (two, 6)]
+    )
+
+
+async def test_availability_at_an_unknown_location_is_404(ecommerce: Api) -> None:
+    answer = await ecommerce.get("/v1/availability", params={"sku": "A", "location_id": unique("ghost")})
+    assert (answer.status_code, answer.json()["error"]) == (404, "unknown_location")
+
+
+async def test_safety_stock_is_a_change_that_lowers_available(admin: Api, ecommerce: Api) -> None:
+    store, sku = await admin.store(), unique("sku")
+    await admin.receive(store, sku, 10)
+
+    answer = await admin.put(f"/v1/locations/{store}/safety-stock/{sku}", json={"qty": 3})
+
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "location_id": store,
+        "sku": sku,
+        "on_hand": 10,
+        "reserved": 0,
+        "damaged": 0,
+        "safety_stock": 3,
+        "available": 7,
+        "version": 2,
+    }
+    latest = (await admin.movements(store, sku))[-1]
+    assert (latest["reason"], latest["on_hand_delta"], latest["reserved_delta"], latest["damaged_delta"]) == (
+        "safety_stock",
+        0,
+        0,
+        0,
+    )
+    too_many = {"location_id": store, "channel": "ecommerce", "lines": [{"sku": sku, "qty": 8}]}
+    refused = await ecommerce.post("/v1/reservations", json=too_many)
+    assert refused.json()["shortages"] == [{"sku": sku, "requested": 8, "available": 7}]
+    unknown = await admin.put(f"/v1/locations/{unique('ghost')}/safety-stock/{sku}", json={"qty": 3})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_location")
+
+
+async def test_pickup_lists_stores_holding_every_line_nearest_first(admin: Api, ecommerce: Api) -> None:
+    a, b = unique("sku"), unique("sku")
+    rotterdam = await admin.store(lat=ROTTERDAM[0], lon=ROTTERDAM[1])
+    utrecht = await admin.store(lat=UTRECHT[0], lon=UTRECHT[1])
+    amsterdam_short = await admin.store(lat=AMSTERDAM[0], lon=AMSTERDAM[1])
+    amsterdam_closed = await admin.store(lat=AMSTERDAM[0], lon=AMSTERDAM[1], pickup=False)
+    for store in (rotterdam, utrecht, amsterdam_closed):
+        await admin.receive(store, a, 2)
+        await admin.receive(store, b, 1)
+    await admin.receive(amsterdam_short, a, 2)  # and no b
+
+    answer = await ecommerce.get("/v1/pickup", params={"sku": [a, b], "qty": [2], "near": "52.37,4.90"})
+
+    assert answer.status_code == 200
+    stores = answer.json()["stores"]
+    assert [s["location_id"] for s in stores] == [utrecht, rotterdam]
+    assert stores[0]["lines"] == [{"sku": a, "available": 2}, {"sku": b, "available": 1}]
+    assert stores[0]["name"] == f"Store {utrecht}"
+    assert 30 < stores[0]["distance_km"] < stores[1]["distance_km"] < 70
+    assert stores[0]["distance_km"] == round(stores[0]["distance_km"], 1)
+    assert (await ecommerce.get("/v1/pickup", params={"sku": [a, b], "qty": [3]})).json()["stores"] == []
+
+
+async def test_pickup_without_near_has_no_distance_and_honours_limit(admin: Api, ecommerce: Api) -> None:
+    sku = unique("sku")
+    stores = [await admin.store() for _ in range(3)]
+    for store in stores:
+        await admin.receive(store, sku, 1)
+
+    answer = await ecommerce.get("/v1/pickup", params={"sku": sku, "limit": 2})
+
+    found = answer.json()["stores"]
+    assert [s["location_id"] for s in found] == sorted(stores)[:2]
+    assert all(s["distance_km"] is None for s in found)
+
+
+async def test_movements_are_keyset_paged_oldest_first(admin: Api) -> None:
+    store, sku = await admin.store(), unique("sku")
+    for qty in range(1, 6):
+        await admin.receive(store, sku, qty)
+
+    pages, after = [], 0
+    while after is not None:
+        page = (
+            await admin.get(
+                "/v1/movements", params={"location_id": store, "sku": sku, "after": after, "limit": 2}
+            )
+        ).json()
+        pages.append(page["items"])
+        after = page["next"]
+
+    assert [len(page) for page in pages] == [2, 2, 1]
+    movements = [m for page in pages for m in page]
+    assert [m["on_hand_delta"] for m in movements] == [1, 2, 3, 4, 5]
+    assert [m["id"] for m in movements] == sorted(m["id"] for m in movements)
+    assert set(movements[0]) == {
+        "id",
+        "event_id",
+        "type",
+        "location_id",
+        "sku",
+        "on_hand_delta",
+        "reserved_delta",
+        "damaged_delta",
+        "reason",
+        "superseded_by_count",
+        "reservation_id",
+        "occurred_at",
+        "recorded_at",
+    }
+    assert movements[0]["type"] == "receipt" and movements[0]["superseded_by_count"] is False
+    exact = (await admin.get("/v1/movements", params={"location_id": store, "sku": sku, "limit": 5})).json()
+    assert exact["next"] is None and len(exact["items"]) == 5
+
+
+async def test_locations_are_listed_as_put(admin: Api, ecommerce: Api) -> None:
+    store = await admin.store(lat=AMSTERDAM[0], lon=AMSTERDAM[1])
+    moved = await admin.put(f"/v1/locations/{store}", json={"kind": "warehouse", "name": "Moved"})
+    listed = {loc["location_id"]: loc for loc in (await ecommerce.get("/v1/locations")).json()["items"]}
+
+    assert moved.json() == {
+        "location_id": store,
+        "kind": "warehouse",
+        "name": "Moved",
+        "pickup_enabled": False,
+        "lat": None,
+        "lon": None,
+    }
+    assert listed[store] == moved.json()

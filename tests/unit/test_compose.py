@@ -1,0 +1,220 @@
+"""compose.yaml and the Dockerfile describe a stack that can come up: checked statically, without Docker."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+Service = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Service]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def named_volumes() -> set[str]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return set(compose.get("volumes") or {})
+
+
+def environment(service: Service) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def dependencies(service: Service) -> dict[str, str]:
+    """Dependency name -> condition; the short list form means ``service_started``."""
+    depends = service.get("depends_on") or {}
+    if isinstance(depends, list):
+        return dict.fromkeys(depends, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in depends.items()}
+
+
+def words(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+
+
+def mounts(service: Service) -> dict[str, str]:
+    """Container path -> source (volume name or host path), from the short ``source:target`` syntax."""
+    return {entry.split(":")[1]: entry.split(":")[0] for entry in service.get("volumes") or []}
+
+
+def container_ports(service: Service) -> set[int]:
+    exposed = {int(str(port).split("/")[0]) for port in service.get("expose") or []}
+    published = {int(str(port).split(":")[-1].split("/")[0]) for port in service.get("ports") or []}
+    return exposed | published
+
+
+def healthcheck(service: Service) -> str:
+    test = (service.get("healthcheck") or {}).get("test")
+    return " ".join(words(test)) if test else ""
+
+
+def version(image: str) -> tuple[int, ...]:
+    """``postgres:18`` -> (18,), ``nats:2.11-alpine`` -> (2, 11)."""
+    tag = image.rpartition(":")[2]
+    return tuple(int(part) for part in re.findall(r"\d+", tag.split("-")[0]))
+
+
+def option(command: list[str], *flags: str, default: str | None = None) -> str | None:
+    """The value after the first of ``flags`` in ``command``."""
+    for flag in flags:
+        if flag in command:
+            return command[command.index(flag) + 1]
+    return default
+
+
+def dockerfile() -> dict[str, list[str]]:
+    """Instruction -> its arguments, in order, with line continuations joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    instructions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        keyword, _, rest = line.strip().partition(" ")
+        if keyword and not keyword.startswith("#"):
+            instructions.setdefault(keyword.upper(), []).append(rest.strip())
+    return instructions
+
+
+def exec_form(argument: str) -> list[str]:
+    return json.loads(argument) if argument.startswith("[") else shlex.split(argument)
+
+
+def nats_nodes(services: dict[str, Service]) -> dict[str, Service]:
+    return {
+        name: service for name, service in services.items() if service.get("image", "").startswith("nats:")
+    }
+
+
+def test_every_service_has_an_image_or_build(services: dict[str, Service]) -> None:
+    assert {"postgres", "migrate", "stocksync", "worker", "relay"} <= set(services)
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+
+
+def test_dependencies_exist_with_valid_conditions(services: dict[str, Service]) -> None:
+    for name, service in services.items():
+        for target, condition in dependencies(service).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert condition in CONDITIONS, f"{name}: {condition}"
+            if condition == "service_healthy":
+                assert healthcheck(services[target]), f"{target} needs a healthcheck for {name}"
+            if condition == "service_completed_successfully":
+                assert str(services[target].get("restart", "no")) == "no", f"{target} must run once"
+
+
+def test_named_volumes_and_configs_are_declared(
+    services: dict[str, Service], named_volumes: set[str]
+) -> None:
+    configs = set(yaml.safe_load((ROOT / "compose.yaml").read_text()).get("configs") or {})
+    for service in services.values():
+        for source in mounts(service).values():
+            assert source.startswith((".", "/")) or source in named_volumes, source
+        for config in service.get("configs") or []:
+            assert config["source"] in configs, config
+
+
+def test_stocksync_reaches_postgres_and_every_nats_node_by_service_name(services: dict[str, Service]) -> None:
+    env = environment(services["stocksync"])
+    database = urlsplit(env["STOCKSYNC_DATABASE_URL"])
+    postgres = services[database.hostname or ""]
+    assert database.scheme == "postgresql"
+    assert postgres["image"].startswith("postgres:")
+    assert (database.port or 5432) in container_ports(postgres)
+    postgres_env = environment(postgres)
+    assert database.username == postgres_env.get("POSTGRES_USER", "postgres")
+    assert database.password == postgres_env["POSTGRES_PASSWORD"]
+    assert database.path.lstrip("/") == postgres_env.get("POSTGRES_DB", database.username)
+
+    brokers = [urlsplit(url) for url in env["STOCKSYNC_NATS_URL"].split(",")]
+    assert {broker.hostname for broker in brokers} == set(nats_nodes(services))
+    for broker in brokers:
+        nats = services[broker.hostname or ""]
+        assert broker.scheme == "nats"
+        nats_port = option(words(nats["command"]), "-p", "--port", default="4222")
+        assert broker.port == int(nats_port or 0)
+        assert broker.port in container_ports(nats)
+
+
+def test_postgres_is_18_with_its_volume_where_18_keeps_data(services: dict[str, Service]) -> None:
+    postgres = services["postgres"]
+    assert version(postgres["image"])[0] == 18
+    assert "/var/lib/postgresql" in mounts(postgres)  # 18+ stores in /var/lib/postgresql/18/docker
+    assert "pg_isready" in healthcheck(postgres)
+
+
+def test_nats_is_a_three_node_jetstream_cluster_with_replicated_streams(services: dict[str, Service]) -> None:
+    nodes = nats_nodes(services)
+    assert len(nodes) == 3
+    commands = {name: words(node["command"]) for name, node in nodes.items()}
+    for name, node in nodes.items():
+        command = commands[name]
+        assert version(node["image"]) >= (2, 11)
+        assert "-js" in command or "--jetstream" in command
+        assert option(command, "-sd", "--store_dir") in mounts(node)
+        assert f":{option(command, '-m', '--http_port')}/healthz" in healthcheck(node)
+        assert option(command, "--server_name", "-n") == name
+        cluster_port = urlsplit(option(command, "--cluster") or "").port
+        routes = {urlsplit(route) for route in (option(command, "--routes") or "").split(",")}
+        assert {(route.hostname, route.port) for route in routes} == {(n, cluster_port) for n in nodes}
+    assert len({option(command, "--cluster_name") for command in commands.values()}) == 1
+    for service in ("migrate", "stocksync", "worker", "relay"):
+        assert environment(services[service])["STOCKSYNC_NATS_REPLICAS"] == str(len(nodes))
+
+
+def test_migrate_runs_once_before_stocksync_serves(services: dict[str, Service]) -> None:
+    migrate, stocksync = services["migrate"], services["stocksync"]
+    assert words(migrate["command"]) == ["stocksync", "migrate"]
+    assert str(migrate.get("restart")) == "no"
+    needed = {"postgres", *nats_nodes(services)}
+    assert {name: "service_healthy" for name in needed}.items() <= dependencies(migrate).items()
+    for name in ("stocksync", "worker", "relay"):
+        assert dependencies(services[name])["migrate"] == "service_completed_successfully"
+        assert environment(services[name]) == environment(migrate)
+
+    assert stocksync["build"] == "."
+    assert words(stocksync["command"]) == ["stocksync", "serve", "--role", "api", "--role", "sweeper"]
+    env = environment(stocksync)
+    assert env["STOCKSYNC_HTTP_HOST"] == "0.0.0.0"
+    assert env["STOCKSYNC_LOG_FORMAT"] == "json"
+    assert "8000:8000" in [str(port) for port in stocksync["ports"]]
+    assert ":8000/health/ready" in healthcheck(stocksync)
+
+
+def test_two_workers_and_two_relays(services: dict[str, Service]) -> None:
+    for name, role in (("worker", "worker"), ("relay", "relay")):
+        assert words(services[name]["command"]) == ["stocksync", "serve", "--role", role]
+        assert services[name]["deploy"]["replicas"] == 2
+
+
+def test_dockerfile_installs_the_package_and_runs_stocksync() -> None:
+    instructions = dockerfile()
+    assert instructions["FROM"] == ["python:3.12-slim"]
+    assert any(re.search(r"\bpip install (--\S+ )*\.(\s|$)", run) for run in instructions["RUN"])
+    copied = " ".join(instructions["COPY"])
+    assert "pyproject.toml" in copied and "src" in copied
+    assert instructions["USER"][-1] not in ("root", "0")
+    launch = [word for kw in ("ENTRYPOINT", "CMD") for word in exec_form(instructions.get(kw, ["[]"])[-1])]
+    assert launch[0] == "stocksync"
+
+
+def test_the_nightly_reconciliation_is_a_run_once_profile(services: dict[str, Service]) -> None:
+    reconcile = services["reconcile"]
+    assert reconcile["profiles"] == ["reconcile"]
+    assert words(reconcile["command"])[:2] == ["stocksync", "reconcile"]
+    assert str(reconcile["restart"]) == "no"  # exit 1 (discrepancies) must not loop
+    assert environment(reconcile) == environment(services["migrate"])
