@@ -16,6 +16,8 @@ from tests.support import NatsServer, drop_database, make_database, postgres_ans
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+pytest_plugins = ["tests.watchdog"]
+
 
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -32,11 +32,12 @@ from nats.js.api import DeliverPolicy, PubAck
 
 import stocksync
 from stocksync.adapters.database import create_engine
+from stocksync.aio import cancel_and_wait
 from stocksync.domain.events import Command, InboundEvent, encode
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import Location, PositionKey
-from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
 from stocksync.messages import PositionBody
+from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
 from stocksync.messaging.topology import (
     IN_STREAM,
     WORKER_CONSUMER,
@@ -485,7 +486,7 @@ async def in_process(
         stop.set()
         _, pending = await asyncio.wait(running.tasks, timeout=60) if running.tasks else (set(), set())
         for task in pending:
-            task.cancel()
+            await cancel_and_wait(task)
         for close in reversed(closers):
             try:
                 await asyncio.wait_for(close(), timeout=30)

@@ -18,6 +18,18 @@ async def pause(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None 
             waiter.cancel()
 
 
+async def cancel_and_wait(task: asyncio.Task, *, retry_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it runs on.
+
+    Python 3.11's `asyncio.wait_for` loses a cancellation that arrives as its inner future completes
+    (CPython gh-86296), and nats-py's ``fetch`` and ``next_msg`` run on it: one `Task.cancel` may not stop a
+    task that pulls messages. Seen as a test suite stalled for ever in a till client's ``close()``.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+
+
 async def quietly(awaitable: Awaitable) -> None:
     """Best effort: the subscription or message it concerns may already be gone."""
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from datetime import timedelta
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import structlog
@@ -15,6 +15,7 @@ from nats.errors import Error as NatsError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
+from stocksync.aio import cancel_and_wait
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
@@ -100,8 +101,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=15)
             for task in pending:  # still waiting for a server that never came: give up
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(task)
         await engine.dispose()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

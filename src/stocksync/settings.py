@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from typing import Literal
-import msgspec
 
+import msgspec
 
 SERVICE_ROLES = ("api", "worker", "relay", "sweeper")
 

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.domain.events import INBOUND_TYPES
-
 from tests.support_http import Api, admin, client, engine, now_iso, scalar, unique  # noqa: F401
 
 

@@ -8,8 +8,8 @@ location ids of their own.
 from __future__ import annotations
 
 import asyncio
-import io
 import dataclasses
+import io
 import shutil
 import signal
 import time
@@ -24,8 +24,9 @@ import pytest
 from rich.console import Console
 
 from stocksync.adapters.database import create_engine
-from stocksync.cli import main as cli_main
 from stocksync.adapters.embedded import free_port
+from stocksync.aio import cancel_and_wait
+from stocksync.cli import main as cli_main
 from stocksync.clients import PosClient, SpoolInUse
 from stocksync.clients.simulate import simulate
 from stocksync.domain.events import QtyLine, decode_inbound
@@ -76,8 +77,7 @@ async def running_service(
         yield settings
         assert not task.done(), f"serve stopped: {task.exception()!r}"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         for signum in (signal.SIGINT, signal.SIGTERM):  # serve leaves its handlers installed
             asyncio.get_running_loop().remove_signal_handler(signum)
 

@@ -32,7 +32,6 @@ from stocksync.domain.model import (
     Shortage,
 )
 
-
 _DIALECT = postgresql.dialect()
 
 

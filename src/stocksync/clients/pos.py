@@ -30,7 +30,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from stocksync.aio import pause, quietly
+from stocksync.aio import cancel_and_wait, pause, quietly
 from stocksync.domain.events import (
     ID_PATTERN,
     MAX_BODY_BYTES,
@@ -377,8 +377,7 @@ class PosClient:
         self._closed = True
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         if self._nc is not None:
             await quietly(self._nc.close())
         await self._call(self._spool.close)
@@ -468,7 +467,7 @@ class PosClient:
         self._listening.set()
         self._wake.set()
         try:
-            while True:
+            while not self._stop.is_set():
                 try:
                     msgs = await sub.fetch(256, timeout=5.0)
                 except TimeoutError:  # no outcome yet; a consumer lost with a NATS restart answers 404 here
@@ -530,7 +529,7 @@ class PosClient:
     async def _forward(self, nc: Client) -> None:
         """Send the spool in sequence order: what was never sent, and what waited too long for its outcome."""
         js = nc.jetstream()
-        while True:
+        while not self._stop.is_set():
             await self._listening.wait()  # never send what this till could not hear the outcome of
             await self._connected.wait()
             self._wake.clear()

@@ -28,8 +28,8 @@ from stocksync.domain.events import (
     Channel,
     LocationId,
     QtyLine,
-    Reserve,
     ReservationId,
+    Reserve,
     Text,
     Ttl,
 )

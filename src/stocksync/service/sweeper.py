@@ -15,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
-from stocksync.aio import pause
 from stocksync.adapters import tables as t
+from stocksync.aio import pause
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import Expire
 from stocksync.service.ledger_service import LedgerService
