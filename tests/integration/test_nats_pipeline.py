@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from stocksync.domain.events import decode_inbound, encode
+from stocksync.messaging.relay import BucketWriter
 from stocksync.messaging.topology import (
     AVAILABILITY_BUCKET,
     DLQ_STREAM,
@@ -223,6 +224,33 @@ async def _topology(js) -> dict:
         "consumer": (consumer.config, consumer.created),
         "bucket": (bucket.config, bucket.created),
     }
+
+
+async def test_the_bucket_writer_never_puts_an_older_version_over_a_newer_one_another_writer_left(
+    stack: Stack,
+) -> None:
+    """The relay's cached revision goes stale when someone else writes (a repair, a former leader)."""
+    await migrate_topology(stack.nats_url)
+    key = "store-1.SKU-A"
+
+    def body(version: int) -> bytes:
+        return msgspec.json.encode({"version": version, "on_hand": version})
+
+    async with jetstream(stack.nats_url) as (_, js):
+        kv = await js.key_value(AVAILABILITY_BUCKET)
+        writer = BucketWriter(js, ack_timeout_s=10.0)
+        await writer.write(kv, {key: (1, body(1))})  # unknown key: read, then create
+        await writer.write(kv, {key: (2, body(2))})  # the cached revision: one compare-and-set publish
+        assert msgspec.json.decode((await kv.get(key)).value)["version"] == 2
+        await kv.put(key, body(5))  # behind the writer's back
+        await writer.write(kv, {key: (3, body(3))})  # stale revision: falls back, finds 5, leaves it
+        assert msgspec.json.decode((await kv.get(key)).value)["version"] == 5
+        await writer.write(kv, {key: (6, body(6)), "store-1.SKU-B": (1, body(1))})
+        entry = await kv.get(key)
+        assert msgspec.json.decode(entry.value)["version"] == 6
+        await writer.write(kv, {key: (4, body(4))})  # older than what it wrote: not even sent
+        assert (await kv.get(key)).revision == entry.revision
+        assert msgspec.json.decode((await kv.get("store-1.SKU-B")).value)["version"] == 1
 
 
 async def test_migrate_topology_twice_changes_nothing_and_keeps_messages(stack: Stack) -> None:

@@ -5,6 +5,11 @@ late-committing transaction would be skipped). One relay leads at a time, by a P
 held on its own session; the others wait to take over, so several may run without reordering a position's
 updates. The leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket
 is written by compare-and-set on the entry's revision, never replacing a newer ``version`` with an older.
+
+A pass pipelines its publishes: every row is sent in id order on one connection, then all acknowledgements are
+awaited together (one round trip per pass, not per message). One connection delivers in send order, so the
+stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole, and
+``Nats-Msg-Id`` drops the rows that had been stored.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from sqlalchemy import text
@@ -36,6 +43,7 @@ _PENDING = text(
     "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
 )
 _MARK = text("UPDATE outbox SET relayed_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))")
+_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # the bucket's stream subject for a key
 _PRUNE = text("DELETE FROM outbox WHERE relayed_at < :before")
 
 
@@ -52,6 +60,7 @@ class OutboxRelay:
         batch: int = 1000,
         poll_s: float = 0.5,
         retention: timedelta = timedelta(days=1),
+        ack_timeout_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.nc = nc
@@ -59,7 +68,9 @@ class OutboxRelay:
         self.batch = batch
         self.poll_s = poll_s
         self.retention = retention
+        self.ack_timeout_s = ack_timeout_s
         self._wake = asyncio.Event()
+        self._bucket = BucketWriter(self.js, ack_timeout_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -108,24 +119,19 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence) -> None:
-        """Subjects in parallel, each subject's rows one after another: were a publish retried after a newer
-        one of the same position had been stored, the stream would hold its versions out of order."""
-        by_subject: dict[str, list] = {}
-        for row in rows:
-            by_subject.setdefault(row.subject, []).append(row)
-
-        async def in_order(subject_rows: list) -> None:
-            for r in subject_rows:
-                await self.js.publish(r.subject, r.payload, headers={"Nats-Msg-Id": r.msg_id})
-
-        await asyncio.gather(*(in_order(subject_rows) for subject_rows in by_subject.values()))
+        sent = [
+            await self.js.publish_async(r.subject, r.payload, headers={"Nats-Msg-Id": r.msg_id}) for r in rows
+        ]
+        for ack in await acknowledged(sent, self.ack_timeout_s):
+            if isinstance(ack, BaseException):
+                raise ack
 
     async def _update_bucket(self, kv: KeyValue, rows: Sequence) -> None:
         newest: dict[str, tuple[int, bytes]] = {}
         for row in rows:
             if row.kv_key is not None and row.version > newest.get(row.kv_key, (-1, b""))[0]:
                 newest[row.kv_key] = (row.version, row.payload)
-        await asyncio.gather(*(put_if_newer(kv, key, v, payload) for key, (v, payload) in newest.items()))
+        await self._bucket.write(kv, newest)
 
     async def prune(self) -> int:
         async with self.engine.begin() as conn:
@@ -133,21 +139,69 @@ class OutboxRelay:
         return result.rowcount
 
 
-async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> None:
-    """Compare-and-set: write only over an older version, retrying when another writer got in between."""
+class BucketWriter:
+    """Writes availability to the bucket by compare-and-set, remembering each key's (version, revision).
+
+    The leading relay is nearly the only writer, so the revision it wrote last is usually still the latest:
+    one pipelined publish with ``Nats-Expected-Last-Subject-Sequence`` replaces a read and a write. A key it
+    has not seen, or whose check fails (a reconcile repair or a former leader wrote meanwhile), goes the slow
+    way, `put_if_newer`. The memory is bounded: past ``max_keys`` it starts again from empty.
+    """
+
+    def __init__(self, js: JetStreamContext, ack_timeout_s: float, max_keys: int = 500_000) -> None:
+        self.js = js
+        self.ack_timeout_s = ack_timeout_s
+        self.max_keys = max_keys
+        self._known: dict[str, tuple[int, int]] = {}
+
+    async def write(self, kv: KeyValue, newest: dict[str, tuple[int, bytes]]) -> None:
+        if len(self._known) > self.max_keys:
+            self._known.clear()
+        fast, slow = [], []
+        for key, (version, payload) in newest.items():
+            known = self._known.get(key)
+            if known is None:
+                slow.append(key)
+            elif known[0] < version:  # else already there: a pass sent again after a failure
+                headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
+                sent = await self.js.publish_async(f"{_KV_SUBJECT}{key}", payload, headers=headers)
+                fast.append((key, version, sent))
+        acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
+        for (key, version, _), ack in zip(fast, acks, strict=True):
+            if isinstance(ack, PubAck):
+                self._known[key] = (version, ack.seq)
+            else:
+                slow.append(key)
+        for known in await asyncio.gather(*(put_if_newer(kv, key, *newest[key]) for key in slow)):
+            self._known.update([known])
+
+
+async def acknowledged(sent: list[asyncio.Future], timeout_s: float) -> list[PubAck | BaseException]:
+    """Await pipelined publishes' acknowledgements together; those not in within ``timeout_s`` as errors."""
+    if not sent:
+        return []
+    done, pending = await asyncio.wait(sent, timeout=timeout_s)
+    for future in pending:
+        future.cancel()  # frees nats-py's slot for it
+    late = TimeoutError(f"no acknowledgement within {timeout_s}s")
+    return [f.exception() or f.result() if f in done else late for f in sent]
+
+
+async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> tuple[str, tuple[int, int]]:
+    """Compare-and-set: write only over an older version, retrying when another writer got in between.
+    Returns the key with the (version, revision) it holds now."""
     while True:
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
             try:
-                await kv.create(key, payload)
-                return
+                return key, (version, await kv.create(key, payload))
             except KeyWrongLastSequenceError:
                 continue
-        if entry.value and msgspec.json.decode(entry.value, type=_Version).version >= version:
-            return
+        held = msgspec.json.decode(entry.value, type=_Version).version if entry.value else -1
+        if held >= version:
+            return key, (held, entry.revision)
         try:
-            await kv.update(key, payload, last=entry.revision)
-            return
+            return key, (version, await kv.update(key, payload, last=entry.revision))
         except KeyWrongLastSequenceError:
             continue
