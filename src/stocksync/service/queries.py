@@ -44,6 +44,7 @@ class MovementView(Struct, frozen=True, kw_only=True):
 class Queries:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._known_locations: set[str] = set()  # locations are never deleted: once known, known for good
 
     async def location(self, location_id: str) -> Location | None:
         async with self.engine.connect() as conn:
@@ -58,7 +59,7 @@ class Queries:
             if not location_ids:
                 rows = await conn.execute(query.order_by(p.location_id, p.sku))
                 return [Position(**row._asdict()) for row in rows]
-            await _require_locations(conn, location_ids)
+            await self._require_locations(conn, location_ids)
             rows = await conn.execute(query.where(p.location_id == any_of(location_ids)))
         found = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
         return [
@@ -66,6 +67,19 @@ class Queries:
             for location_id in dict.fromkeys(location_ids)
             for sku in dict.fromkeys(skus)
         ]
+
+    async def _require_locations(self, conn: AsyncConnection, location_ids: Sequence[str]) -> None:
+        """Reads are the hot path: ask the database only about locations not seen before."""
+        if self._known_locations.issuperset(location_ids):
+            return
+        column = t.locations.c.location_id
+        self._known_locations.update(
+            (await conn.execute(select(column).where(column == any_of(location_ids)))).scalars()
+        )
+        if missing := [
+            location_id for location_id in location_ids if location_id not in self._known_locations
+        ]:
+            raise UnknownLocation(f"location {missing[0]!r} is not known", location_id=missing[0])
 
     async def position(self, location_id: str, sku: str) -> Position:
         (position,) = await self.positions([sku], [location_id])
@@ -120,13 +134,6 @@ class Queries:
             rows = (await conn.execute(query)).all()
         items = [MovementView(**row._asdict()) for row in rows[:limit]]
         return items, items[-1].id if len(rows) > limit else None
-
-
-async def _require_locations(conn: AsyncConnection, location_ids: Sequence[str]) -> None:
-    column = t.locations.c.location_id
-    known = set((await conn.execute(select(column).where(column == any_of(location_ids)))).scalars())
-    if missing := [location_id for location_id in location_ids if location_id not in known]:
-        raise UnknownLocation(f"location {missing[0]!r} is not known", location_id=missing[0])
 
 
 async def _with_lines(conn: AsyncConnection, rows: Sequence[Row]) -> list[Reservation]:
