@@ -967,6 +967,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=None, help="override the mixed event count")
     parser.add_argument(
+        "--rates", default=None, help="override the latency sweep's offered rates (comma-separated events/s)"
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the scratch directory (logs, servers' data)"
     )
     parser.add_argument(
@@ -980,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.for_mode(args.quick)
     if args.events:
         plan.mixed_events = args.events
+    if args.rates:
+        plan.sweep_rates = [int(rate) for rate in args.rates.split(",")]
     command = "scripts/bench" + ("".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])))
     results = Results(
         started_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -44,6 +44,9 @@ _PENDING = text(
 )
 _MARK = text("UPDATE outbox SET relayed_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))")
 _KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # the bucket's stream subject for a key
+# A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in the
+# bucket): the relay's commit need not wait for the WAL flush, and its next pass starts that much sooner.
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
 _PRUNE = text("DELETE FROM outbox WHERE relayed_at < :before")
 
 
@@ -106,14 +109,20 @@ class OutboxRelay:
             await session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
 
     async def relay_once(self, kv: KeyValue) -> int:
-        """Publish the oldest unrelayed rows in order, update the bucket, then mark them relayed."""
+        """Publish the oldest unrelayed rows in order and update the bucket, both pipelined at once; then mark
+        the rows relayed."""
         async with self.engine.begin() as conn:
+            await conn.execute(_NO_FLUSH_WAIT)
             rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
             if not rows:
                 metrics.OUTBOX_LAG.set(0)
                 return 0
-            await self._publish(rows)
-            await self._update_bucket(kv, rows)
+            published, written = await asyncio.gather(
+                self._publish(rows), self._update_bucket(kv, rows), return_exceptions=True
+            )
+            for error in (published, written):
+                if isinstance(error, BaseException):
+                    raise error
             await conn.execute(_MARK, {"now": utc_now(), "ids": [r.id for r in rows]})
         metrics.RELAYED.inc(len(rows))
         return len(rows)
