@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from msgspec import Struct
-from sqlalchemy import Row, select
+from sqlalchemy import ARRAY, Row, Text, any_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
@@ -21,6 +21,21 @@ from stocksync.domain.model import Location, Outcome, Position, PositionKey, Res
 
 _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
 _LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__])
+# Built once: on the hottest reads, building the statement per request (and SQLAlchemy's cache key for fresh
+# array bind parameters) took about a third of the call.
+_SKUS, _LOCATION_IDS = (bindparam(name, type_=ARRAY(Text)) for name in ("skus", "location_ids"))
+_POSITIONS_OF_SKUS = (
+    select(*_POSITION)
+    .where(t.positions.c.sku == any_(_SKUS))
+    .order_by(t.positions.c.location_id, t.positions.c.sku)
+)
+_POSITIONS_AT = select(*_POSITION).where(
+    t.positions.c.sku == any_(_SKUS), t.positions.c.location_id == any_(_LOCATION_IDS)
+)
+_PICKUP_STORES = _LOCATIONS.where(t.locations.c.pickup_enabled)
+_PICKUP_POSITIONS = (
+    select(*_POSITION).join(t.locations).where(t.locations.c.pickup_enabled, t.positions.c.sku == any_(_SKUS))
+)
 
 
 class MovementView(Struct, frozen=True, kw_only=True):
@@ -43,7 +58,9 @@ class MovementView(Struct, frozen=True, kw_only=True):
 
 class Queries:
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+        # Outside a transaction each read is one round trip: no BEGIN before it, no ROLLBACK when the
+        # connection goes back to the pool. Reads of two statements may see two commits; none needs more.
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._known_locations: set[str] = set()  # locations are never deleted: once known, known for good
 
     async def location(self, location_id: str) -> Location | None:
@@ -53,14 +70,12 @@ class Queries:
 
     async def positions(self, skus: Sequence[str], location_ids: Sequence[str] = ()) -> list[Position]:
         """Every (location, sku) asked for, a never-seen one as zeros; without locations, those that exist."""
-        p = t.positions.c
-        query = select(*_POSITION).where(p.sku == any_of(skus))
         async with self.engine.connect() as conn:
             if not location_ids:
-                rows = await conn.execute(query.order_by(p.location_id, p.sku))
+                rows = await conn.execute(_POSITIONS_OF_SKUS, {"skus": list(skus)})
                 return [Position(**row._asdict()) for row in rows]
             await self._require_locations(conn, location_ids)
-            rows = await conn.execute(query.where(p.location_id == any_of(location_ids)))
+            rows = await conn.execute(_POSITIONS_AT, {"skus": list(skus), "location_ids": list(location_ids)})
         found = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
         return [
             found.get((location_id, sku)) or Position(location_id=location_id, sku=sku)
@@ -87,11 +102,9 @@ class Queries:
 
     async def pickup_stock(self, skus: Sequence[str]) -> tuple[list[Location], dict[PositionKey, Position]]:
         """Pickup-enabled locations and their positions of ``skus``."""
-        p, loc = t.positions.c, t.locations.c
         async with self.engine.connect() as conn:
-            stores = await conn.execute(_LOCATIONS.where(loc.pickup_enabled))
-            held = select(*_POSITION).join(t.locations).where(loc.pickup_enabled, p.sku == any_of(skus))
-            rows = await conn.execute(held)
+            stores = await conn.execute(_PICKUP_STORES)
+            rows = await conn.execute(_PICKUP_POSITIONS, {"skus": list(skus)})
         positions = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
         return [Location(**row._asdict()) for row in stores], positions
 
