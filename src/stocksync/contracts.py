@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from stocksync import __version__
+from stocksync.adapters.database import create_engine
 from stocksync.domain import events
 from stocksync.messages import (
     AlertMessage,
@@ -393,7 +394,8 @@ def openapi() -> dict[str, Any] | None:
     module = _http_module("app")
     if module is None:
         return None
-    return module.create_app(engine=None, ledger=None).openapi_schema.to_schema()  # nothing connects
+    engine = create_engine("postgresql://contracts@127.0.0.1/contracts")  # an engine connects only when used
+    return module.create_app(engine=engine, ledger=None).openapi_schema.to_schema()
 
 
 def render(messages: Sequence[Message] = MESSAGES) -> dict[str, str]:

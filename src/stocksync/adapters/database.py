@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import ARRAY, Text, any_, bindparam
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import BinaryExpression
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 
 
 def async_url(database_url: str) -> str:
@@ -25,6 +25,11 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_recycle=1800,  # no pre-ping round trip per checkout: a dead connection fails once, as Unavailable
         connect_args={"server_settings": {"application_name": "stocksync"}},
     )
+
+
+def ids_param(name: str) -> BindParameter:
+    """A named ``text[]`` parameter, for statements built once and compared with ``= ANY(...)``."""
+    return bindparam(name, type_=ARRAY(Text))
 
 
 def any_of(values: Iterable[str]) -> BinaryExpression:

@@ -12,14 +12,14 @@ from datetime import datetime
 
 import msgspec
 from msgspec import structs
-from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy import Table, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
 from stocksync.adapters import tables as t
-from stocksync.adapters.database import any_of
+from stocksync.adapters.database import ids_param
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import (
     Location,
@@ -87,17 +87,28 @@ def _columns(rows: Sequence[Position]) -> dict[str, list]:
     }
 
 
+# The batch's reads, built once: per batch, building them (and SQLAlchemy's cache keys for fresh array
+# parameters) cost about as much as running them.
+_IDS = ids_param("ids")
+_LOAD_LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__]).where(
+    t.locations.c.location_id == any_(_IDS)
+)
+_LOCK_RESERVATIONS = (
+    select(t.reservations)
+    .where(t.reservations.c.reservation_id == any_(_IDS))
+    .order_by(t.reservations.c.reservation_id)
+    .with_for_update()
+)
+_RESERVATION_LINES = (
+    select(t.reservation_lines.c.reservation_id, t.reservation_lines.c.sku, t.reservation_lines.c.qty)
+    .where(t.reservation_lines.c.reservation_id == any_(_IDS))
+    .order_by(t.reservation_lines.c.reservation_id, t.reservation_lines.c.line_no)
+)
+_LOAD_RECORDED = select(t.processed_events).where(t.processed_events.c.event_id == any_(_IDS))
+
+
 async def load_locations(conn: AsyncConnection, location_ids: Iterable[str]) -> dict[str, Location]:
-    rows = await conn.execute(
-        select(
-            t.locations.c.location_id,
-            t.locations.c.kind,
-            t.locations.c.name,
-            t.locations.c.pickup_enabled,
-            t.locations.c.lat,
-            t.locations.c.lon,
-        ).where(t.locations.c.location_id == any_of(location_ids))
-    )
+    rows = await conn.execute(_LOAD_LOCATIONS, {"ids": list(location_ids)})
     return {row.location_id: Location(**row._asdict()) for row in rows}
 
 
@@ -105,21 +116,9 @@ async def lock_reservations(conn: AsyncConnection, reservation_ids: Iterable[str
     ids = sorted(set(reservation_ids))
     if not ids:
         return {}
-    r = t.reservations.c
-    rows = (
-        await conn.execute(
-            select(t.reservations)
-            .where(r.reservation_id == any_of(ids))
-            .order_by(r.reservation_id)
-            .with_for_update()
-        )
-    ).all()
+    rows = (await conn.execute(_LOCK_RESERVATIONS, {"ids": ids})).all()
     lines: dict[str, list[ReservationLine]] = {}
-    line_rows = await conn.execute(
-        select(t.reservation_lines.c.reservation_id, t.reservation_lines.c.sku, t.reservation_lines.c.qty)
-        .where(t.reservation_lines.c.reservation_id == any_of(row.reservation_id for row in rows))
-        .order_by(t.reservation_lines.c.reservation_id, t.reservation_lines.c.line_no)
-    )
+    line_rows = await conn.execute(_RESERVATION_LINES, {"ids": [row.reservation_id for row in rows]})
     for line in line_rows:
         lines.setdefault(line.reservation_id, []).append(ReservationLine(sku=line.sku, qty=line.qty))
     return {row.reservation_id: reservation_of(row, lines.get(row.reservation_id, ())) for row in rows}
@@ -150,8 +149,7 @@ async def lock_positions(conn: AsyncConnection, keys: Iterable[PositionKey]) -> 
 
 
 async def load_recorded(conn: AsyncConnection, event_ids: Iterable[str]) -> dict[str, RecordedEvent]:
-    e = t.processed_events.c
-    rows = await conn.execute(select(t.processed_events).where(e.event_id == any_of(set(event_ids))))
+    rows = await conn.execute(_LOAD_RECORDED, {"ids": list(set(event_ids))})
     return {row.event_id: recorded_of(row) for row in rows}
 
 

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from msgspec import Struct
-from sqlalchemy import ARRAY, Row, Text, any_, bindparam, select
+from sqlalchemy import Row, any_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
-from stocksync.adapters.database import any_of
+from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
 from stocksync.domain.errors import UnknownLocation
 from stocksync.domain.model import Location, Outcome, Position, PositionKey, Reservation, ReservationLine
@@ -23,7 +23,7 @@ _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
 _LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__])
 # Built once: on the hottest reads, building the statement per request (and SQLAlchemy's cache key for fresh
 # array bind parameters) took about a third of the call.
-_SKUS, _LOCATION_IDS = (bindparam(name, type_=ARRAY(Text)) for name in ("skus", "location_ids"))
+_SKUS, _LOCATION_IDS = ids_param("skus"), ids_param("location_ids")
 _POSITIONS_OF_SKUS = (
     select(*_POSITION)
     .where(t.positions.c.sku == any_(_SKUS))
