@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import asyncpg
 import psutil
 
 import stocksync
+from stocksync.adapters.embedded import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = Path(stocksync.__file__).resolve().parents[1]
@@ -245,16 +245,7 @@ class Service:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 30) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

@@ -32,6 +32,7 @@ from nats.js.api import DeliverPolicy, PubAck
 
 import stocksync
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.embedded import terminate
 from stocksync.aio import cancel_and_wait
 from stocksync.domain.events import Command, InboundEvent, encode
 from stocksync.domain.ledger import Ledger
@@ -390,16 +391,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait (SIGKILL if it will not go); its exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -299,6 +299,20 @@ def _serves(pid: int, data_dir: Path) -> bool:
         return False
 
 
+def terminate(process: subprocess.Popen | None, timeout: float = 30) -> int | None:
+    """SIGTERM a child and wait (SIGKILL if it will not go); its exit status, None if it never started."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+    return process.returncode
+
+
 def _stop_nats(pid: int, data_dir: Path) -> None:
     """SIGTERM and wait, SIGKILL if it hangs; then reap it if it is our child."""
     if _serves(pid, data_dir):
