@@ -24,10 +24,13 @@ async def cancel_and_wait(task: asyncio.Task, *, retry_s: float = 1.0) -> None:
     Python 3.11's `asyncio.wait_for` loses a cancellation that arrives as its inner future completes
     (CPython gh-86296), and nats-py's ``fetch`` and ``next_msg`` run on it: one `Task.cancel` may not stop a
     task that pulls messages. Seen as a test suite stalled for ever in a till client's ``close()``.
+    How it ended is dropped, as ``gather(..., return_exceptions=True)`` did where this replaced it.
     """
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=retry_s)
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" when it had failed
 
 
 async def quietly(awaitable: Awaitable) -> None:

@@ -99,8 +99,8 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         if http is not None:
             http.should_exit = True
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=15)
-            for task in pending:  # still waiting for a server that never came: give up
+            await asyncio.wait(tasks, timeout=15)
+            for task in tasks:  # ended, or still waiting for a server that never came: give up
                 await cancel_and_wait(task)
         await engine.dispose()
         for signum in (signal.SIGINT, signal.SIGTERM):
