@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 from msgspec import structs
-from sqlalchemy import Table, any_, bindparam, func, select, text, update
+from sqlalchemy import Table, any_, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -50,18 +50,25 @@ _LOCK_POSITIONS = text(
     """
 )
 
-_UPDATE_POSITIONS = text(
-    """
+# Parts of the one write statement (see `Changes`); ``{p}`` prefixes the part's parameters.
+_UPDATE_POSITIONS = """
     UPDATE positions p
     SET on_hand = v.on_hand, reserved = v.reserved, damaged = v.damaged, safety_stock = v.safety_stock,
-        version = v.version, last_count_at = v.last_count_at, updated_at = :now
-    FROM unnest(CAST(:locations AS text[]), CAST(:skus AS text[]), CAST(:on_hand AS bigint[]),
-                CAST(:reserved AS bigint[]), CAST(:damaged AS bigint[]), CAST(:safety_stock AS bigint[]),
-                CAST(:version AS bigint[]), CAST(:last_count_at AS timestamptz[]))
+        version = v.version, last_count_at = v.last_count_at, updated_at = :{p}now
+    FROM unnest(CAST(:{p}locations AS text[]), CAST(:{p}skus AS text[]),
+                CAST(:{p}on_hand AS bigint[]), CAST(:{p}reserved AS bigint[]), CAST(:{p}damaged AS bigint[]),
+                CAST(:{p}safety_stock AS bigint[]), CAST(:{p}version AS bigint[]),
+                CAST(:{p}last_count_at AS timestamptz[]))
          AS v(location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at)
     WHERE p.location_id = v.location_id AND p.sku = v.sku
-    """
-)
+    RETURNING 1
+"""
+_SETTLE_RESERVATIONS = """
+    UPDATE reservations r SET status = v.status, updated_at = :{p}now
+    FROM unnest(CAST(:{p}ids AS text[]), CAST(:{p}statuses AS text[])) AS v(reservation_id, status)
+    WHERE r.reservation_id = v.reservation_id
+    RETURNING 1
+"""
 
 _ON_HAND_AFTER = text(
     """
@@ -93,16 +100,20 @@ _IDS = ids_param("ids")
 _LOAD_LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__]).where(
     t.locations.c.location_id == any_(_IDS)
 )
-_LOCK_RESERVATIONS = (
-    select(t.reservations)
-    .where(t.reservations.c.reservation_id == any_(_IDS))
-    .order_by(t.reservations.c.reservation_id)
-    .with_for_update()
-)
-_RESERVATION_LINES = (
-    select(t.reservation_lines.c.reservation_id, t.reservation_lines.c.sku, t.reservation_lines.c.qty)
-    .where(t.reservation_lines.c.reservation_id == any_(_IDS))
-    .order_by(t.reservation_lines.c.reservation_id, t.reservation_lines.c.line_no)
+# A reservation with its lines, locked, in one read (the lines as arrays in line order).
+_LOCK_RESERVATIONS = text(
+    """
+    SELECT r.reservation_id, r.location_id, r.channel, r.status, r.reference, r.event_id, r.created_at,
+           r.expires_at,
+           ARRAY(SELECT l.sku FROM reservation_lines l
+                 WHERE l.reservation_id = r.reservation_id ORDER BY l.line_no) AS skus,
+           ARRAY(SELECT l.qty FROM reservation_lines l
+                 WHERE l.reservation_id = r.reservation_id ORDER BY l.line_no) AS qtys
+    FROM reservations r
+    WHERE r.reservation_id = ANY(CAST(:ids AS text[]))
+    ORDER BY r.reservation_id
+    FOR UPDATE OF r
+    """
 )
 _LOAD_RECORDED = select(t.processed_events).where(t.processed_events.c.event_id == any_(_IDS))
 
@@ -116,12 +127,13 @@ async def lock_reservations(conn: AsyncConnection, reservation_ids: Iterable[str
     ids = sorted(set(reservation_ids))
     if not ids:
         return {}
-    rows = (await conn.execute(_LOCK_RESERVATIONS, {"ids": ids})).all()
-    lines: dict[str, list[ReservationLine]] = {}
-    line_rows = await conn.execute(_RESERVATION_LINES, {"ids": [row.reservation_id for row in rows]})
-    for line in line_rows:
-        lines.setdefault(line.reservation_id, []).append(ReservationLine(sku=line.sku, qty=line.qty))
-    return {row.reservation_id: reservation_of(row, lines.get(row.reservation_id, ())) for row in rows}
+    rows = await conn.execute(_LOCK_RESERVATIONS, {"ids": ids})
+    return {
+        row.reservation_id: reservation_of(
+            row, (ReservationLine(sku=sku, qty=qty) for sku, qty in zip(row.skus, row.qtys, strict=True))
+        )
+        for row in rows
+    }
 
 
 def reservation_of(row, lines: Iterable[ReservationLine]) -> Reservation:
@@ -207,98 +219,115 @@ async def held_by_position(
     return held
 
 
-async def write(conn: AsyncConnection, ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> None:
-    """Everything the batch changed, in one transaction; raises ConcurrentWrite when a create raced."""
+def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Changes:
+    """Everything the batch changed in the ledger's tables, ready to be written in one statement."""
     stored = set(stored)
     changed = [ledger.positions[key] for key in ledger.changed_positions]
     existing = [p for p in changed if p.key in stored]
-    created = [p for p in changed if p.key not in stored]
-    if created:
-        await _create(conn, t.positions, [_position_row(p, now) for p in created])
+    batch = Changes()
+    batch.create(t.positions, [_position_row(p, now) for p in changed if p.key not in stored])
     if existing:
-        await conn.execute(_UPDATE_POSITIONS, {**_columns(existing), "now": now})
-    if ledger.movements:
-        await bulk_insert(
-            conn, t.movements, [{**structs.asdict(m), "recorded_at": now} for m in ledger.movements]
-        )
-    await _write_reservations(conn, ledger, now)
-    if ledger.new_records:
-        await _create(conn, t.processed_events, [_record_row(r) for r in ledger.new_records.values()])
-
-
-async def write_outbox(conn: AsyncConnection, rows: list[dict]) -> None:
-    """The messages to publish, and a NOTIFY (delivered at commit) that wakes the relay."""
-    if rows:
-        await bulk_insert(conn, t.outbox, rows)
-        await conn.execute(text("SELECT pg_notify('stocksync_outbox', '')"))
-
-
-async def _write_reservations(conn: AsyncConnection, ledger: Ledger, now: datetime) -> None:
-    changed = [ledger.reservations[rid] for rid in ledger.changed_reservations]
+        batch.add(_UPDATE_POSITIONS, {**_columns(existing), "now": now})
+    batch.insert(t.movements, [{**structs.asdict(m), "recorded_at": now} for m in ledger.movements])
+    reservations = [ledger.reservations[rid] for rid in ledger.changed_reservations]
     # New when the reserve that made it was first applied in this batch, even if the batch already settled it.
-    created = [r for r in changed if r.event_id in ledger.new_records]
-    settled = [r for r in changed if r.event_id not in ledger.new_records]
-    if created:
-        await _create(conn, t.reservations, [_reservation_row(r, now) for r in created])
-        await bulk_insert(
-            conn,
-            t.reservation_lines,
-            [
-                {"reservation_id": r.reservation_id, "sku": line.sku, "line_no": n, "qty": line.qty}
-                for r in created
-                for n, line in enumerate(r.lines)
-            ],
-        )
+    created = [r for r in reservations if r.event_id in ledger.new_records]
+    settled = [r for r in reservations if r.event_id not in ledger.new_records]
+    batch.create(t.reservations, [_reservation_row(r, now) for r in created])
+    batch.create(
+        t.reservation_lines,
+        [
+            {"reservation_id": r.reservation_id, "sku": line.sku, "line_no": n, "qty": line.qty}
+            for r in created
+            for n, line in enumerate(r.lines)
+        ],
+    )
     if settled:
-        await conn.execute(
-            update(t.reservations)
-            .where(t.reservations.c.reservation_id == bindparam("rid"))
-            .values(status=bindparam("new_status"), updated_at=now),
-            [{"rid": r.reservation_id, "new_status": r.status} for r in settled],
-        )
+        statuses = {"ids": [r.reservation_id for r in settled], "statuses": [r.status for r in settled]}
+        batch.add(_SETTLE_RESERVATIONS, {**statuses, "now": now})
+    batch.create(t.processed_events, [_record_row(r) for r in ledger.new_records.values()])
+    return batch
 
 
-async def _create(conn: AsyncConnection, table: Table, rows: list[dict]) -> None:
-    """Rows that must not exist yet, inserted in primary-key order (the global lock order); a row another
-    transaction created first means the batch is retried."""
-    primary_key = [column.name for column in table.primary_key.columns]
-    rows = sorted(rows, key=lambda row: [row[name] for name in primary_key])
-    inserted = await bulk_insert(conn, table, rows, skip_conflicts=True)
-    if inserted != len(rows):
-        raise ConcurrentWrite(f"{len(rows) - inserted} {table.name} row(s) were created concurrently")
+class Changes:
+    """A batch's writes as one statement of data-modifying CTEs: one round trip for every table it touches
+    (positions, movements, reservations and their lines, processed events, outbox), where one statement per
+    table took seven. The statement text depends only on which parts and columns are there, so it is built
+    once per shape. A part must not touch a row another part touches (one statement sees one snapshot)."""
+
+    def __init__(self) -> None:
+        self._shape: list[tuple[str, tuple[str, ...]]] = []
+        self._params: dict[str, object] = {}
+        self._must_insert: dict[int, int] = {}  # part -> rows that must all be new
+        self._notify = False
+
+    def add(self, sql: str, params: dict[str, object]) -> None:
+        """A part: ``sql`` (``{p}`` before each parameter name; ``RETURNING 1``) and its parameters."""
+        self._params.update({f"p{len(self._shape)}_{name}": value for name, value in params.items()})
+        self._shape.append((sql, tuple(params)))
+
+    def insert(self, table: Table, rows: list[dict]) -> None:
+        if rows:
+            columns = tuple(rows[0])
+            self.add(_unnest_insert(table.name, columns), {c: [row[c] for row in rows] for c in columns})
+
+    def create(self, table: Table, rows: list[dict]) -> None:
+        """Rows that must not exist yet, inserted in primary-key order (the global lock order). A row another
+        transaction created first is skipped, and `write` raises ConcurrentWrite: the batch is retried."""
+        if rows:
+            key = [column.name for column in table.primary_key.columns]
+            rows = sorted(rows, key=lambda row: [row[name] for name in key])
+            columns = tuple(rows[0])
+            self._must_insert[len(self._shape)] = len(rows)
+            self.add(
+                _unnest_insert(table.name, columns, " ON CONFLICT DO NOTHING"),
+                {c: [row[c] for row in rows] for c in columns},
+            )
+
+    def outbox(self, rows: list[dict]) -> None:
+        """The messages to publish, and a NOTIFY (delivered at commit) that wakes the relay."""
+        if rows:
+            self.insert(t.outbox, rows)
+            self._notify = True
+
+    async def write(self, conn: AsyncConnection) -> None:
+        if not self._shape:
+            return
+        counts = (await conn.execute(_statement(tuple(self._shape), self._notify), self._params)).one()
+        for part, expected in self._must_insert.items():
+            if counts[part] != expected:
+                raise ConcurrentWrite(f"{expected - counts[part]} row(s) were created concurrently")
 
 
-async def bulk_insert(
-    conn: AsyncConnection, table: Table, rows: list[dict], *, skip_conflicts: bool = False
-) -> int:
-    """One ``INSERT ... SELECT FROM unnest(arrays)`` for all rows: a single statement and a handful of bind
-    parameters however many rows, where executemany pays per row. Returns how many rows went in."""
-    columns = tuple(rows[0])
-    statement = _unnest_insert(table.name, columns, skip_conflicts)
-    result = await conn.execute(statement, {name: [row[name] for row in rows] for name in columns})
-    return len(result.all())
+@functools.lru_cache(maxsize=512)
+def _statement(shape: tuple[tuple[str, tuple[str, ...]], ...], notify: bool) -> TextClause:
+    parts = [sql.format(p=f"p{i}_").strip() for i, (sql, _) in enumerate(shape)]
+    ctes = ",\n".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
+    counts = [f"(SELECT count(*) FROM w{i})" for i in range(len(parts))]
+    if notify:
+        counts.append("pg_notify('stocksync_outbox', '') IS NULL")
+    return text(f"WITH {ctes}\nSELECT {', '.join(counts)}")
 
 
 @functools.cache
-def _unnest_insert(table_name: str, columns: tuple[str, ...], skip_conflicts: bool) -> TextClause:
+def _unnest_insert(table_name: str, columns: tuple[str, ...], on_conflict: str = "") -> str:
+    """``INSERT ... SELECT FROM unnest(arrays)``: one statement and a bind parameter per column however many
+    rows, where executemany pays per row."""
     table = t.metadata.tables[table_name]
     arrays, values = [], []
     for name in columns:
         column_type = table.c[name].type
         if isinstance(column_type, JSONB):  # asyncpg sends JSON as text; cast each element back
-            arrays.append(f"CAST(:{name} AS text[])")
+            arrays.append(f"CAST(:{{p}}{name} AS text[])")
             values.append(f"CAST({name} AS jsonb)")
         else:
-            arrays.append(f"CAST(:{name} AS {column_type.compile(dialect=_DIALECT)}[])")
+            arrays.append(f"CAST(:{{p}}{name} AS {column_type.compile(dialect=_DIALECT)}[])")
             values.append(name)
     listed = ", ".join(columns)
-    sql = (
+    return (
         f"INSERT INTO {table_name} ({listed}) SELECT {', '.join(values)} "
-        f"FROM unnest({', '.join(arrays)}) AS v({listed})"
-        + (" ON CONFLICT DO NOTHING" if skip_conflicts else "")
-        + " RETURNING 1"
+        f"FROM unnest({', '.join(arrays)}) AS v({listed}){on_conflict} RETURNING 1"
     )
-    return text(sql)
 
 
 def _position_row(position: Position, now: datetime) -> dict:

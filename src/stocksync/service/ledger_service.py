@@ -23,7 +23,7 @@ from stocksync.adapters import ledger_store as store
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
 from stocksync.domain.ledger import Ledger, reservations_at_risk
-from stocksync.domain.model import Alert, Outcome, Position, PositionKey, Reservation
+from stocksync.domain.model import Alert, Location, Outcome, Position, PositionKey, Reservation
 from stocksync.service.clock import Clock, utc_now
 from stocksync.service.outbox import outbox_rows
 
@@ -80,6 +80,9 @@ class LedgerService:
         self.engine = engine
         self.clock = clock
         self.retries = retries
+        # The rules only ask whether a location exists, and locations are never deleted: once read, one is
+        # known for good, and a batch reads only the locations it has not seen (usually none).
+        self._locations: dict[str, Location] = {}
 
     async def apply(self, events: Sequence[Command]) -> BatchResult:
         """Apply the batch exactly once per event; retried whole when a concurrent create or deadlock hits it.
@@ -110,10 +113,12 @@ class LedgerService:
             ledger, stored = await self._load(conn, events, now)
             for event, digest in zip(events, hashes, strict=True):
                 ledger.apply(event, digest)
-            await store.write(conn, ledger, stored, now)
-            alerts = await self._alerts(conn, ledger)
-            rows = outbox_rows(ledger, alerts, now)
-            await store.write_outbox(conn, rows)
+            changes = store.changes(ledger, stored, now)
+            if any(alert.kind == "reservation_at_risk" for alert in ledger.alerts):
+                await changes.write(conn)  # the alert names the held reservations as the batch leaves them
+                changes = store.Changes()
+            changes.outbox(outbox_rows(ledger, await self._alerts(conn, ledger), now))
+            await changes.write(conn)  # usually the batch's one write: every table and the outbox at once
         self._observe(ledger, len(events), time.perf_counter() - started)
         return BatchResult(
             outcomes=ledger.outcomes, reservations=ledger.reservations, positions=ledger.positions
@@ -124,7 +129,7 @@ class LedgerService:
     ) -> tuple[Ledger, set[PositionKey]]:
         reservation_ids = {e.reservation_id for e in events if hasattr(e, "reservation_id")}
         reservations = await store.lock_reservations(conn, reservation_ids)
-        locations = await store.load_locations(conn, {e.location_id for e in events})
+        locations = await self._known_locations(conn, {e.location_id for e in events})
         positions = await store.lock_positions(conn, _touched_keys(events, reservations))
         recorded = await store.load_recorded(conn, [e.event_id for e in events if e.type in INBOUND_TYPES])
         probes = [
@@ -141,8 +146,13 @@ class LedgerService:
         )
         return ledger, set(positions)
 
+    async def _known_locations(self, conn: AsyncConnection, location_ids: set[str]) -> dict[str, Location]:
+        if unseen := location_ids - self._locations.keys():
+            self._locations.update(await store.load_locations(conn, unseen))
+        return {lid: self._locations[lid] for lid in location_ids if lid in self._locations}
+
     async def _alerts(self, conn: AsyncConnection, ledger: Ledger) -> list[Alert]:
-        """Name the reservations a fact put at risk (rule 4), from the held lines as this batch leaves them."""
+        """Name the reservations a fact put at risk (rule 4), from the held lines as the batch leaves them."""
         at_risk = [a for a in ledger.alerts if a.kind == "reservation_at_risk"]
         if not at_risk:
             return ledger.alerts
