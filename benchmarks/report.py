@@ -345,18 +345,27 @@ def markdown(results, plot_name: str | None) -> str:
             "",
             "Where the time goes, for a sample of the events of each latency run: from the publish to the start "
             "of the transaction that applied the event (`processed_events.recorded_at`: the stream, the worker's "
-            "fetch, the batch ahead of it), and from there to the outcome's arrival (the transaction and its "
-            "commit, the relay's pass, the delivery). Wall clocks of one machine.",
+            "fetch, the batch ahead of it); from there until the relay marked its outcome relayed "
+            "(`outbox.relayed_at`: the transaction and its commit, the relay's wake-up and pass, the "
+            "acknowledgements); and from there to the outcome's arrival (negative when the publisher had it "
+            "before the relay had its acknowledgement). Wall clocks of one machine.",
             "",
-            "| run | sample | publish → transaction p50 / p99 ms | transaction → visible p50 / p99 ms |",
-            "| --- | ---: | ---: | ---: |",
+            "| run | sample | publish → transaction p50 / p99 ms | transaction → relayed p50 / p99 ms "
+            "| relayed → visible p50 / p99 ms | transaction → visible p50 / p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for key, st in staged:
-            a, b = st["publish_to_transaction"], st["transaction_to_visible"]
-            out.append(
-                f"| {key} | {st['samples']:,} | {_num(a['p50'], 1)} / {_num(a['p99'], 1)} | "
-                f"{_num(b['p50'], 1)} / {_num(b['p99'], 1)} |"
-            )
+            stages = [
+                st.get(name) or {}
+                for name in (
+                    "publish_to_transaction",
+                    "transaction_to_relayed",
+                    "relayed_to_visible",
+                    "transaction_to_visible",
+                )
+            ]
+            cells = " | ".join(f"{_num(x.get('p50'), 1)} / {_num(x.get('p99'), 1)}" for x in stages)
+            out.append(f"| {key} | {st['samples']:,} | {cells} |")
     for key, sc in results.scenarios.items():
         if key.startswith("hot sku latency"):
             lat = sc["latency_ms"]

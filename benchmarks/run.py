@@ -520,25 +520,35 @@ async def latency_run(
 
 async def stage_breakdown(url: str, traces: list) -> dict:
     """Where a sample of the events spent their time: publish -> the start of the transaction that applied it
-    (``processed_events.recorded_at``: stream, fetch, waiting for the batch before it), and from there -> the
-    outcome's arrival (the transaction, its commit, the relay's pass, delivery)."""
+    (``processed_events.recorded_at``: stream, fetch, waiting for the batch before it) -> its outcome marked
+    relayed (``outbox.relayed_at``: the transaction, its commit, the relay's pass up to the acknowledgements)
+    -> the outcome's arrival (the delivery; the publisher may see it before the relay has its ack)."""
     from benchmarks.publisher import percentiles
 
     if not traces:
         return {}
+    ids = [t[0] for t in traces]
     rows = await fetch(
         url,
-        "SELECT event_id, extract(epoch FROM recorded_at) AS t FROM processed_events"
+        "SELECT event_id, outcome, extract(epoch FROM recorded_at) AS t FROM processed_events"
         " WHERE event_id = ANY($1::text[])",
-        [t[0] for t in traces],
+        ids,
     )
     recorded = {r["event_id"]: float(r["t"]) for r in rows}
-    to_tx = [(recorded[e] - p) * 1000 for e, p, _ in traces if e in recorded]
-    to_visible = [(v - recorded[e]) * 1000 for e, _, v in traces if e in recorded]
+    outcome_ids = [f"outcome:{r['event_id']}:{r['outcome']}" for r in rows]
+    marks = await fetch(
+        url,
+        "SELECT msg_id, extract(epoch FROM relayed_at) AS t FROM outbox WHERE msg_id = ANY($1::text[])",
+        outcome_ids,
+    )
+    relayed = {r["msg_id"].removeprefix("outcome:").rsplit(":", 1)[0]: float(r["t"]) for r in marks}
+    sample = [(e, p, v) for e, p, v in traces if e in recorded and e in relayed]
     return {
-        "samples": len(to_tx),
-        "publish_to_transaction": percentiles(to_tx),
-        "transaction_to_visible": percentiles(to_visible),
+        "samples": len(sample),
+        "publish_to_transaction": percentiles([(recorded[e] - p) * 1000 for e, p, _ in sample]),
+        "transaction_to_relayed": percentiles([(relayed[e] - recorded[e]) * 1000 for e, _, _ in sample]),
+        "relayed_to_visible": percentiles([(v - relayed[e]) * 1000 for e, _, v in sample]),
+        "transaction_to_visible": percentiles([(v - recorded[e]) * 1000 for e, _, v in sample]),
     }
 
 

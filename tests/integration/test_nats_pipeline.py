@@ -11,13 +11,15 @@ import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from stocksync.adapters.database import create_engine
 from stocksync.domain.events import decode_inbound, encode
-from stocksync.messaging.relay import BucketWriter
+from stocksync.messaging.relay import BucketWriter, OutboxRelay
 from stocksync.messaging.topology import (
     AVAILABILITY_BUCKET,
     DLQ_STREAM,
@@ -251,6 +253,28 @@ async def test_the_bucket_writer_never_puts_an_older_version_over_a_newer_one_an
         await writer.write(kv, {key: (4, body(4))})  # older than what it wrote: not even sent
         assert (await kv.get(key)).revision == entry.revision
         assert msgspec.json.decode((await kv.get("store-1.SKU-B")).value)["version"] == 1
+
+
+async def test_pruning_deletes_only_rows_relayed_before_the_retention_a_slice_at_a_time(stack: Stack) -> None:
+    await prepare(stack.database_url, stack.nats_url, [])
+    row = "INSERT INTO outbox (subject, msg_id, payload, relayed_at) VALUES ('s', '{id}', '\\x00', {at})"
+    old = ["now() - interval '2 hours'"] * 5
+    run_sql(
+        stack.database_url,
+        *[row.format(id=f"old-{n}", at=at) for n, at in enumerate(old)],
+        row.format(id="recent", at="now() - interval '10 minutes'"),
+        row.format(id="unrelayed", at="NULL"),
+    )
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with jetstream(stack.nats_url) as (nc, _):
+            relay = OutboxRelay(engine, nc, retention=timedelta(hours=1), prune_slice=2)
+            assert await relay.prune() == 5  # three slices: 2, 2, 1
+            assert await relay.prune() == 0
+    finally:
+        await engine.dispose()
+    kept = run_sql(stack.database_url, "SELECT msg_id FROM outbox ORDER BY msg_id")
+    assert [r["msg_id"] for r in kept] == ["recent", "unrelayed"]
 
 
 async def test_migrate_topology_twice_changes_nothing_and_keeps_messages(stack: Stack) -> None:

@@ -164,4 +164,5 @@ outbox = Table(
     _ts("created_at", now=True),
     _ts("relayed_at", nullable=True),
     Index("outbox_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
+    Index("outbox_relayed", "relayed_at", postgresql_where=text("relayed_at IS NOT NULL")),
 )

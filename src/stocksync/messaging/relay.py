@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
-from stocksync.aio import pause
+from stocksync.aio import cancel_and_wait, pause
 from stocksync.messaging.topology import AVAILABILITY_BUCKET
 from stocksync.service.clock import utc_now
 
@@ -40,14 +40,28 @@ log = structlog.get_logger("stocksync.relay")
 LEADER_LOCK = 0x5707C6
 NOTIFY_CHANNEL = "stocksync_outbox"
 _PENDING = text(
-    "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
+    "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox"
+    " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
 )
-_MARK = text("UPDATE outbox SET relayed_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))")
+# A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in
+# the bucket): the mark's commit need not wait for the WAL flush (``synchronous_commit`` off for its own
+# transaction), and the next pass starts that much sooner.
+_MARK = text(
+    """
+    UPDATE outbox SET relayed_at = :now
+    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
+    WHERE id = ANY(CAST(:ids AS bigint[]))
+    """
+)
 _KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # the bucket's stream subject for a key
-# A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in the
-# bucket): the relay's commit need not wait for the WAL flush, and its next pass starts that much sooner.
-_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
-_PRUNE = text("DELETE FROM outbox WHERE relayed_at < :before")
+# A slice at a time by the index on relayed_at: no statement runs long or scans the table.
+_PRUNE = text(
+    """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE relayed_at < :before ORDER BY relayed_at LIMIT :n
+    )
+    """
+)
 
 
 class _Version(msgspec.Struct):
@@ -63,14 +77,19 @@ class OutboxRelay:
         batch: int = 1000,
         poll_s: float = 0.5,
         retention: timedelta = timedelta(days=1),
+        prune_every_s: float = 60.0,
+        prune_slice: int = 5000,
         ack_timeout_s: float = 10.0,
     ) -> None:
         self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.nc = nc
         self.js = nc.jetstream()
         self.batch = batch
         self.poll_s = poll_s
         self.retention = retention
+        self.prune_every_s = prune_every_s
+        self.prune_slice = prune_slice
         self.ack_timeout_s = ack_timeout_s
         self._wake = asyncio.Event()
         self._bucket = BucketWriter(self.js, ack_timeout_s)
@@ -95,24 +114,30 @@ class OutboxRelay:
         await raw.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
         kv = await self.js.key_value(AVAILABILITY_BUCKET)
         log.info("relay_leading")
-        passes = 0
+        # Pruning runs beside the passes, never between them: a pass must not wait behind a delete.
+        pruning = asyncio.create_task(self._prune_while_leading(stop), name="outbox-prune")
         try:
             while not stop.is_set():
                 self._wake.clear()
                 if await self.relay_once(kv) == self.batch:
                     continue
-                if passes % 600 == 0:
-                    await self.prune()
-                passes += 1
                 await pause(stop, self.poll_s, self._wake)
         finally:
+            await cancel_and_wait(pruning)
             await session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
+
+    async def _prune_while_leading(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.prune()
+            except (SQLAlchemyError, OSError) as error:  # the passes meet the same fault and handle it
+                log.warning("prune_failed", error=f"{type(error).__name__}: {error}")
+            await pause(stop, self.prune_every_s)
 
     async def relay_once(self, kv: KeyValue) -> int:
         """Publish the oldest unrelayed rows in order and update the bucket, both pipelined at once; then mark
-        the rows relayed."""
-        async with self.engine.begin() as conn:
-            await conn.execute(_NO_FLUSH_WAIT)
+        the rows relayed. Two statements, each its own transaction: only the leader marks rows."""
+        async with self._autocommit.connect() as conn:
             rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
             if not rows:
                 metrics.OUTBOX_LAG.set(0)
@@ -143,9 +168,16 @@ class OutboxRelay:
         await self._bucket.write(kv, newest)
 
     async def prune(self) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(_PRUNE, {"before": utc_now() - self.retention})
-        return result.rowcount
+        """Delete the rows relayed longer ago than the retention, a slice per transaction; returns how many
+        (the rows stay a while for `reconcile` and for an operator tracing a message)."""
+        pruned = 0
+        while True:
+            async with self.engine.begin() as conn:
+                params = {"before": utc_now() - self.retention, "n": self.prune_slice}
+                deleted = (await conn.execute(_PRUNE, params)).rowcount
+            pruned += deleted
+            if deleted < self.prune_slice:
+                return pruned
 
 
 class BucketWriter:
