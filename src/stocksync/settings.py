@@ -21,7 +21,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     home: str = ".stocksync"
     sweep_interval_s: float = 1.0
     batch_max: int = 500
-    batch_wait_ms: int = 5
     outbox_retention_s: int = 86400
 
     @classmethod
