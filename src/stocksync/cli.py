@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import uvloop
 from rich.console import Console
 from rich.progress import Progress
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _pos_journal(args)
     try:
         with embedded_services(settings) as resolved:
-            return asyncio.run(command(resolved, args))
+            # uvloop: measured 20-30% more HTTP requests/s than asyncio's loop (benchmarks/profiling.md)
+            return uvloop.run(command(resolved, args))
     except KeyboardInterrupt:
         return 130
 

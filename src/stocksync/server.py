@@ -56,6 +56,7 @@ def _http_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
         app,
         host=settings.http_host,
         port=settings.http_port,
+        http="httptools",  # the C parser: h11 cost about a fifth of the API's CPU per request
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -123,6 +123,20 @@ async def test_ecommerce_reserves_only_at_pickup_stores(admin: Api, ecommerce: A
     assert [(await admin.position(s, sku))["reserved"] for s in (pickup, closed)] == [1, 0]
 
 
+async def test_a_store_whose_pickup_is_switched_off_refuses_the_next_ecommerce_reservation(
+    admin: Api, ecommerce: Api
+) -> None:
+    """The API remembers a store it checked for a second; changing the store here forgets it at once."""
+    store, sku = await admin.store(), unique("sku")
+    await admin.receive(store, sku, 5)
+    held = await ecommerce.post("/v1/reservations", json=reserve(store, sku))
+    closing = {"kind": "store", "name": "closed for pickup", "pickup_enabled": False}
+    assert (await admin.put(f"/v1/locations/{store}", json=closing)).status_code == 200
+    refused = await ecommerce.post("/v1/reservations", json=reserve(store, sku))
+    assert (held.status_code, refused.status_code) == (201, 403)
+    assert (await admin.position(store, sku))["reserved"] == 1
+
+
 async def test_only_admin_changes_locations_and_safety_stock(admin: Api, ecommerce: Api, as_key) -> None:
     store = await admin.store()
     staff = await as_key("staff", [store])

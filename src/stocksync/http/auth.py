@@ -14,6 +14,7 @@ rejection).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from litestar import Request
@@ -24,6 +25,7 @@ from litestar.openapi.spec import Reference, SecurityScheme
 
 from stocksync.domain.errors import Forbidden, Unauthorized
 from stocksync.domain.events import INBOUND_TYPES
+from stocksync.domain.model import Location
 from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
 from stocksync.service.queries import Queries
 
@@ -72,10 +74,17 @@ def admin_only(connection: ASGIConnection[Any, ApiKey, Any, Any], _: BaseRouteHa
 
 
 class Access:
-    """Scope checks that need to know a location; looks it up only when the key alone cannot decide."""
+    """Scope checks that need to know a location; looks it up only when the key alone cannot decide.
 
-    def __init__(self, queries: Queries) -> None:
+    A location it read is remembered for ``location_ttl_s`` (a reservation per request would otherwise
+    read its store again each time), and forgotten at once when this process changes it: another API
+    process sees a store's pickup switched off within that second.
+    """
+
+    def __init__(self, queries: Queries, *, location_ttl_s: float = 1.0) -> None:
         self.queries = queries
+        self.location_ttl_s = location_ttl_s
+        self._seen: dict[str, tuple[float, Location]] = {}
 
     async def check(self, key: ApiKey, action: str, location_id: str) -> None:
         """Raise `Forbidden` unless ``key`` may apply an event of type ``action`` at ``location_id``."""
@@ -86,11 +95,24 @@ class Access:
             raise Forbidden(f"a {key.role} key may not {action}")
         if where == "own" and location_id in key.locations:
             return
-        location = await self.queries.location(location_id)
+        location = await self._location(location_id)
         if location is None:
             return  # the ledger answers unknown_location
         if where == "own" or not location.pickup_enabled:
             raise Forbidden(f"this {key.role} key may not {action} at {location_id!r}")
+
+    def forget(self, location_id: str) -> None:
+        self._seen.pop(location_id, None)
+
+    async def _location(self, location_id: str) -> Location | None:
+        now = time.monotonic()
+        seen = self._seen.get(location_id)
+        if seen is not None and now - seen[0] < self.location_ttl_s:
+            return seen[1]
+        location = await self.queries.location(location_id)
+        if location is not None:
+            self._seen[location_id] = (now, location)
+        return location
 
 
 def listing_scope(key: ApiKey, location_id: str | None) -> list[str] | None:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.domain.events import SetSafetyStock
 from stocksync.domain.model import Location
-from stocksync.http.auth import admin_only
+from stocksync.http.auth import Access, admin_only
 from stocksync.http.errors import refusal
 from stocksync.http.schemas import (
     LocationIdPath,
@@ -45,11 +45,13 @@ class LocationController(Controller):
         self,
         request: Request[Any, Any, Any],
         engine: NamedDependency[AsyncEngine],
+        access: NamedDependency[Access],
         location_id: LocationIdPath,
     ) -> Location:
         """Create or replace a location (not a ledger change: no movement)."""
         location = (await read_body(request, _decode_location)).location(location_id)
         await upsert_locations(engine, [location])
+        access.forget(location_id)
         return location
 
     @put(
