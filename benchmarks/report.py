@@ -171,7 +171,14 @@ def headline(results) -> list[dict]:
         }
     )
     api = next((v for k, v in mem.items() if k.startswith("api")), None)
-    rows.append({"figure": "API resident memory, peak under HTTP load", "value": _num(api, 0), "unit": "MB"})
+    processes = results.plan.get("api_processes", 1)
+    rows.append(
+        {
+            "figure": f"API resident memory, peak under HTTP load ({processes} processes together)",
+            "value": _num(api, 0),
+            "unit": "MB",
+        }
+    )
     relay = next((v for k, v in mem.items() if k.startswith("relay")), None)
     rows.append({"figure": "relay resident memory, peak at full load", "value": _num(relay, 0), "unit": "MB"})
     rec = results.reconcile or {}
@@ -380,12 +387,15 @@ def markdown(results, plot_name: str | None) -> str:
     out += ["", "## HTTP", ""]
     if results.http:
         out += [
-            "The API alone (`stocksync serve --role api`, one process) on a clone of the seeded ledger, loaded by "
+            f"The API alone (`stocksync serve --role api`, {results.plan.get('api_processes', 1)} processes on one "
+            "port: one per core, the kernel spreading connections by `SO_REUSEPORT`; CPU and memory below are "
+            "theirs together) on a clone of the seeded ledger, loaded by "
             "`benchmarks/httpload.py` (raw asyncio HTTP/1.1, keep-alive) from another process with an `ecommerce` "
             "key. Closed loop: each connection sends its next request when the answer is in. Fixed rate: requests "
             "are due at a steady pace over up to 64 connections, and latency counts from when a request was due. "
             "Availability asks 2 skus at 3 locations; pickup 1 sku near a point; a reservation holds 1 unit of a "
-            "popular sku at a random store (the server makes its id).",
+            "popular sku at a pickup store that has it (the server makes its id; each unit of the seeded stock is "
+            "asked for once, so that the answers are reservations, not shortages as the stock runs out).",
             "",
             "| load | requests/s | ok/s | p50 ms | p95 ms | p99 ms | statuses |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |",

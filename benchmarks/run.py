@@ -59,6 +59,7 @@ class Plan:
     recon_positions: int
     recon_movements: int
     naive_concurrency: int = 4
+    api_processes: int = 2  # one per core, sharing the port (SO_REUSEPORT), as the API is meant to be run
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
@@ -670,9 +671,13 @@ async def http_scenarios(
         return
     url = await infra.create_database("bench_http", template=TEMPLATE)
     port = free_port()
-    api = Service.serve(["api"], url, infra.nats_url, log_dir, name="http-api", http_port=port).start()
+    apis = [
+        Service.serve(["api"], url, infra.nats_url, log_dir, name=f"http-api-{n}", http_port=port).start()
+        for n in range(1, plan.api_processes + 1)
+    ]
     try:
-        await wait_for_log(api, "serving")
+        for api in apis:
+            await wait_for_log(api, "serving")
         await _wait_http(port)
         spec = plan.spec()
         skus = sku_ids(spec)
@@ -704,13 +709,13 @@ async def http_scenarios(
                 "method": "POST",
                 "path": "/v1/reservations",
                 "body": {
-                    "location_id": rng.choice(stores).location_id,
+                    "location_id": location_id,
                     "channel": "ecommerce",
                     "ttl_seconds": 3600,
-                    "lines": [{"sku": rng.choice(popular), "qty": 1}],
+                    "lines": [{"sku": sku, "qty": 1}],
                 },
             }
-            for _ in range(500)
+            for location_id, sku in units_in_stock(log_dir / "stock.json", stores, popular, rng)
         ]
         peak = 0.0
         for name, requests, target in (
@@ -726,10 +731,14 @@ async def http_scenarios(
                     rate = float(target) if capacity >= target else max(50.0, round(0.5 * capacity, -1))
                     key = f"{name} ({rate:,.0f}/s offered)"
                 sampler = ProcessSampler(
-                    {"api": fixed(api.pid), "postgres": tree(infra.postgres_pid), "bench": fixed(os.getpid())}
+                    {
+                        "api": fixed(*(api.pid for api in apis)),
+                        "postgres": tree(infra.postgres_pid),
+                        "bench": fixed(os.getpid()),
+                    }
                 )
                 profiler = (
-                    _profile_pids({"api": api.pid}, log_dir, f"http-{name}", plan.http_seconds)
+                    _profile_pids({"api": apis[0].pid}, log_dir, f"http-{name}", plan.http_seconds)
                     if closed and profile and name in ("availability", "reservations")
                     else None
                 )
@@ -766,8 +775,26 @@ async def http_scenarios(
             f"{held:,} held, {posted:,} answered 201 (requests cut at the end may commit unanswered)",
         )
     finally:
-        await asyncio.to_thread(api.stop)
+        for api in apis:
+            await asyncio.to_thread(api.stop)
         await infra.drop_database("bench_http")
+
+
+def units_in_stock(
+    stock_file: Path, stores: list, skus: list[str], rng, limit: int = 40_000
+) -> list[tuple[str, str]]:
+    """A (store, sku) per unit the template holds of ``skus`` at pickup ``stores``, shuffled: each unit is
+    reserved at most once, so the stock lasts the run and the answers are reservations, not shortages."""
+    wanted, at = set(skus), {store.location_id for store in stores}
+    units = [
+        (location_id, sku)
+        for key, qty in json.loads(stock_file.read_text()).items()
+        for location_id, sku in [key.split("|", 1)]
+        if location_id in at and sku in wanted
+        for _ in range(qty)
+    ]
+    rng.shuffle(units)
+    return units[:limit]
 
 
 async def _wait_http(port: int, timeout: float = 30) -> None:

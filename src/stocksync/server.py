@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -64,6 +65,18 @@ def _http_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def shared_port(host: str, port: int) -> socket.socket:
+    """The API's listening socket with ``SO_REUSEPORT``: several API processes (one per core: one Python
+    process uses one) may serve one port, and the kernel spreads the connections among them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listening.bind((host, port))
+    listening.listen(2048)
+    return listening
+
+
 async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> None:
     """Run the chosen roles until SIGINT or SIGTERM, then stop them cleanly."""
     roles = set(roles)
@@ -79,7 +92,8 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if "api" in roles:
         http = _http_server(settings, engine)
         http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        tasks.append(asyncio.create_task(http.serve(), name="api"))
+        listening = shared_port(settings.http_host, settings.http_port)
+        tasks.append(asyncio.create_task(http.serve(sockets=[listening]), name="api"))
     if "sweeper" in roles:
         sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
         tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))

@@ -46,12 +46,14 @@ def _stocksync(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.
 class Service:
     """`stocksync serve` in a process of its own, its log kept for inspection."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, cwd: Path = ROOT, roles: tuple[str, ...] = ()
+    ) -> None:
         self.base = f"http://127.0.0.1:{env['STOCKSYNC_HTTP_PORT']}"
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stocksync.cli", "serve"],
+            [sys.executable, "-m", "stocksync.cli", "serve", *(f"--role={role}" for role in roles)],
             env=env,
             cwd=cwd,
             stdout=self._log,
@@ -104,6 +106,23 @@ def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_
     assert (home / "pg" / "PG_VERSION").exists(), "data kept under ./.stocksync for the next start"
     _stocksync(env, "migrate", cwd=tmp_path)  # restarting on the same data works
     assert not _embedded_processes(tmp_path), "embedded servers stop with the last stocksync process"
+
+
+def test_two_api_processes_share_one_port_and_the_second_answers_when_the_first_stops(
+    tmp_path: Path, fresh_database, nats_server
+) -> None:
+    """One Python process uses one core: a machine runs one API process per core, on one port."""
+    env = _env(
+        database_url=fresh_database(), nats_url=nats_server.url, http_port=str(free_port()), log_format="json"
+    )
+    _stocksync(env, "migrate")
+    first = Service(env, tmp_path / "api-1.log", roles=("api",))
+    second = Service(env, tmp_path / "api-2.log", roles=("api",))  # would exit at once: address in use
+    try:
+        assert first.stop() == 0
+        assert httpx.get(f"{second.base}/health/ready", timeout=5).status_code == 200
+    finally:
+        assert second.stop() == 0
 
 
 async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and_the_out_stream(
