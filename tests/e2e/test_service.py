@@ -73,6 +73,13 @@ class Service:
             time.sleep(0.2)
         raise AssertionError(f"not ready in {seconds}s:\n{self.log_path.read_text()}")
 
+    def wait_for_log(self, text: str, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.log_path.read_text():
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, f"no {text} in {seconds}s:\n{self.log_path.read_text()}"
+            time.sleep(0.1)
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=30)
@@ -117,8 +124,9 @@ def test_two_api_processes_share_one_port_and_the_second_answers_when_the_first_
     )
     _stocksync(env, "migrate")
     first = Service(env, tmp_path / "api-1.log", roles=("api",))
-    second = Service(env, tmp_path / "api-2.log", roles=("api",))  # would exit at once: address in use
+    second = Service(env, tmp_path / "api-2.log", roles=("api",))  # ready already: the first answers
     try:
+        second.wait_for_log('"serving"')  # without a shared port it would exit: address in use
         assert first.stop() == 0
         assert httpx.get(f"{second.base}/health/ready", timeout=5).status_code == 200
     finally:
