@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -180,3 +182,21 @@ async def test_a_revoked_key_stops_working_once_its_cache_entry_expires(engine: 
     now[0] = 11.0
     with pytest.raises(Unauthorized):
         await verifier.verify(key)
+
+
+async def test_requests_finding_a_key_expired_at_once_share_one_read(engine: AsyncEngine) -> None:
+    class CountingVerifier(KeyVerifier):
+        loads = 0
+
+        async def _load(self, key_id: str):
+            self.loads += 1
+            return await super()._load(key_id)
+
+    now = [0.0]
+    verifier = CountingVerifier(engine, ttl_s=10, clock=lambda: now[0])
+    key = await create_key(engine, "ecommerce")
+    first = await asyncio.gather(*(verifier.verify(key) for _ in range(20)))
+    now[0] = 11.0
+    again = await asyncio.gather(*(verifier.verify(key) for _ in range(20)))
+    assert {k.role for k in first + again} == {"ecommerce"}
+    assert verifier.loads == 2

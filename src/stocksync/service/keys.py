@@ -7,6 +7,7 @@ which also bounds how long a revoked key keeps working. The plain key exists onl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -91,6 +92,7 @@ class KeyVerifier:
         self._max_entries = max_entries
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
     async def verify(self, presented: str) -> ApiKey:
         match = _KEY.fullmatch(presented)
@@ -99,10 +101,19 @@ class KeyVerifier:
         key_id, secret = match.groups()
         entry = self._cache.get(key_id)
         if entry is None or self._clock() - entry.fetched_at > self._ttl_s:
-            entry = await self._load(key_id)
+            entry = await self._load_once(key_id)
         if entry.key is None or not hmac.compare_digest(entry.secret_hash, _digest(secret)):
             raise Unauthorized("the API key is unknown or revoked")
         return entry.key
+
+    async def _load_once(self, key_id: str) -> _Entry:
+        """One read per key however many requests find its entry expired at once: each taking a pooled
+        connection for the same row stalled every request in flight, once per ``ttl_s``, under load."""
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loading = self._loading[key_id] = asyncio.ensure_future(self._load(key_id))
+            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
+        return await asyncio.shield(loading)
 
     async def _load(self, key_id: str) -> _Entry:
         k = t.api_keys.c
