@@ -14,6 +14,16 @@ HERE = Path(__file__).resolve().parent
 NOT_YET = "not available yet"
 
 
+def _api_processes(results) -> str:
+    processes = results.plan.get("api_processes", 1)
+    if processes == 1:
+        return "one process"
+    return (
+        f"{processes} processes on one port, the kernel spreading connections by `SO_REUSEPORT`; CPU and "
+        "memory below are theirs together"
+    )
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -172,9 +182,10 @@ def headline(results) -> list[dict]:
     )
     api = next((v for k, v in mem.items() if k.startswith("api")), None)
     processes = results.plan.get("api_processes", 1)
+    together = f" ({processes} processes together)" if processes > 1 else ""
     rows.append(
         {
-            "figure": f"API resident memory, peak under HTTP load ({processes} processes together)",
+            "figure": f"API resident memory, peak under HTTP load{together}",
             "value": _num(api, 0),
             "unit": "MB",
         }
@@ -387,9 +398,8 @@ def markdown(results, plot_name: str | None) -> str:
     out += ["", "## HTTP", ""]
     if results.http:
         out += [
-            f"The API alone (`stocksync serve --role api`, {results.plan.get('api_processes', 1)} processes on one "
-            "port: one per core, the kernel spreading connections by `SO_REUSEPORT`; CPU and memory below are "
-            "theirs together) on a clone of the seeded ledger, loaded by "
+            f"The API alone (`stocksync serve --role api`, {_api_processes(results)}) on a clone of the seeded "
+            "ledger, loaded by "
             "`benchmarks/httpload.py` (raw asyncio HTTP/1.1, keep-alive) from another process with an `ecommerce` "
             "key. Closed loop: each connection sends its next request when the answer is in. Fixed rate: requests "
             "are due at a steady pace over up to 64 connections, and latency counts from when a request was due. "

@@ -59,7 +59,9 @@ class Plan:
     recon_positions: int
     recon_movements: int
     naive_concurrency: int = 4
-    api_processes: int = 2  # one per core, sharing the port (SO_REUSEPORT), as the API is meant to be run
+    # API processes sharing the port (SO_REUSEPORT). One: on 2 cores that also run PostgreSQL and the load
+    # generator, a second gave no more availability reads and fewer, slower reservations (smaller groups).
+    api_processes: int = 1
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
@@ -1004,6 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=None, help="override the mixed event count")
     parser.add_argument(
+        "--api-processes", type=int, default=None, help="API processes sharing the port (default 1)"
+    )
+    parser.add_argument(
         "--rates", default=None, help="override the latency sweep's offered rates (comma-separated events/s)"
     )
     parser.add_argument(
@@ -1020,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.for_mode(args.quick)
     if args.events:
         plan.mixed_events = args.events
+    if args.api_processes:
+        plan.api_processes = args.api_processes
     if args.rates:
         plan.sweep_rates = [int(rate) for rate in args.rates.split(",")]
     command = "scripts/bench" + ("".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])))

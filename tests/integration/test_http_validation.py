@@ -212,4 +212,8 @@ async def test_random_query_parameters_never_answer_500(
 ) -> None:
     answer = await admin.get(path, params=params)
     assert answer.status_code in (200, 400, 404), answer.text
-    assert answer.status_code == 200 or answer.json().get("field") or answer.json()["error"] == "unknown_location"
+    assert (
+        answer.status_code == 200
+        or answer.json().get("field")
+        or answer.json()["error"] == "unknown_location"
+    )
