@@ -256,33 +256,30 @@ class Changes:
     once per shape. A part must not touch a row another part touches (one statement sees one snapshot)."""
 
     def __init__(self) -> None:
-        self._shape: list[tuple[str, tuple[str, ...]]] = []
+        self._parts: list[str] = []  # the SQL of each part, which is also the statement's shape
         self._params: dict[str, object] = {}
         self._must_insert: dict[int, int] = {}  # part -> rows that must all be new
         self._notify = False
 
     def add(self, sql: str, params: dict[str, object]) -> None:
         """A part: ``sql`` (``{p}`` before each parameter name; ``RETURNING 1``) and its parameters."""
-        self._params.update({f"p{len(self._shape)}_{name}": value for name, value in params.items()})
-        self._shape.append((sql, tuple(params)))
+        self._params.update({f"p{len(self._parts)}_{name}": value for name, value in params.items()})
+        self._parts.append(sql)
 
-    def insert(self, table: Table, rows: list[dict]) -> None:
+    def insert(self, table: Table, rows: list[dict], *, on_conflict: str = "") -> None:
         if rows:
             columns = tuple(rows[0])
-            self.add(_unnest_insert(table.name, columns), {c: [row[c] for row in rows] for c in columns})
+            sql = _unnest_insert(table.name, columns, on_conflict)
+            self.add(sql, {c: [row[c] for row in rows] for c in columns})
 
     def create(self, table: Table, rows: list[dict]) -> None:
         """Rows that must not exist yet, inserted in primary-key order (the global lock order). A row another
         transaction created first is skipped, and `write` raises ConcurrentWrite: the batch is retried."""
         if rows:
             key = [column.name for column in table.primary_key.columns]
+            self._must_insert[len(self._parts)] = len(rows)
             rows = sorted(rows, key=lambda row: [row[name] for name in key])
-            columns = tuple(rows[0])
-            self._must_insert[len(self._shape)] = len(rows)
-            self.add(
-                _unnest_insert(table.name, columns, " ON CONFLICT DO NOTHING"),
-                {c: [row[c] for row in rows] for c in columns},
-            )
+            self.insert(table, rows, on_conflict=" ON CONFLICT DO NOTHING")
 
     def outbox(self, rows: list[dict]) -> None:
         """The messages to publish, and a NOTIFY (delivered at commit) that wakes the relay."""
@@ -291,17 +288,17 @@ class Changes:
             self._notify = True
 
     async def write(self, conn: AsyncConnection) -> None:
-        if not self._shape:
+        if not self._parts:
             return
-        counts = (await conn.execute(_statement(tuple(self._shape), self._notify), self._params)).one()
+        counts = (await conn.execute(_statement(tuple(self._parts), self._notify), self._params)).one()
         for part, expected in self._must_insert.items():
             if counts[part] != expected:
                 raise ConcurrentWrite(f"{expected - counts[part]} row(s) were created concurrently")
 
 
 @functools.lru_cache(maxsize=512)
-def _statement(shape: tuple[tuple[str, tuple[str, ...]], ...], notify: bool) -> TextClause:
-    parts = [sql.format(p=f"p{i}_").strip() for i, (sql, _) in enumerate(shape)]
+def _statement(shape: tuple[str, ...], notify: bool) -> TextClause:
+    parts = [sql.format(p=f"p{i}_").strip() for i, sql in enumerate(shape)]
     ctes = ",\n".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
     counts = [f"(SELECT count(*) FROM w{i})" for i in range(len(parts))]
     if notify:
