@@ -3,8 +3,11 @@
 Rows are picked by their unrelayed flag, never by ``id > last_seen`` (ids are taken before commit, so a
 late-committing transaction would be skipped). One relay leads at a time, by a PostgreSQL advisory lock
 held on its own session; the others wait to take over, so several may run without reordering a position's
-updates. The leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket
-is written by compare-and-set on the entry's revision, never replacing a newer ``version`` with an older.
+updates. The lock is let go on every way out of leading (or its session closed), and the leader watches that
+session beside its passes: when it dies (a standby may hold the lock by then) the leader stops at once. The
+leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket is written by
+compare-and-set on the entry's revision, never replacing a newer ``version`` with an older; an entry that is
+not an availability body counts as older than any.
 
 A pass pipelines its publishes: every row is sent in id order on one connection, then all acknowledgements are
 awaited together (one round trip per pass, not per message). One connection delivers in send order, so the
