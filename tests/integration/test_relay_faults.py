@@ -279,3 +279,25 @@ async def _passes_if_leading(part: Running) -> int | None:
 async def _processed_and_relayed(database_url: str, n: int) -> bool:
     (row,) = await fetch(database_url, "SELECT count(*) AS n FROM processed_events")
     return row["n"] == n and await unrelayed(database_url) == 0
+
+
+# --- what the relay reports ------------------------------------------------------------------------------------
+
+
+async def test_the_unrelayed_gauge_is_what_each_pass_found_pending(stack: tuple[str, str]) -> None:
+    database_url, nats_url = stack
+    await prepare(database_url, nats_url, [])
+    row = "INSERT INTO outbox (subject, msg_id, payload) VALUES ('stocksync.out.test', $1, '\\x00')"
+    for _ in range(3):
+        await fetch(database_url, row, unique("msg"))
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with jetstream(nats_url) as (nc, js):
+            relay, kv = OutboxRelay(engine, nc, batch=2), await js.key_value(AVAILABILITY_BUCKET)
+            found = []
+            for _ in range(3):
+                await relay.relay_once(kv)
+                found.append(REGISTRY.get_sample_value("stocksync_outbox_unrelayed"))
+    finally:
+        await engine.dispose()
+    assert found == [2, 1, 0]  # a full batch, the rest, none
