@@ -281,7 +281,7 @@ async def _processed_and_relayed(database_url: str, n: int) -> bool:
     return row["n"] == n and await unrelayed(database_url) == 0
 
 
-# --- what the relay reports ------------------------------------------------------------------------------------
+# --- what the relay reports -----------------------------------------------------------------------------
 
 
 async def test_the_unrelayed_gauge_is_what_each_pass_found_pending(stack: tuple[str, str]) -> None:
