@@ -21,4 +21,12 @@ DEAD_LETTERS = Counter(
     "stocksync_dead_letters_total", "Inbound messages sent to the DLQ, by error", ["error"]
 )
 RELAYED = Counter("stocksync_outbox_relayed_total", "Outbox rows published to NATS")
-OUTBOX_LAG = Gauge("stocksync_outbox_unrelayed", "Outbox rows not yet relayed, as last seen by the relay")
+OUTBOX_LAG = Gauge(
+    "stocksync_outbox_unrelayed",
+    "Outbox rows the relay's last pass found unrelayed (at most one batch: a full batch means at least that)",
+)
+RELAY_LEADING = Gauge("stocksync_relay_leading", "1 while this process's relay holds the leader lock")
+BUCKET_MALFORMED = Counter(
+    "stocksync_bucket_entries_malformed",
+    "Availability bucket entries that were not an availability body, overwritten by the relay",
+)

@@ -3,8 +3,11 @@
 Rows are picked by their unrelayed flag, never by ``id > last_seen`` (ids are taken before commit, so a
 late-committing transaction would be skipped). One relay leads at a time, by a PostgreSQL advisory lock
 held on its own session; the others wait to take over, so several may run without reordering a position's
-updates. The leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket
-is written by compare-and-set on the entry's revision, never replacing a newer ``version`` with an older.
+updates. The lock is let go on every way out of leading (or its session closed), and the leader watches that
+session beside its passes: when it dies (a standby may hold the lock by then) the leader stops at once. The
+leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket is written by
+compare-and-set on the entry's revision, never replacing a newer ``version`` with an older; an entry that is
+not an availability body counts as older than any.
 
 A pass pipelines its publishes: every row is sent in id order on one connection, then all acknowledgements are
 awaited together (one round trip per pass, not per message). One connection delivers in send order, so the
@@ -15,9 +18,11 @@ stream stores each subject's rows in commit order; a pass with a failed publish 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from nats.aio.client import Client
@@ -39,6 +44,18 @@ log = structlog.get_logger("stocksync.relay")
 
 LEADER_LOCK = 0x5707C6
 NOTIFY_CHANNEL = "stocksync_outbox"
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+# The lock as PostgreSQL shows it for this session (a bigint key: its high half in classid, low in objid).
+_HOLDS_LOCK = text(
+    """
+    SELECT EXISTS (
+        SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+        AND classid = CAST(CAST(:key AS bigint) >> 32 AS oid)
+        AND objid = CAST(CAST(:key AS bigint) & 4294967295 AS oid) AND objsubid = 1
+    )
+    """
+)
 _PENDING = text(
     "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox"
     " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
@@ -53,6 +70,9 @@ _MARK = text(
     WHERE id = ANY(CAST(:ids AS bigint[]))
     """
 )
+# What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
+# (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
+_PASSING = (SQLAlchemyError, OSError, NatsError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
 _KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # the bucket's stream subject for a key
 # A slice at a time by the index on relayed_at: no statement runs long or scans the table.
 _PRUNE = text(
@@ -80,6 +100,8 @@ class OutboxRelay:
         prune_every_s: float = 60.0,
         prune_slice: int = 5000,
         ack_timeout_s: float = 10.0,
+        lead_check_s: float = 0.5,
+        lead_check_timeout_s: float = 5.0,
     ) -> None:
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -91,40 +113,117 @@ class OutboxRelay:
         self.prune_every_s = prune_every_s
         self.prune_slice = prune_slice
         self.ack_timeout_s = ack_timeout_s
+        self.lead_check_s = lead_check_s
+        self.lead_check_timeout_s = lead_check_timeout_s
+        self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
         self._bucket = BucketWriter(self.js, ack_timeout_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                async with self.engine.connect() as session:
-                    if await self._lead(session):
-                        await self._relay_while_leading(session, stop)
-            except (SQLAlchemyError, OSError, NatsError, TimeoutError) as error:
+                async with self._autocommit.connect() as session:
+                    await self._lead_if_free(session, stop)
+            except _PASSING as error:
                 log.warning("relay_interrupted", error=f"{type(error).__name__}: {error}")
             await pause(stop, 1.0)
 
-    async def _lead(self, session: AsyncConnection) -> bool:
-        leading = await session.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK})
-        await session.commit()
-        return bool(leading)
+    async def _lead_if_free(self, session: AsyncConnection, stop: asyncio.Event) -> None:
+        """Take the leader lock if no one holds it, and relay until stopped, a fault, or the lock is lost.
 
-    async def _relay_while_leading(self, session: AsyncConnection, stop: asyncio.Event) -> None:
-        raw = (await session.get_raw_connection()).driver_connection
-        await raw.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-        kv = await self.js.key_value(AVAILABILITY_BUCKET)
+        Everything after the lock is taken is inside the ``try``: the lock is let go on every way out, so a
+        pooled connection never goes back to the pool holding it (standbys would never take over)."""
+        try:
+            leading = await session.scalar(_TRY_LOCK, {"key": LEADER_LOCK})
+        except BaseException:
+            await session.invalidate()  # granted, perhaps, with the answer lost on the way
+            raise
+        if not leading:
+            return
+        lost = asyncio.Event()  # set the moment the lock's session is gone
+
+        def closed(_: object) -> None:
+            lost.set()
+
+        raw = None
+        try:
+            raw = (await session.get_raw_connection()).driver_connection
+            raw.add_termination_listener(closed)
+            await raw.add_listener(NOTIFY_CHANNEL, self._notified)
+            kv = await self.js.key_value(AVAILABILITY_BUCKET)
+            await self._relay_while_leading(session, kv, stop, lost)
+        finally:
+            await self._let_go(session, raw, closed)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _let_go(self, session: AsyncConnection, raw: Any, closed: Callable[[object], None]) -> None:
+        """Unlock and stop listening; when that cannot be done, close the session (which ends the lock)."""
+        try:
+            if raw is not None:
+                raw.remove_termination_listener(closed)
+            await session.execute(_UNLOCK, {"key": LEADER_LOCK})
+            if raw is not None:
+                await raw.remove_listener(NOTIFY_CHANNEL, self._notified)
+        except BaseException as error:
+            await session.invalidate()
+            if not isinstance(error, Exception):
+                raise
+            log.warning("relay_lock_session_closed", error=f"{type(error).__name__}: {error}")
+
+    async def _relay_while_leading(
+        self, session: AsyncConnection, kv: KeyValue, stop: asyncio.Event, lost: asyncio.Event
+    ) -> None:
+        """Passes until stopped or a pass fails, while a watch on the lock's session ends them at once if the
+        lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
+        self._set_leading(True)
         log.info("relay_leading")
+        over = asyncio.Event()
+        passes = asyncio.create_task(self._passes(kv, stop), name="outbox-passes")
+        passes.add_done_callback(lambda _: over.set())
         # Pruning runs beside the passes, never between them: a pass must not wait behind a delete.
         pruning = asyncio.create_task(self._prune_while_leading(stop), name="outbox-prune")
         try:
-            while not stop.is_set():
-                self._wake.clear()
-                if await self.relay_once(kv) == self.batch:
-                    continue
-                await pause(stop, self.poll_s, self._wake)
+            lost_lead = await self._watch_lead(session, lost, over)
         finally:
+            self._set_leading(False)
             await cancel_and_wait(pruning)
-            await session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
+            await cancel_and_wait(passes)  # already over, unless the lead was lost
+        if lost_lead:
+            log.warning("relay_lost_lead")
+        elif not passes.cancelled():
+            passes.result()  # a pass's fault, for `run` to log
+
+    async def _passes(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            if await self.relay_once(kv) == self.batch:
+                continue
+            await pause(stop, self.poll_s, self._wake)
+
+    async def _watch_lead(self, session: AsyncConnection, lost: asyncio.Event, over: asyncio.Event) -> bool:
+        """True as soon as the lock's session is closed, or every ``lead_check_s`` asks it and it no longer
+        holds the lock (or cannot answer); False once the passes are over. The check runs on the lock's own
+        session beside the passes: no round trip is added to a pass."""
+        while True:
+            await pause(over, self.lead_check_s, lost)
+            if over.is_set():
+                return False
+            if lost.is_set() or not await self._holds_lock(session):
+                return True
+
+    async def _holds_lock(self, session: AsyncConnection) -> bool:
+        try:
+            async with asyncio.timeout(self.lead_check_timeout_s):
+                return bool(await session.scalar(_HOLDS_LOCK, {"key": LEADER_LOCK}))
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            log.warning("relay_lock_check_failed", error=f"{type(error).__name__}: {error}")
+            return False
+
+    def _set_leading(self, leading: bool) -> None:
+        self.leading = leading
+        metrics.RELAY_LEADING.set(int(leading))
 
     async def _prune_while_leading(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -139,8 +238,8 @@ class OutboxRelay:
         the rows relayed. Two statements, each its own transaction: only the leader marks rows."""
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
+            metrics.OUTBOX_LAG.set(len(rows))
             if not rows:
-                metrics.OUTBOX_LAG.set(0)
                 return 0
             published, written = await asyncio.gather(
                 self._publish(rows), self._update_bucket(kv, rows), return_exceptions=True
@@ -228,6 +327,19 @@ async def acknowledged(sent: list[asyncio.Future], timeout_s: float) -> list[Pub
     return [f.exception() or f.result() if f in done else late for f in sent]
 
 
+def held_version(key: str, value: bytes | None) -> int:
+    """The ``version`` a bucket entry holds. An entry that is not an availability body (written by hand, or
+    by something else) counts as older than any version: the relay writes over it, and never stops for it."""
+    if not value:
+        return -1
+    try:
+        return msgspec.json.decode(value, type=_Version).version
+    except msgspec.DecodeError as error:  # not JSON, no ``version``, or one that is not an integer
+        metrics.BUCKET_MALFORMED.inc()
+        log.warning("bucket_entry_malformed", key=key, error=str(error))
+        return -1
+
+
 async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> tuple[str, tuple[int, int]]:
     """Compare-and-set: write only over an older version, retrying when another writer got in between.
     Returns the key with the (version, revision) it holds now."""
@@ -239,7 +351,7 @@ async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> 
                 return key, (version, await kv.create(key, payload))
             except KeyWrongLastSequenceError:
                 continue
-        held = msgspec.json.decode(entry.value, type=_Version).version if entry.value else -1
+        held = held_version(key, entry.value)
         if held >= version:
             return key, (held, entry.revision)
         try:
