@@ -8,6 +8,7 @@ from typing import Literal
 from msgspec import Struct
 
 PositionKey = tuple[str, str]  # (location_id, sku)
+EventKey = tuple[str, str]  # (location_id, event_id): an event's identity (rule 10)
 ReservationStatus = Literal["held", "collected", "cancelled", "expired"]
 OutcomeKind = Literal["applied", "duplicate", "rejected"]
 
@@ -104,6 +105,10 @@ class Outcome(Struct, frozen=True, kw_only=True):
     detail: str | None = None
     reservation_id: str | None = None
     shortages: tuple[Shortage, ...] = ()
+
+    @property
+    def key(self) -> EventKey:
+        return (self.location_id, self.event_id)
 
 
 class RecordedEvent(Struct, frozen=True, kw_only=True):
