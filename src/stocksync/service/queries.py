@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from msgspec import Struct
-from sqlalchemy import Row, any_, func, literal, select, tuple_
+from sqlalchemy import Row, any_, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
@@ -63,6 +63,16 @@ class MovementView(Struct, frozen=True, kw_only=True):
 
 MOVEMENT_CURSOR = re.compile(r"[0-9]{1,20}(\.[0-9]{1,19})?")
 _MOVEMENT = [t.movements.c[name] for name in MovementView.__struct_fields__]
+# Every transaction below this id has finished (docs/design.md, "Paging the audit trail"), so no movement can
+# commit later behind a page's cursor: the oldest transaction still running as the statement's snapshot
+# saw it, leaving out those another database's backend is seen to run (they cannot write movements here).
+_FINISHED_BEFORE = literal_column(
+    """(SELECT least(pg_snapshot_xmax(pg_current_snapshot()),
+        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+         WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
+                           WHERE a.backend_xid = xid(x) AND a.datname <> current_database()))))""",
+    Xid8(),
+)
 
 
 class MovementCursor(Struct, frozen=True, kw_only=True):
@@ -174,11 +184,9 @@ class Queries:
         ``after`` is a cursor from ``next`` or a movement id (its own position: the cursor of that row).
         """
         m = t.movements.c
-        # Only transactions older than every one still running: all of them are finished, so no movement
-        # can later commit before the cursor (docs/design.md, "Paging the audit trail").
         query = (
             select(*_MOVEMENT, m.tx)
-            .where(m.tx < func.pg_snapshot_xmin(func.pg_current_snapshot()))
+            .where(m.tx < _FINISHED_BEFORE)
             .order_by(m.tx, m.id)
             .limit(limit + 1)
         )
