@@ -6,6 +6,7 @@ Each test has a nats-server and a database of its own, so stream contents and le
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import random
@@ -115,6 +116,35 @@ async def test_a_sale_changes_availability_on_the_out_stream_in_the_bucket_and_r
 
     assert await positions(stack.database_url, [loc]) == {
         (loc, sku): {"on_hand": 7, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 2}
+    }
+
+
+async def test_a_till_of_one_store_cannot_claim_the_event_id_another_store_will_use(stack: Stack) -> None:
+    """Rule 10 over NATS: store A's till publishing B's future event id first blocks B's real sale neither in
+    the ledger nor in STOCKSYNC_IN's de-duplication, which is stream-wide and keyed by a publisher's id."""
+    store_a, store_b, sku = unique("store"), unique("store"), unique("SKU")
+    await prepare(stack.database_url, stack.nats_url, [store_a, store_b])
+    event_id = f"{store_b}:till-1:000001"
+    claimed, real = sale(store_a, {sku: 1}, event_id=event_id), sale(store_b, {sku: 3}, event_id=event_id)
+
+    async with jetstream(stack.nats_url) as (_, js), in_process(stack.database_url, stack.nats_url):
+        window = (await js.stream_info(IN_STREAM)).config.duplicate_window
+        (first,) = await publish_events(js, [claimed])
+        await wait_until(lambda: outcomes(stack.database_url, [store_a]), what="store A's event recorded")
+        await asyncio.sleep(window)  # B's till sells later; within the window the stream would drop it
+        (second,) = await publish_events(js, [real])
+        await wait_until(lambda: outcomes(stack.database_url, [store_b]), what="store B's sale recorded")
+        reported = await wait_until(
+            lambda: _outcome_messages(js, store_b, event_id), what="store B's outcome message"
+        )
+
+    assert window == 0.1  # the least nats-server accepts (0 would mean its default, two minutes)
+    assert (first.duplicate, second.duplicate) == (None, None)
+    assert await outcomes(stack.database_url, [store_b]) == {event_id: "applied"}
+    assert [(o["outcome"], o["error"]) for o in reported] == [("applied", None)]
+    assert await positions(stack.database_url, [store_a, store_b]) == {
+        (store_a, sku): {"on_hand": -1, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 1},
+        (store_b, sku): {"on_hand": -3, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 1},
     }
 
 
