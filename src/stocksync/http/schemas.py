@@ -130,7 +130,7 @@ class LocationList(Struct, frozen=True, kw_only=True):
 
 
 class MovementPage(Struct, frozen=True, kw_only=True):
-    """``next`` is an opaque cursor for ``after``; None when no more movements are visible yet."""
+    """``next`` is the opaque cursor to pass as ``after``; null when no more movements are visible yet."""
 
     items: list[MovementView]
     next: str | None

@@ -61,7 +61,7 @@ class MovementView(Struct, frozen=True, kw_only=True):
     recorded_at: datetime
 
 
-MOVEMENT_CURSOR = re.compile(r"[0-9]{1,20}(\.[0-9]{1,19})?")
+MOVEMENT_CURSOR = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,19})?$")
 _MOVEMENT = [t.movements.c[name] for name in MovementView.__struct_fields__]
 # Every transaction below this id has finished (docs/design.md, "Paging the audit trail"), so no movement can
 # commit later behind a page's cursor: the oldest transaction still running as the statement's snapshot
