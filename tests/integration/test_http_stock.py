@@ -223,14 +223,14 @@ async def test_a_movement_cursor_is_a_next_or_a_movement_id(admin: Api) -> None:
     by_next = await admin.get("/v1/movements", params={"location_id": store, "after": first["next"]})
     by_id = await admin.get("/v1/movements", params={"location_id": store, "after": one["id"]})
     bad = [
-        await admin.get("/v1/movements", params={"after": after}) for after in ("x", "1.", "-1", "9" * 21)
+        await admin.get("/v1/movements", params={"after": after}) for after in ("x", "1.", "-1", "9" * 21, "9" * 20 + ".1")
     ]
     unknown = await admin.get("/v1/movements", params={"after": 2**62})
 
     assert isinstance(first["next"], str)
     assert [m["on_hand_delta"] for m in by_next.json()["items"]] == [2, 3]
     assert by_id.json() == by_next.json()
-    assert [(a.status_code, a.json().get("field")) for a in [*bad, unknown]] == [(400, "after")] * 5
+    assert [(a.status_code, a.json().get("field")) for a in [*bad, unknown]] == [(400, "after")] * 6
 
 
 async def test_locations_are_listed_as_put(admin: Api, ecommerce: Api) -> None:

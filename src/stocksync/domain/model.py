@@ -106,10 +106,6 @@ class Outcome(Struct, frozen=True, kw_only=True):
     reservation_id: str | None = None
     shortages: tuple[Shortage, ...] = ()
 
-    @property
-    def key(self) -> EventKey:
-        return (self.location_id, self.event_id)
-
 
 class RecordedEvent(Struct, frozen=True, kw_only=True):
     """A processed event as stored: its body hash (for conflicts) and its first outcome."""

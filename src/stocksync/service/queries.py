@@ -15,7 +15,6 @@ from sqlalchemy import Row, any_, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
-from stocksync.adapters.tables import Xid8
 from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
 from stocksync.domain.errors import InvalidRequest, UnknownLocation
@@ -71,7 +70,7 @@ _FINISHED_BEFORE = literal_column(
         (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
          WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
                            WHERE a.backend_xid = xid(x) AND a.datname <> current_database()))))""",
-    Xid8(),
+    t.Xid8(),
 )
 
 
@@ -90,9 +89,15 @@ class MovementCursor(Struct, frozen=True, kw_only=True):
         if not MOVEMENT_CURSOR.fullmatch(text):
             raise InvalidRequest("after is the `next` of a page or a movement id", field="after")
         tx, dot, movement_id = text.partition(".")
-        if int(tx) >= 2**64 or int(movement_id or tx) >= 2**63:  # xid8, bigint
-            raise InvalidRequest("after is out of range", field="after")
-        return cls(tx=int(tx), id=int(movement_id)) if dot else int(text)
+        if not dot:
+            return _below(int(text), 2**63)
+        return cls(tx=_below(int(tx), 2**64), id=_below(int(movement_id), 2**63))  # xid8, bigint
+
+
+def _below(number: int, bound: int) -> int:
+    if number >= bound:
+        raise InvalidRequest("after is out of range", field="after")
+    return number
 
 
 class Queries:
@@ -167,7 +172,9 @@ class Queries:
         async with self.engine.connect() as conn:
             return await _with_lines(conn, (await conn.execute(query)).all())
 
-    async def outcomes(self, event_id: str, location_id: str | None = None, *, limit: int = 2) -> list[Outcome]:
+    async def outcomes(
+        self, event_id: str, location_id: str | None = None, *, limit: int = 2
+    ) -> list[Outcome]:
         """The recorded outcomes of ``event_id``: at ``location_id``, or at up to ``limit`` locations (rule 10)."""
         e = t.processed_events.c
         query = select(t.processed_events).where(e.event_id == event_id).order_by(e.location_id).limit(limit)
@@ -198,11 +205,10 @@ class Queries:
             if isinstance(after, int):
                 after = await _cursor_of(conn, after)
             if after is not None:
-                query = query.where(tuple_(m.tx, m.id) > tuple_(literal(after.tx, Xid8), after.id))
+                query = query.where(tuple_(m.tx, m.id) > tuple_(literal(after.tx, t.Xid8), after.id))
             rows = (await conn.execute(query)).all()
-        page = rows[:limit]
-        items = [MovementView(**dict(zip(MovementView.__struct_fields__, row))) for row in page]
-        last = page[-1] if page and len(rows) > limit else None
+        items = [MovementView(**dict(zip(MovementView.__struct_fields__, row))) for row in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
         return items, None if last is None else MovementCursor(tx=last.tx, id=last.id)
 
 
