@@ -9,6 +9,8 @@
   migration's transaction id (the default is evaluated once), which orders after them all and among them by id.
   ``movements_position`` gains ``tx`` (the position-filtered page) and ``movements_order`` serves the others.
 
+Downgrading fails once an event id is recorded at two locations: which of the two to drop is no schema question.
+
 Revision ID: 0003
 """
 
