@@ -8,7 +8,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import structlog
 import uvicorn
@@ -28,15 +28,15 @@ log = structlog.get_logger("stocksync.server")
 
 
 def nats_probe(nats_url: str) -> Callable[[], Awaitable[bool]]:
-    """Readiness: the NATS server answers with its INFO line."""
-    parts = urlsplit(nats_url.split(",")[0])
+    """Readiness: some server of the cluster (any URL of the list) answers with its INFO line."""
+    servers = [urlsplit(url.strip()) for url in nats_url.split(",") if url.strip()]
 
-    async def probe() -> bool:
+    async def answers(parts: SplitResult) -> bool:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1
             )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ValueError):
             return False
         try:
             return (await asyncio.wait_for(reader.readline(), timeout=1)).startswith(b"INFO")
@@ -45,14 +45,19 @@ def nats_probe(nats_url: str) -> Callable[[], Awaitable[bool]]:
         finally:
             writer.close()
 
+    async def probe() -> bool:
+        return any(await asyncio.gather(*map(answers, servers)))
+
     return probe
 
 
-def _http_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
+def _http_server(settings: Settings, engine: AsyncEngine, roles: Iterable[str]) -> uvicorn.Server:
     from stocksync.http.app import create_app
 
     readiness = {"nats": nats_probe(settings.nats_url)} if settings.nats_url else {}
-    app = create_app(engine=engine, ledger=GroupCommitLedger(engine), readiness=readiness)
+    app = create_app(
+        engine=engine, ledger=GroupCommitLedger(engine), readiness=readiness, roles=sorted(roles)
+    )
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -90,7 +95,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     tasks: list[asyncio.Task] = []
     http = None
     if "api" in roles:
-        http = _http_server(settings, engine)
+        http = _http_server(settings, engine, roles)
         http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         listening = shared_port(settings.http_host, settings.http_port)
         tasks.append(asyncio.create_task(http.serve(sockets=[listening]), name="api"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 
 import httpx
@@ -15,7 +16,9 @@ from stocksync.adapters.database import create_engine
 from stocksync.domain.events import Command
 from stocksync.http.app import create_app
 from stocksync.service.keys import create_key
+from stocksync.server import nats_probe
 from stocksync.service.ledger_service import BatchResult, LedgerService
+from tests.support import NatsServer
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401
 
 
@@ -27,10 +30,13 @@ async def test_live_and_ready(admin: Api) -> None:
     live = await admin.client.get("/health/live")
     ready = await admin.client.get("/health/ready")
     assert (live.status_code, live.json()["status"]) == (200, "ok")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ok", "checks": {"database": True}})
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ok", "checks": {"database": True}, "serves": {"api": True}},
+    )
 
 
-async def test_ready_is_503_when_any_check_fails(engine: AsyncEngine) -> None:
+async def test_ready_is_degraded_not_503_when_a_check_but_the_database_fails(engine: AsyncEngine) -> None:
     async def up() -> bool:
         return True
 
@@ -42,15 +48,55 @@ async def test_ready_is_503_when_any_check_fails(engine: AsyncEngine) -> None:
         return True
 
     app = create_app(
-        engine=engine, ledger=LedgerService(engine), readiness={"nats": up, "broken": down, "slow": hangs}
+        engine=engine,
+        ledger=LedgerService(engine),
+        readiness={"nats": down, "other": up, "slow": hangs},
+        roles=("api", "relay", "sweeper"),
     )
     async with serve(app) as client:
         ready = await client.get("/health/ready")
-    assert ready.status_code == 503
+    assert ready.status_code == 200
     assert ready.json() == {
-        "status": "unavailable",
-        "checks": {"database": True, "nats": True, "broken": False, "slow": False},
+        "status": "degraded",
+        "checks": {"database": True, "nats": False, "other": True, "slow": False},
+        "serves": {"api": True, "relay": False, "sweeper": True},
     }
+
+
+def dead_nats_url() -> str:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"nats://127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_nats_is_ready_when_any_server_of_the_cluster_answers(nats_server: NatsServer) -> None:
+    dead = dead_nats_url()
+    assert await nats_probe(f"{dead},{nats_server.url}")()
+    assert await nats_probe(f"{nats_server.url}, {dead}")()
+    assert not await nats_probe(f"{dead},{dead_nats_url()}")()
+
+
+async def test_with_nats_stopped_the_api_is_ready_and_takes_reservations(
+    engine: AsyncEngine, nats_server: NatsServer
+) -> None:
+    app = create_app(
+        engine=engine, ledger=LedgerService(engine), readiness={"nats": nats_probe(nats_server.url)}
+    )
+    async with serve(app) as client:
+        api = Api(client, await create_key(engine, "admin"))
+        store, sku = await api.store(), unique("sku")
+        await api.receive(store, sku, 3)
+        nats_server.stop()
+        try:
+            ready = await client.get("/health/ready")
+            body = {"location_id": store, "channel": "staff", "lines": [{"sku": sku, "qty": 1}]}
+            reserved = await api.post("/v1/reservations", json=body)
+        finally:
+            nats_server.start()
+    assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+    assert ready.json()["checks"] == {"database": True, "nats": False}
+    assert (reserved.status_code, reserved.json()["status"]) == (201, "held")
 
 
 async def test_an_unreachable_database_is_503_not_500(engine: AsyncEngine) -> None:
@@ -62,7 +108,8 @@ async def test_an_unreachable_database_is_503_not_500(engine: AsyncEngine) -> No
             read = await client.get("/v1/locations", headers={"Authorization": f"Bearer {key}"})
     finally:
         await nowhere.dispose()
-    assert (ready.status_code, ready.json()["checks"]) == (503, {"database": False})
+    assert (ready.status_code, ready.json()["status"]) == (503, "unavailable")
+    assert ready.json()["checks"] == {"database": False} and ready.json()["serves"] == {"api": False}
     assert (read.status_code, read.json()["error"]) == (503, "unavailable")
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.http.app import create_app
+from stocksync.service.clock import ManualClock
+from stocksync.service.keys import create_key
+from stocksync.service.ledger_service import GroupCommitLedger
 from tests.support_http import Api, admin, client, ecommerce, engine, scalar, unique  # noqa: F401
 
 
@@ -144,3 +151,41 @@ async def test_unknown_reservations_are_404(ecommerce: Api) -> None:
     ):
         assert answer.status_code == 404
         assert answer.json()["error"] == "unknown_reservation"
+
+
+# -- rule 7 at the door: no sweeper runs in these tests ----------------------------------------------------
+
+
+@pytest.fixture
+async def clock_and_api(engine: AsyncEngine) -> AsyncIterator[tuple[ManualClock, Api]]:
+    """The API on a clock that moves only when told, with no sweeper running."""
+    clock = ManualClock()
+    app = create_app(engine=engine, ledger=GroupCommitLedger(engine, clock=clock), clock=clock)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stocksync.test") as http:
+        yield clock, Api(http, await create_key(engine, "admin", label="expiry tests"))
+
+
+@pytest.mark.parametrize("settle", ["collect", "cancel"])
+async def test_a_hold_past_its_expiry_is_expired_when_collected_or_cancelled(
+    clock_and_api: tuple[ManualClock, Api], settle: str
+) -> None:
+    clock, api = clock_and_api
+    store, sku = await api.store(), unique("sku")
+    await api.receive(store, sku, 5)
+    made = await api.post("/v1/reservations", json=reserve_body(store, (sku, 2), ttl_seconds=60))
+    reservation_id = made.json()["reservation_id"]
+    clock.advance(seconds=60)  # expires_at is now; the sweeper has not run
+
+    answer = await api.post(f"/v1/reservations/{reservation_id}/{settle}")
+
+    assert answer.status_code == 409
+    assert (answer.json()["error"], answer.json()["status"]) == ("reservation_not_held", "expired")
+    assert (await api.get(f"/v1/reservations/{reservation_id}")).json()["status"] == "expired"
+    position = await api.position(store, sku)
+    assert (position["on_hand"], position["reserved"], position["available"]) == (5, 0, 5)
+    assert [(m["type"], m["event_id"], m["reserved_delta"]) for m in await api.movements(store, sku)][-1] == (
+        "expire",
+        f"expire:{reservation_id}",
+        -2,
+    )

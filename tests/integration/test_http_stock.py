@@ -51,6 +51,35 @@ async def test_availability_reads_positions_and_zeros_for_skus_never_seen(admin:
     )
 
 
+async def test_availability_without_locations_answers_at_most_10000_positions(
+    admin: Api, engine: AsyncEngine
+) -> None:
+    prefix = unique("wide")
+    skus = [f"{prefix}-{n}" for n in range(500)]
+    async with engine.begin() as conn:  # 500 skus held at 21 stores: 10,500 positions
+        await conn.execute(
+            text(
+                "INSERT INTO locations (location_id, kind, name)"
+                " SELECT :p || '-store-' || l, 'store', 'wide store' FROM generate_series(0, 20) AS l"
+            ),
+            {"p": prefix},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO positions (location_id, sku) SELECT :p || '-store-' || l, s"
+                " FROM generate_series(0, 20) AS l, unnest(CAST(:skus AS text[])) AS s"
+            ),
+            {"p": prefix, "skus": skus},
+        )
+
+    too_wide = await admin.get("/v1/availability", params={"sku": skus})
+    narrower = await admin.get("/v1/availability", params={"sku": skus[:400]})
+
+    assert too_wide.status_code == 400
+    assert (too_wide.json()["error"], too_wide.json()["field"]) == ("invalid_request", "location_id")
+    assert narrower.status_code == 200 and len(narrower.json()["items"]) == 21 * 400
+
+
 async def test_availability_at_an_unknown_location_is_404(ecommerce: Api) -> None:
     answer = await ecommerce.get("/v1/availability", params={"sku": "A", "location_id": unique("ghost")})
     assert (answer.status_code, answer.json()["error"]) == (404, "unknown_location")

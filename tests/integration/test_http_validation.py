@@ -140,6 +140,13 @@ QUERY_FLAWS: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/availability", {"sku": [f"S{i}" for i in range(501)]}, "sku"),
     ("/v1/availability", {"sku": "bad sku"}, "sku"),
     ("/v1/availability", {"sku": "A", "location_id": "bad/id"}, "location_id"),
+    ("/v1/availability", {"sku": "A", "location_id": [f"L{i}" for i in range(101)]}, "location_id"),
+    (  # 100 locations x 101 skus: over 10,000 positions
+        "/v1/availability",
+        {"sku": [f"S{i}" for i in range(101)], "location_id": [f"L{i}" for i in range(100)]},
+        "location_id",
+    ),
+    ("/v1/pickup", {"sku": "A", "qty": [1] * 501}, "qty"),
     ("/v1/pickup", {"sku": "A", "qty": [1, 2]}, "qty"),
     ("/v1/pickup", {"sku": "A", "qty": 0}, "qty"),
     ("/v1/pickup", {"sku": "A", "near": "north"}, "near"),
@@ -150,6 +157,7 @@ QUERY_FLAWS: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/movements", {"location_id": "bad id"}, "location_id"),
     ("/v1/reservations", {"location_id": "bad id"}, "location_id"),
     ("/v1/reservations", {"status": "lost"}, "status"),
+    ("/v1/reservations", {"limit": 1001}, "limit"),
 ]
 
 

@@ -188,6 +188,31 @@ class LedgerScenarios:
         ]
         assert result.statuses == {r1: "collected", r3: "cancelled", r4: "expired"}
 
+    async def test_a_hold_past_its_expiry_is_expired_by_whoever_asks_first(self, engine):
+        (shop,) = await new_locations(engine)
+        a = unique("sku")
+        r1, r2 = unique("res"), unique("res")
+        result = await self.run(
+            engine,
+            [
+                receipt(shop, {a: 10}),
+                reserve(shop, {a: 3}, reservation_id=r1, ttl_seconds=60),
+                reserve(shop, {a: 2}, reservation_id=r2, ttl_seconds=60),
+                Advance(60),  # at expires_at exactly, and no sweeper has run
+                collect(shop, r1, at=1),
+                cancel(shop, r2, at=1),
+                expire(shop, r1, at=1, event_id=f"expire:{r1}"),  # the sweeper, late
+            ],
+        )
+        assert result.positions == {(shop, a): numbers(10, available=10, version=5)}
+        assert result.outcomes == [
+            *[APPLIED] * 3,
+            ("rejected", "reservation_not_held"),
+            ("rejected", "reservation_not_held"),
+            ("duplicate", None),
+        ]
+        assert result.statuses == {r1: "expired", r2: "expired"}
+
     async def test_repeats_conflicts_and_refusals_move_nothing(self, engine):
         shop, other = await new_locations(engine, 2)
         a = unique("sku")

@@ -425,6 +425,36 @@ async def test_a_stuck_outbox_row_is_named_and_its_position_is_left_to_the_grace
     assert run.kinds == {"outbox_stuck"}  # the bucket is behind a change made within the grace: not stale yet
 
 
+async def test_an_entry_behind_a_relayed_change_is_stale_however_recent(stack: Stack) -> None:
+    loc, sku = unique("store"), unique("SKU")
+    await stocked(stack, {loc: {sku: 10}})
+    async with bucket(stack) as kv:
+        older = (await kv.get(f"{loc}.{sku}")).value
+    await apply(stack, sale(loc, {sku: 1}, at=5))
+    await relay_all(stack)  # the relay published version 2 and marked its rows ...
+    async with bucket(stack) as kv:
+        await kv.put(f"{loc}.{sku}", older)  # ... and the bucket went back to version 1
+
+    run = await reconcile(stack, "--grace-seconds", "300")  # right away: the change is seconds old
+
+    assert run.code == 1
+    found = [(f["location_id"], f["sku"], f["expected"], f["actual"]) for f in run.findings("kv_stale")]
+    assert found == [(loc, sku, 2, 1)] and run.kinds == {"kv_stale"}  # named once
+
+
+@pytest.mark.parametrize("grace", ["300", "0"])
+async def test_a_change_not_yet_relayed_is_not_a_stale_entry(stack: Stack, grace: str) -> None:
+    loc, sku, missing = unique("store"), unique("SKU"), unique("SKU")
+    await stocked(stack, {loc: {sku: 10}})
+    await apply(stack, sale(loc, {sku: 1}, at=5), receipt(loc, {missing: 3}, at=6))  # no relay runs
+
+    run = await reconcile(stack, "--grace-seconds", grace)
+
+    # Within the grace nothing is due; past it the unrelayed rows are outbox_stuck, named once, not kv_*.
+    assert run.kinds <= {"outbox_stuck"}
+    assert run.code == (0 if grace == "300" else 1)
+
+
 async def test_repair_fixes_the_repairable_kinds_and_a_second_run_is_clean(stack: Stack) -> None:
     loc, rid = unique("store"), unique("res")
     held, sold, stale, missing = (unique("SKU") for _ in range(4))

@@ -407,6 +407,32 @@ def test_expiring_twice_moves_once_and_collect_after_expiry_is_refused():
     assert len(ledger.movements) == 1
 
 
+@pytest.mark.parametrize("leave", [collect, cancel])
+@pytest.mark.parametrize("seconds_late", [0, 1, 86_400])
+def test_collect_or_cancel_past_expiry_expires_the_hold_whoever_asks_first(leave, seconds_late):
+    ledger, rid = held(ttl_seconds=600)
+    ledger.now = T0 + timedelta(seconds=600 + seconds_late)  # the sweeper has not run yet
+
+    (outcome,) = apply(ledger, leave(STORE, rid, at=ledger.now))
+    assert (outcome.outcome, outcome.error) == ("rejected", "reservation_not_held")
+    assert ledger.reservations[rid].status == "expired"
+    assert numbers(ledger, A) == (10, 0, 0, 10, 3)
+    moved = [(m.event_id, m.type, m.on_hand_delta, m.reserved_delta, m.occurred_at) for m in ledger.movements]
+    assert moved == [(f"expire:{rid}", "expire", 0, -3, ledger.now)]  # what the sweeper would have written
+
+    late_sweep = apply(ledger, expire(STORE, rid, event_id=f"expire:{rid}", at=ledger.now))[0]
+    assert late_sweep.outcome == "duplicate" and len(ledger.movements) == 1
+
+
+@pytest.mark.parametrize(("leave", "status"), [(collect, "collected"), (cancel, "cancelled")])
+def test_collect_or_cancel_a_second_before_expiry_settles_the_hold(leave, status):
+    ledger, rid = held(ttl_seconds=600)
+    ledger.now = T0 + timedelta(seconds=599)
+    (outcome,) = apply(ledger, leave(STORE, rid, at=ledger.now))
+    assert outcome.outcome == "applied"
+    assert ledger.reservations[rid].status == status
+
+
 # -- rule 8: returns --------------------------------------------------------------------------------------
 
 

@@ -367,15 +367,46 @@ def reserve(ledger: Ledger, event: Reserve) -> OutcomeKind:
     return "applied"
 
 
+def is_due(reservation: Reservation, now: datetime) -> bool:
+    """Rule 7: a held reservation is expired from its ``expires_at`` on, whoever asks first (the sweeper, a
+    collect or a cancel). The one definition of "due"; the sweeper's and reconciliation's SQL say the same."""
+    return reservation.status == "held" and reservation.expires_at <= now
+
+
+def expiry(reservation_id: str, location_id: str, now: datetime) -> Expire:
+    """The expiry of one reservation, as the sweeper applies it: one event id per reservation."""
+    return Expire(
+        event_id=f"expire:{reservation_id}",
+        location_id=location_id,
+        occurred_at=now,
+        reservation_id=reservation_id,
+    )
+
+
 def _leave_held(ledger: Ledger, event: Collect | Cancel | Expire, status: str, *, sold: bool) -> OutcomeKind:
-    """Rule 6: a reservation leaves ``held`` once; repeating the same transition moves nothing."""
+    """Rule 6: a reservation leaves ``held`` once; repeating the same transition moves nothing.
+
+    A collect or cancel that finds the hold due expires it first, with the sweeper's own movement, and is
+    then refused: the event itself moves nothing (rule 11), the expiry does.
+    """
     reservation = ledger.reservation(event)
     if reservation.status == status:
         return "duplicate"
+    if status != "expired" and is_due(reservation, ledger.now):
+        due = expiry(reservation.reservation_id, reservation.location_id, ledger.now)
+        reservation = _settle(ledger, due, reservation, "expired", sold=False)
     if reservation.status != "held":
         raise ReservationNotHeld(
             f"reservation {reservation.reservation_id!r} is {reservation.status}", status=reservation.status
         )
+    _settle(ledger, event, reservation, status, sold=sold)
+    return "applied"
+
+
+def _settle(
+    ledger: Ledger, event: Collect | Cancel | Expire, reservation: Reservation, status: str, *, sold: bool
+) -> Reservation:
+    """Release every held line (sold: out of on_hand too) and give the reservation its new status."""
     for line in reservation.lines:
         ledger.move(
             event,
@@ -385,8 +416,9 @@ def _leave_held(ledger: Ledger, event: Collect | Cancel | Expire, status: str, *
             reserved=-line.qty,
             reservation_id=reservation.reservation_id,
         )
-    ledger.set_reservation(structs.replace(reservation, status=status))  # type: ignore[arg-type]
-    return "applied"
+    settled = structs.replace(reservation, status=status)  # type: ignore[arg-type]
+    ledger.set_reservation(settled)
+    return settled
 
 
 def collect(ledger: Ledger, event: Collect) -> OutcomeKind:
@@ -401,7 +433,7 @@ def cancel(ledger: Ledger, event: Cancel) -> OutcomeKind:
 def expire(ledger: Ledger, event: Expire) -> OutcomeKind:
     """Rule 7: only a held reservation past its expiry expires; anything else is left alone."""
     reservation = ledger.reservation(event)
-    if reservation.status == "held" and reservation.expires_at > ledger.now:
+    if reservation.status == "held" and not is_due(reservation, ledger.now):
         raise ReservationNotHeld(f"reservation {reservation.reservation_id!r} is not due", status="held")
     return _leave_held(ledger, event, "expired", sold=False)
 

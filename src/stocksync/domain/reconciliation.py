@@ -330,7 +330,9 @@ def kv_finding(
 ) -> Finding | None:
     """The bucket entry must say what the ledger says; one behind a change still being relayed is not stale.
 
-    ``entry`` None means no entry; ``problem`` says why an entry that exists cannot be read or trusted.
+    ``entry`` None means no entry; ``problem`` says why an entry that exists cannot be read or trusted;
+    ``in_flight`` that an availability row of the position is not yet relayed (whatever its age: past the
+    grace the outbox check names it, so the change is reported once).
     """
     where = {"location_id": location_id, "sku": sku}
     if ledger is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from litestar import Litestar, Router
@@ -32,8 +32,10 @@ def create_app(
     ledger: LedgerService,
     readiness: Mapping[str, health.Probe] = {},
     clock: Clock = utc_now,
+    roles: Sequence[str] = ("api",),
 ) -> Litestar:
-    """The API over ``engine`` and ``ledger``; ``readiness`` adds checks (``"nats"``) to the database's."""
+    """The API over ``engine`` and ``ledger``; ``readiness`` adds checks (``"nats"``) to the database's, and
+    ``roles`` are the parts this process runs, which readiness reports on."""
     queries = Queries(engine)
     services: dict[str, Any] = {
         "engine": engine,
@@ -42,6 +44,7 @@ def create_app(
         "access": Access(queries),
         "clock": clock,
         "probes": {"database": health.database_probe(engine), **readiness},
+        "roles": tuple(roles),
     }
     api = Router(
         "/v1",

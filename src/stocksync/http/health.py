@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 from litestar import Response, get
@@ -37,14 +37,27 @@ def live() -> Health:
     return Health(status="ok", checks={})
 
 
-@get("/health/ready", responses={503: ResponseSpec(Health, description="a dependency is down")})
-async def ready(probes: NamedDependency[Probes]) -> Response[Health]:
-    """200 when every dependency answers (database, NATS), else 503; the body lists each check."""
+# What each part of a process needs to do its work. The API needs the database only: what it changes goes
+# to the outbox in the same transaction, and the relay publishes it when NATS is back.
+NEEDS: Mapping[str, tuple[str, ...]] = {
+    "api": ("database",),
+    "worker": ("database", "nats"),
+    "relay": ("database", "nats"),
+    "sweeper": ("database",),
+}
+
+
+@get("/health/ready", responses={503: ResponseSpec(Health, description="the database is unreachable")})
+async def ready(probes: NamedDependency[Probes], roles: NamedDependency[Sequence[str]]) -> Response[Health]:
+    """200 while the API can serve (the database answers), ``degraded`` when another check fails; 503
+    ``unavailable`` when the database does not answer. ``serves``: which parts of this process can work."""
     names = list(probes)
     results = await asyncio.gather(*(_passes(name, probes[name]) for name in names))
-    healthy = all(results)
-    body = Health(status="ok" if healthy else "unavailable", checks=dict(zip(names, results, strict=True)))
-    return Response(body, status_code=200 if healthy else 503)
+    checks = dict(zip(names, results, strict=True))
+    serves = {role: all(checks.get(need, True) for need in NEEDS[role]) for role in roles}
+    status = "unavailable" if not checks["database"] else "ok" if all(results) else "degraded"
+    body = Health(status=status, checks=checks, serves=serves)
+    return Response(body, status_code=503 if status == "unavailable" else 200)
 
 
 async def _passes(name: str, probe: Probe) -> bool:

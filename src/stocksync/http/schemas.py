@@ -146,8 +146,13 @@ class EventAnswer(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Health(Struct, frozen=True, kw_only=True):
-    status: Literal["ok", "unavailable"]
+    """``ok``: every check passes; ``degraded``: the database answers but another check fails (the API still
+    serves); ``unavailable``: the database does not answer. ``serves``: the parts of this process that can
+    work now (``api``, ``worker``, ``relay``, ``sweeper``)."""
+
+    status: Literal["ok", "degraded", "unavailable"]
     checks: dict[str, bool]
+    serves: dict[str, bool] = {}
 
 
 # -- decoding ------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import QueryParameter
 
+from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import MAX_LINES, LocationId, Qty, Sku
 from stocksync.domain.pickup import pickup_stores
 from stocksync.http.schemas import (
@@ -22,7 +23,15 @@ from stocksync.http.schemas import (
 from stocksync.messages import PositionBody
 from stocksync.service.queries import MOVEMENT_CURSOR, MovementCursor, Queries
 
+# Every list a request names or an answer holds is bounded (docs/operations.md, "Request bounds").
+MAX_LOCATIONS = 100  # location_id values in one availability request
+MAX_POSITIONS = 10_000  # positions in one availability answer: locations x skus, or where the skus are held
+
 Skus = Annotated[list[Sku], QueryParameter(min_items=1, max_items=MAX_LINES, description="repeatable")]
+Locations = Annotated[
+    list[LocationId] | None,
+    QueryParameter(max_items=MAX_LOCATIONS, description=f"repeatable, at most {MAX_LOCATIONS}"),
+]
 
 
 class StockController(Controller):
@@ -34,10 +43,21 @@ class StockController(Controller):
         self,
         queries: NamedDependency[Queries],
         sku: Skus,
-        location_id: FromQuery[list[LocationId] | None] = None,
+        location_id: Locations = None,
     ) -> PositionList:
-        """The skus at the locations (zeros where never seen); without locations, wherever they are held."""
-        positions = await queries.positions(sku, location_id or ())
+        """The skus at the locations (zeros where never seen); without locations, wherever they are held.
+
+        At most 10,000 positions: locations x skus, or the positions that hold the skus (else 400)."""
+        pairs = len(set(location_id or ())) * len(set(sku))
+        if pairs > MAX_POSITIONS:
+            detail = f"{pairs} positions asked for (locations x skus); at most {MAX_POSITIONS}"
+            raise InvalidRequest(detail, field="location_id")
+        positions = await queries.positions(sku, location_id or (), limit=MAX_POSITIONS + 1)
+        if len(positions) > MAX_POSITIONS:
+            raise InvalidRequest(
+                f"these skus are held at more than {MAX_POSITIONS} positions: name the locations",
+                field="location_id",
+            )
         return PositionList(items=[PositionBody.of(position) for position in positions])
 
     @get("/pickup")
@@ -45,7 +65,9 @@ class StockController(Controller):
         self,
         queries: NamedDependency[Queries],
         sku: Skus,
-        qty: Annotated[list[Qty] | None, QueryParameter(description="paired with sku; else 1")] = None,
+        qty: Annotated[
+            list[Qty] | None, QueryParameter(max_items=MAX_LINES, description="paired with sku; else 1")
+        ] = None,
         near: Annotated[str | None, QueryParameter(description="lat,lon in degrees")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
     ) -> PickupAnswer:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from msgspec import Struct
-from sqlalchemy import Row, any_, literal, literal_column, select, tuple_
+from sqlalchemy import Row, any_, bindparam, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
@@ -29,6 +29,7 @@ _POSITIONS_OF_SKUS = (
     select(*_POSITION)
     .where(t.positions.c.sku == any_(_SKUS))
     .order_by(t.positions.c.location_id, t.positions.c.sku)
+    .limit(bindparam("limit"))
 )
 # The hottest read (`GET /v1/availability`) goes to the driver: SQLAlchemy's execution and result machinery
 # cost about a third of the API's CPU per request, more than the query itself.
@@ -112,11 +113,14 @@ class Queries:
             row = (await conn.execute(_LOCATIONS.where(t.locations.c.location_id == location_id))).first()
         return None if row is None else Location(**row._asdict())
 
-    async def positions(self, skus: Sequence[str], location_ids: Sequence[str] = ()) -> list[Position]:
-        """Every (location, sku) asked for, a never-seen one as zeros; without locations, those that exist."""
+    async def positions(
+        self, skus: Sequence[str], location_ids: Sequence[str] = (), *, limit: int | None = None
+    ) -> list[Position]:
+        """Every (location, sku) asked for, a never-seen one as zeros; without locations, those that exist
+        (the first ``limit`` of them by location and sku)."""
         async with self.engine.connect() as conn:
             if not location_ids:
-                rows = await conn.execute(_POSITIONS_OF_SKUS, {"skus": list(skus)})
+                rows = await conn.execute(_POSITIONS_OF_SKUS, {"skus": list(skus), "limit": limit})
                 return [Position(**row._asdict()) for row in rows]
             await self._require_locations(conn, location_ids)
             driver = (await conn.get_raw_connection()).driver_connection

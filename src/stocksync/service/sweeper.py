@@ -18,7 +18,7 @@ from stocksync import metrics
 from stocksync.adapters import tables as t
 from stocksync.aio import pause
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import Expire
+from stocksync.domain.ledger import expiry
 from stocksync.service.ledger_service import LedgerService
 
 log = structlog.get_logger("stocksync.sweeper")
@@ -41,18 +41,14 @@ class ExpirySweeper:
             due = (
                 await conn.execute(
                     select(r.reservation_id, r.location_id)
-                    .where(r.status == "held", r.expires_at <= now)
+                    .where(r.status == "held", r.expires_at <= now)  # as `is_due` says
                     .order_by(r.expires_at)
                     .limit(self.batch)
                 )
             ).all()
         if not due:
             return 0
-        commands = [
-            Expire(event_id=f"expire:{rid}", location_id=loc, occurred_at=now, reservation_id=rid)
-            for rid, loc in due
-        ]
-        result = await self.ledger.apply(commands)
+        result = await self.ledger.apply([expiry(rid, loc, now) for rid, loc in due])
         expired = sum(1 for outcome in result.outcomes if outcome.outcome == "applied")
         metrics.EXPIRED.inc(expired)
         log.info("reservations_expired", expired=expired, due=len(due))

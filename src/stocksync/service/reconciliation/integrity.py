@@ -59,7 +59,7 @@ _OVERDUE = text(
     SELECT r.reservation_id, r.location_id, r.expires_at,
            array_agg(l.sku ORDER BY l.line_no) AS skus, array_agg(l.qty ORDER BY l.line_no) AS qtys
     FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.reservation_id
-    WHERE r.status = 'held' AND r.expires_at <= :cutoff
+    WHERE r.status = 'held' AND r.expires_at <= :cutoff  -- due (`is_due`) since before the grace
     GROUP BY r.reservation_id
     ORDER BY r.location_id, r.expires_at, r.reservation_id
     """

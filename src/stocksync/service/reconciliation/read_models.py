@@ -109,14 +109,19 @@ _KV_INSERT = text(
     """
 )
 _NUMBERS = ("on_hand", "reserved", "damaged", "safety_stock", "version")
+# A position is in flight while an outbox row of its availability is unrelayed: the relay has yet to write
+# the bucket (and past the grace, the outbox check names that row). Once relayed, an entry behind is stale,
+# however recent the change: the relay writes the bucket before it marks the row.
 _KV_DIFFERENCES = text(
     f"""
+    WITH pending AS (SELECT DISTINCT kv_key FROM outbox WHERE relayed_at IS NULL AND kv_key IS NOT NULL)
     SELECT coalesce(p.location_id, k.location_id) AS location_id, coalesce(p.sku, k.sku) AS sku,
-           p.location_id IS NOT NULL AS in_ledger, p.updated_at >= :cutoff AS in_flight,
+           p.location_id IS NOT NULL AS in_ledger, pending.kv_key IS NOT NULL AS in_flight,
            {", ".join(f"p.{n}" for n in _NUMBERS)},
            k.location_id IS NOT NULL AS in_bucket, k.problem,
            {", ".join(f"k.{n} AS k_{n}" for n in (*_NUMBERS, "available"))}
     FROM positions p FULL JOIN reconcile_kv k ON k.location_id = p.location_id AND k.sku = p.sku
+    LEFT JOIN pending ON pending.kv_key = p.location_id || '.' || p.sku
     WHERE p.location_id IS NULL OR k.location_id IS NULL OR k.problem IS NOT NULL
        OR ({", ".join(f"k.{n}" for n in _NUMBERS)}) IS DISTINCT FROM ({", ".join(f"p.{n}" for n in _NUMBERS)})
     """
@@ -134,8 +139,8 @@ async def check_bucket(ctx: Context) -> Findings:
             yield await _load_entries(conn, msgs)
             ctx.advance("bucket_entries", len(msgs))
         await conn.execute(text("ANALYZE reconcile_kv"))
-        async for rows in stream_rows(conn, _KV_DIFFERENCES, {"cutoff": ctx.cutoff}):
-            findings = [f for row in rows if (f := _judge(row))]
+        async for rows in stream_rows(conn, _KV_DIFFERENCES):
+            findings = await _still_behind(ctx, [f for row in rows if (f := _judge(row))])
             yield await _rewrite(ctx, findings) if ctx.options.repair else findings
 
 
@@ -184,6 +189,30 @@ def _judge(row: Row) -> Finding | None:
     return kv_finding(
         row.location_id, row.sku, ledger, entry, problem=row.problem, in_flight=bool(row.in_flight)
     )
+
+
+async def _still_behind(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    """Drop the entries read behind (or absent) whose change the relay wrote while the bucket was scanned:
+    each is read again, and only one still older than the version its position had is stale or missing."""
+    behind = [f for f in findings if f.kind == KV_MISSING or (f.kind == KV_STALE and _behind(f))]
+    if not behind:
+        return findings
+    kv = await ctx.js.key_value(AVAILABILITY_BUCKET)
+
+    async def caught_up(finding: Finding) -> bool:
+        try:
+            entry = await kv.get(f"{finding.location_id}.{finding.sku}")
+        except KeyNotFoundError:
+            return False
+        version = _entry_version(entry.value)
+        return version is not None and version >= (finding.expected or 0)
+
+    done = {id(f) for f, ok in zip(behind, await asyncio.gather(*map(caught_up, behind)), strict=True) if ok}
+    return [f for f in findings if id(f) not in done]
+
+
+def _behind(finding: Finding) -> bool:
+    return finding.actual is not None and finding.expected is not None and finding.actual < finding.expected
 
 
 async def _rewrite(ctx: Context, findings: list[Finding]) -> list[Finding]:
