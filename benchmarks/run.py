@@ -578,9 +578,9 @@ def _consistency(results: Results, key: str, published: dict, state: dict, rate:
         f"ledger {rate['recorded']:,}, published {published['messages']:,} "
         f"- {published['messages'] - published['unique']:,} duplicates = {published['unique']:,}",
     )
-    results.check(
-        f"{key}: JetStream dropped the duplicates that carried Nats-Msg-Id",
-        published["acks"]["duplicate"] == published["duplicates_with_msg_id"]
+    results.check(  # STOCKSYNC_IN de-duplicates for 100 ms only: the ledger answers the other repeats
+        f"{key}: JetStream dropped no more than the duplicates that carried Nats-Msg-Id",
+        published["acks"]["duplicate"] <= published["duplicates_with_msg_id"]
         and published["acks"]["error"] == 0,
         f"acks {published['acks']}",
     )

@@ -34,6 +34,7 @@ from stocksync.domain.events import (
 )
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import (
+    EventKey,
     Location,
     Movement,
     Outcome,
@@ -176,6 +177,11 @@ def other_body(event: Command) -> Command:
     return structs.replace(event, reference=f"{event.reference or ''}-changed")
 
 
+def key(event: Command) -> EventKey:
+    """What identifies an event (rule 10): its location and its id."""
+    return (event.location_id, event.event_id)
+
+
 def hash_of(event: Command) -> bytes:
     """The body hash the service computes (sha256 of the canonical encoding)."""
     return hashlib.sha256(encode(event)).digest()
@@ -232,7 +238,7 @@ class MemoryStore:
         self.locations = {location.location_id: location for location in locations}
         self.positions: dict[PositionKey, Position] = {}
         self.reservations: dict[str, Reservation] = {}
-        self.recorded: dict[str, RecordedEvent] = {}
+        self.recorded: dict[EventKey, RecordedEvent] = {}
         self.movements: list[Movement] = []
 
     def on_hand_after(self, key: PositionKey, when: datetime) -> int:

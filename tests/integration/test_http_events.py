@@ -6,7 +6,17 @@ from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support_http import Api, admin, client, ecommerce, engine, now_iso, scalar, unique  # noqa: F401
+from tests.support_http import (  # noqa: F401  (fixtures)
+    Api,
+    admin,
+    as_key,
+    client,
+    ecommerce,
+    engine,
+    now_iso,
+    scalar,
+    unique,
+)
 
 
 def sale(location_id: str, sku: str, qty: int, *, event_id: str | None = None, at: str | None = None) -> dict:
@@ -51,6 +61,51 @@ async def test_the_same_event_id_with_another_body_is_a_conflict_that_moves_noth
     assert (await admin.position(store, sku))["on_hand"] == 7
     recorded = await admin.get(f"/v1/events/{body['event_id']}")
     assert recorded.json()["outcome"] == "applied"  # the first outcome stands
+
+
+async def test_a_key_of_one_store_cannot_claim_the_event_ids_of_another(admin: Api, as_key) -> None:
+    """Rule 10: an event is its location and id; store A's till posting B's future id first blocks nothing."""
+    store_a, store_b, sku = await admin.store(), await admin.store(), unique("sku")
+    await admin.receive(store_a, sku, 10)
+    await admin.receive(store_b, sku, 10)
+    till_a, till_b = await as_key("pos", [store_a]), await as_key("pos", [store_b])
+    event_id = f"{store_b}:till-1:000001"  # what B's till will use next
+
+    claimed = await till_a.post("/v1/events", json=sale(store_a, sku, 1, event_id=event_id))
+    real = await till_b.post("/v1/events", json=(body := sale(store_b, sku, 3, event_id=event_id)))
+    again = await till_b.post("/v1/events", json=body)
+    changed = await till_b.post("/v1/events", json={**body, "lines": [{"sku": sku, "qty": 4}]})
+
+    assert claimed.json()["outcome"] == "applied"
+    assert real.json() == {"event_id": event_id, "outcome": "applied"}
+    assert again.json()["outcome"] == "duplicate"
+    assert (changed.json()["outcome"], changed.json()["error"]) == ("rejected", "event_id_conflict")
+    assert (await admin.position(store_a, sku))["on_hand"] == 9
+    assert (await admin.position(store_b, sku))["on_hand"] == 7
+
+
+async def test_an_event_id_used_at_several_locations_is_read_with_its_location(admin: Api) -> None:
+    store_a, store_b, sku = await admin.store(), await admin.store(), unique("sku")
+    event_id = unique("shared")
+    await admin.post("/v1/events", json=sale(store_a, sku, 1, event_id=event_id))
+    alone = await admin.get(f"/v1/events/{event_id}")
+    await admin.post("/v1/events", json=sale(ghost := unique("ghost"), sku, 1, event_id=event_id))
+    await admin.post("/v1/events", json=sale(store_b, sku, 2, event_id=event_id))
+
+    ambiguous = await admin.get(f"/v1/events/{event_id}")
+    at_b = await admin.get(f"/v1/events/{event_id}", params={"location_id": store_b})
+    at_ghost = await admin.get(f"/v1/events/{event_id}", params={"location_id": ghost})
+    nowhere = await admin.get(f"/v1/events/{event_id}", params={"location_id": unique("store")})
+
+    assert (alone.status_code, alone.json()["outcome"]) == (200, "applied")
+    assert (ambiguous.status_code, ambiguous.json()["error"], ambiguous.json()["field"]) == (
+        400,
+        "invalid_request",
+        "location_id",
+    )
+    assert (at_b.status_code, at_b.json()["outcome"]) == (200, "applied")
+    assert (at_ghost.json()["outcome"], at_ghost.json()["error"]) == ("rejected", "unknown_location")
+    assert nowhere.status_code == 404
 
 
 async def test_a_refused_event_is_answered_rejected_and_recorded(admin: Api) -> None:

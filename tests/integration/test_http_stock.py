@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support_http import Api, admin, client, ecommerce, engine, unique  # noqa: F401
+from tests.support_nats import wait_until
 
 AMSTERDAM = (52.3676, 4.9041)
 UTRECHT = (52.0907, 5.1214)
@@ -186,6 +189,77 @@ async def test_movements_are_keyset_paged_oldest_first(admin: Api) -> None:
     assert movements[0]["type"] == "receipt" and movements[0]["superseded_by_count"] is False
     exact = (await admin.get("/v1/movements", params={"location_id": store, "sku": sku, "limit": 5})).json()
     assert exact["next"] is None and len(exact["items"]) == 5
+
+
+async def tail(admin: Api, location_id: str, after: str) -> tuple[list[dict[str, Any]], str]:
+    """Every movement visible after the cursor, two a page, and where a tailing client resumes: the last
+    page's ``next``, else its last item's ``id`` (the spec's cursor)."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = (
+            await admin.get("/v1/movements", params={"location_id": location_id, "after": after, "limit": 2})
+        ).json()
+        items += page["items"]
+        if page["next"] is None:
+            return items, str(items[-1]["id"]) if items else after
+        after = page["next"]
+
+
+SLOW_BATCH = (
+    "UPDATE positions SET on_hand = on_hand + 2, version = version + 1 WHERE location_id = :l AND sku = :s",
+    "INSERT INTO movements (event_id, type, location_id, sku, on_hand_delta, reserved_delta, damaged_delta,"
+    " occurred_at, recorded_at) VALUES ('slow', 'receipt', :l, :s, 2, 0, 0, now(), now())",
+)
+
+
+async def test_paging_never_skips_a_movement_whose_transaction_commits_late(
+    admin: Api, engine: AsyncEngine
+) -> None:
+    """A movement id is taken before commit: a transaction that commits after a later one must still show."""
+    store, early, late = await admin.store(), unique("sku"), unique("sku")
+    await admin.receive(store, early, 1)
+    await admin.receive(store, late, 1)
+    seen, resume = await tail(admin, store, "0")
+    async with engine.connect() as slow:  # a batch that took its movement id first and commits last
+        for sql in SLOW_BATCH:
+            await slow.execute(text(sql), {"l": store, "s": late})
+        await admin.receive(store, early, 3)  # committed first, with a higher id
+        before_commit, resume = await tail(admin, store, resume)
+        await slow.commit()
+    seen += before_commit
+
+    async def everything_seen() -> bool:
+        nonlocal resume
+        found, resume = await tail(admin, store, resume)
+        seen.extend(found)
+        return len(seen) >= 4
+
+    await wait_until(everything_seen, what="every committed movement paged")
+    # Nothing is shown past a transaction still running; once it commits, its movement comes in its place.
+    assert {(m["sku"], m["on_hand_delta"]) for m in before_commit} <= {(early, 1), (late, 1)}
+    assert [(m["sku"], m["on_hand_delta"]) for m in seen] == [(early, 1), (late, 1), (late, 2), (early, 3)]
+    stored = await admin.get("/v1/movements", params={"location_id": store})
+    assert [m["id"] for m in stored.json()["items"]] == [m["id"] for m in seen]
+
+
+async def test_a_movement_cursor_is_a_next_or_a_movement_id(admin: Api) -> None:
+    store, sku = await admin.store(), unique("sku")
+    for qty in (1, 2, 3):
+        await admin.receive(store, sku, qty)
+    first = (await admin.get("/v1/movements", params={"location_id": store, "limit": 1})).json()
+    (one,) = first["items"]
+
+    by_next = await admin.get("/v1/movements", params={"location_id": store, "after": first["next"]})
+    by_id = await admin.get("/v1/movements", params={"location_id": store, "after": one["id"]})
+    bad = [
+        await admin.get("/v1/movements", params={"after": after}) for after in ("x", "1.", "-1", "9" * 21, "9" * 20 + ".1")
+    ]
+    unknown = await admin.get("/v1/movements", params={"after": 2**62})
+
+    assert isinstance(first["next"], str)
+    assert [m["on_hand_delta"] for m in by_next.json()["items"]] == [2, 3]
+    assert by_id.json() == by_next.json()
+    assert [(a.status_code, a.json().get("field")) for a in [*bad, unknown]] == [(400, "after")] * 6
 
 
 async def test_locations_are_listed_as_put(admin: Api, ecommerce: Api) -> None:

@@ -382,6 +382,41 @@ async def test_the_same_event_id_with_another_body_is_a_conflict(engine):
     assert (record.outcome, bytes(record.body_hash)) == ("applied", body_hash(event))
 
 
+async def test_the_same_event_id_at_two_locations_is_two_events_each_applied_once(engine):
+    """Rule 10: an event is its location and id, whether the two arrive in one batch or in two."""
+    shop_a, shop_b, shop_c = await new_locations(engine, 3)
+    a = unique("sku")
+    ledger = service(engine)
+    await ledger.apply([receipt(shop, {a: 10}) for shop in (shop_a, shop_b, shop_c)])
+    claimed = sale(shop_a, {a: 1})
+    await ledger.apply([claimed])
+    real = sale(shop_b, {a: 3}, event_id=claimed.event_id)
+    together = [sale(shop_c, {a: 2}, event_id=claimed.event_id), real]
+
+    first = (await ledger.apply([real, *together])).outcomes
+    again = (await ledger.apply([claimed, real, receipt(shop_b, {a: 1}, event_id=claimed.event_id)])).outcomes
+
+    assert [(o.location_id, o.outcome) for o in first] == [
+        (shop_b, "applied"),
+        (shop_c, "applied"),
+        (shop_b, "duplicate"),
+    ]
+    assert [(o.outcome, o.error) for o in again] == [
+        ("duplicate", None),
+        ("duplicate", None),
+        ("rejected", "event_id_conflict"),
+    ]
+    positions = await stored_positions(engine, shop_a, shop_b, shop_c)
+    assert [positions[(shop, a)]["on_hand"] for shop in (shop_a, shop_b, shop_c)] == [9, 7, 8]
+    recorded = await rows(
+        engine, "SELECT location_id FROM processed_events WHERE event_id = :e ORDER BY 1", e=claimed.event_id
+    )
+    assert [r.location_id for r in recorded] == sorted([shop_a, shop_b, shop_c])
+    msg_ids = [r.msg_id for r in await outbox_for(engine, shop_a, shop_b) if ".outcome." in r.subject]
+    assert f"outcome:{shop_a}:{claimed.event_id}:applied" in msg_ids
+    assert f"outcome:{shop_b}:{claimed.event_id}:applied" in msg_ids  # not collapsed into store A's by NATS
+
+
 async def test_a_sale_older_than_a_stored_count_is_recorded_superseded(engine):
     (shop,) = await new_locations(engine)
     a = unique("sku")

@@ -6,6 +6,7 @@ Each test has a nats-server and a database of its own, so stream contents and le
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import random
@@ -115,6 +116,35 @@ async def test_a_sale_changes_availability_on_the_out_stream_in_the_bucket_and_r
 
     assert await positions(stack.database_url, [loc]) == {
         (loc, sku): {"on_hand": 7, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 2}
+    }
+
+
+async def test_a_till_of_one_store_cannot_claim_the_event_id_another_store_will_use(stack: Stack) -> None:
+    """Rule 10 over NATS: store A's till publishing B's future event id first blocks B's real sale neither in
+    the ledger nor in STOCKSYNC_IN's de-duplication, which is stream-wide and keyed by a publisher's id."""
+    store_a, store_b, sku = unique("store"), unique("store"), unique("SKU")
+    await prepare(stack.database_url, stack.nats_url, [store_a, store_b])
+    event_id = f"{store_b}:till-1:000001"
+    claimed, real = sale(store_a, {sku: 1}, event_id=event_id), sale(store_b, {sku: 3}, event_id=event_id)
+
+    async with jetstream(stack.nats_url) as (_, js), in_process(stack.database_url, stack.nats_url):
+        window = (await js.stream_info(IN_STREAM)).config.duplicate_window
+        (first,) = await publish_events(js, [claimed])
+        await wait_until(lambda: outcomes(stack.database_url, [store_a]), what="store A's event recorded")
+        await asyncio.sleep(window)  # B's till sells later; within the window the stream would drop it
+        (second,) = await publish_events(js, [real])
+        await wait_until(lambda: outcomes(stack.database_url, [store_b]), what="store B's sale recorded")
+        reported = await wait_until(
+            lambda: _outcome_messages(js, store_b, event_id), what="store B's outcome message"
+        )
+
+    assert window == 0.1  # the least nats-server accepts (0 would mean its default, two minutes)
+    assert (first.duplicate, second.duplicate) == (None, None)
+    assert await outcomes(stack.database_url, [store_b]) == {event_id: "applied"}
+    assert [(o["outcome"], o["error"]) for o in reported] == [("applied", None)]
+    assert await positions(stack.database_url, [store_a, store_b]) == {
+        (store_a, sku): {"on_hand": -1, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 1},
+        (store_b, sku): {"on_hand": -3, "reserved": 0, "damaged": 0, "safety_stock": 0, "version": 1},
     }
 
 
@@ -365,19 +395,22 @@ async def test_ten_thousand_events_with_duplicates_in_shuffled_order_end_where_t
     events = mixed_events(rng, locations, skus, 10_000)
     rng.shuffle(events)
     repeated = rng.sample(events, 2_000)
-    deduplicated, delivered_twice = repeated[:1_000], repeated[1_000:]
+    repeated_with_id, repeated_without = repeated[:1_000], repeated[1_000:]
 
     async with jetstream(stack.nats_url) as (_, js):
-        # Repeats with Nats-Msg-Id are dropped by JetStream's window; those without reach the worker.
-        with_id = events + deduplicated
+        # Repeats reach the worker with Nats-Msg-Id or without: STOCKSYNC_IN de-duplicates for 100 ms only
+        # (a publisher chooses the id), and the ledger's record makes a repeat harmless.
+        with_id = events + repeated_with_id
         rng.shuffle(with_id)
         cut = len(with_id) // 2
         acks = await publish_events(js, with_id[:cut])
-        acks += await publish_events(js, delivered_twice, msg_id=False)
+        acks += await publish_events(js, repeated_without, msg_id=False)
         acks += await publish_events(js, with_id[cut:])
-        assert sum(ack.duplicate or False for ack in acks) == len(deduplicated)
         stored = await read_stream(js, IN_STREAM, "stocksync.in.>")
-        assert len(stored) == len(events) + len(delivered_twice)
+        assert len(stored) == len(acks) - sum(ack.duplicate or False for ack in acks)
+        deliveries = Counter(decode_inbound(m.data).event_id for m in stored)
+        assert set(deliveries) == {e.event_id for e in events}
+        delivered_twice = {event_id for event_id, n in deliveries.items() if n == 2}
 
         model = ReferenceLedger(locations).apply(decode_inbound(m.data) for m in stored)
 
@@ -421,11 +454,13 @@ async def test_ten_thousand_events_with_duplicates_in_shuffled_order_end_where_t
     # one is the same outcome message again, which its Nats-Msg-Id collapses), and the bucket holds the end.
     assert Counter(body["event_id"] for body in reported) == Counter(
         {e.event_id: 1 for e in events}
-        | {e.event_id: 2 for e in delivered_twice if recorded[e.event_id] == "applied"}
+        | {event_id: 2 for event_id in delivered_twice if recorded[event_id] == "applied"}
     )
-    assert {
-        body["outcome"] for body in reported if body["event_id"] in {e.event_id for e in delivered_twice}
-    } == {"applied", "duplicate", "rejected"}
+    assert {body["outcome"] for body in reported if body["event_id"] in delivered_twice} == {
+        "applied",
+        "duplicate",
+        "rejected",
+    }
     assert {key: {k: getattr(a, k) for k in ledger[key]} for key, a in bucket.items()} == ledger
 
 

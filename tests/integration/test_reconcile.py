@@ -286,6 +286,31 @@ async def test_an_inbound_message_without_an_outcome_is_named(stack: Stack) -> N
     assert lost.event_id in finding["detail"] and "not acknowledged" in finding["detail"]
 
 
+async def test_an_event_id_recorded_at_another_store_is_no_outcome_of_this_one(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Rule 10: a message (or journal line) of store B is matched to B's record, not to A's of the same id."""
+    store_a, store_b, sku = unique("store"), unique("store"), unique("SKU")
+    await stocked(stack, {store_a: {sku: 10}, store_b: {sku: 10}})
+    claimed = sale(store_a, {sku: 1}, at=5)
+    lost = sale(store_b, {sku: 2}, at=6, event_id=claimed.event_id)
+    await apply(stack, claimed)
+    await relay_all(stack)
+    nc = await nats.connect(stack.nats_url)
+    await nc.jetstream().publish(subject_of(lost), encode(lost), headers={"Nats-Msg-Id": lost.event_id})
+    await nc.close()  # no worker runs: store B's sale has no outcome
+    journal = tmp_path / "till-b.jsonl"
+    journal.write_bytes(encode(lost) + b"\n")
+
+    run = await reconcile(stack, "--pos-journal", str(journal))
+
+    assert run.code == 1
+    [finding] = run.findings("event_without_outcome")
+    assert (finding["location_id"], finding["sku"]) == (store_b, sku)
+    [missing] = run.findings("journal_event_without_outcome")
+    assert missing["location_id"] == store_b
+
+
 async def test_a_message_the_worker_acknowledged_whose_outcome_is_gone_is_lost(stack: Stack) -> None:
     loc, sku = unique("store"), unique("SKU")
     await stocked(stack, {loc: {sku: 10}})

@@ -198,7 +198,7 @@ class History:
         self.statuses = {rid: r.status for rid, r in ledger.reservations.items()}
 
         if event.type in INBOUND_TYPES:  # rule 11: every inbound event is recorded, first body kept
-            record = {**self.db.recorded, **ledger.new_records}[event.event_id]
+            record = {**self.db.recorded, **ledger.new_records}[(event.location_id, event.event_id)]
             self.hashes.setdefault(event.event_id, hash_of(event))
             assert record.body_hash == self.hashes[event.event_id]
 

@@ -18,6 +18,7 @@ from tests.support_ledger import (
     count,
     expire,
     hash_of,
+    key,
     new_ledger,
     other_body,
     receipt,
@@ -378,7 +379,7 @@ def test_expiry_is_internal_and_not_recorded_as_an_event():
     ledger.now = T0 + timedelta(hours=1)
     event = expire(STORE, rid)
     assert apply(ledger, event)[0].outcome == "applied"
-    assert event.event_id not in ledger.new_records
+    assert key(event) not in ledger.new_records
 
 
 @pytest.mark.parametrize(("leave", "status"), [(collect, "collected"), (cancel, "cancelled")])
@@ -591,7 +592,7 @@ def test_the_same_event_twice_moves_stock_once_and_answers_duplicate():
     assert outcomes[1].event_id == event.event_id and outcomes[1].error is None
     assert numbers(ledger, A) == (7, 0, 0, 7, 2)
     assert len(ledger.movements) == 1
-    assert ledger.new_records[event.event_id].outcome.outcome == "applied"
+    assert ledger.new_records[key(event)].outcome.outcome == "applied"
 
 
 def test_a_repeat_in_a_later_transaction_is_answered_from_the_record():
@@ -630,7 +631,7 @@ def test_the_same_event_id_with_another_body_is_a_conflict_and_moves_nothing(fir
     ledger = stocked((A, 10))
     event = first()
     apply(ledger, event)
-    before, moved, record = numbers(ledger, A), len(ledger.movements), ledger.new_records[event.event_id]
+    before, moved, record = numbers(ledger, A), len(ledger.movements), ledger.new_records[key(event)]
 
     (outcome,) = apply(ledger, other_body(event))
     assert (outcome.outcome, outcome.error, outcome.event_id) == (
@@ -639,12 +640,27 @@ def test_the_same_event_id_with_another_body_is_a_conflict_and_moves_nothing(fir
         event.event_id,
     )
     assert numbers(ledger, A) == before and len(ledger.movements) == moved
-    assert ledger.new_records[event.event_id] == record
+    assert ledger.new_records[key(event)] == record
+
+
+def test_the_same_event_id_at_two_locations_is_two_events_both_applied():
+    """Rule 10: an event is its location and id, so one store's id cannot block another's till."""
+    claimed = sale(OTHER, {A: 1})
+    real = sale(STORE, {A: 3}, event_id=claimed.event_id)
+    earlier = stocked((A, 10))
+    apply(earlier, claimed)
+
+    ledger = stocked((A, 10), recorded=earlier.new_records)
+    (outcome,) = apply(ledger, real)
+    assert (outcome.outcome, outcome.error, outcome.location_id) == ("applied", None, STORE)
+    assert numbers(ledger, A) == (7, 0, 0, 7, 2)
+    assert set(ledger.new_records) == {key(real)}
+    assert [o.outcome for o in apply(ledger, real, claimed)] == ["duplicate", "duplicate"]
 
 
 def test_a_conflict_with_a_record_from_an_earlier_transaction():
     event = sale(STORE, {A: 3})
-    recorded = {event.event_id: RecordedEvent(body_hash=hash_of(event), outcome=apply(stocked(), event)[0])}
+    recorded = {key(event): RecordedEvent(body_hash=hash_of(event), outcome=apply(stocked(), event)[0])}
     ledger = stocked((A, 7), recorded=recorded)
     outcomes = apply(ledger, other_body(event), event)
     assert [(o.outcome, o.error) for o in outcomes] == [
@@ -672,11 +688,11 @@ def test_rejected_events_move_nothing_and_are_recorded():
     assert numbers(ledger, A) == (2, 1, 0, 1, 2)
     assert ledger.reservations[rid].status == "held"
     for code, event in events.items():
-        record = ledger.new_records[event.event_id].outcome
+        record = ledger.new_records[key(event)].outcome
         assert (record.outcome, record.error, record.type) == ("rejected", code, event.type)
         assert record.detail
-        assert ledger.new_records[event.event_id].body_hash == hash_of(event)
-    assert ledger.new_records[events["insufficient_stock"].event_id].outcome.shortages == (
+        assert ledger.new_records[key(event)].body_hash == hash_of(event)
+    assert ledger.new_records[key(events["insufficient_stock"])].outcome.shortages == (
         Shortage(sku=A, requested=2, available=1),
     )
 
@@ -685,7 +701,7 @@ def test_applied_events_are_recorded_with_their_body_hash():
     ledger = new_ledger(STORE)
     event = receipt(STORE, {A: 1})
     apply(ledger, event)
-    record = ledger.new_records[event.event_id]
+    record = ledger.new_records[key(event)]
     assert record.body_hash == hash_of(event)
     assert (record.outcome.outcome, record.outcome.type, record.outcome.location_id) == (
         "applied",

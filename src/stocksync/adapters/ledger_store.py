@@ -22,6 +22,7 @@ from stocksync.adapters import tables as t
 from stocksync.adapters.database import ids_param
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import (
+    EventKey,
     Location,
     Outcome,
     Position,
@@ -115,6 +116,7 @@ _LOCK_RESERVATIONS = text(
     FOR UPDATE OF r
     """
 )
+# By event id alone (the key's first column), then the location in memory: one array, not a row comparison.
 _LOAD_RECORDED = select(t.processed_events).where(t.processed_events.c.event_id == any_(_IDS))
 
 
@@ -160,9 +162,11 @@ async def lock_positions(conn: AsyncConnection, keys: Iterable[PositionKey]) -> 
     return {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
 
 
-async def load_recorded(conn: AsyncConnection, event_ids: Iterable[str]) -> dict[str, RecordedEvent]:
-    rows = await conn.execute(_LOAD_RECORDED, {"ids": list(set(event_ids))})
-    return {row.event_id: recorded_of(row) for row in rows}
+async def load_recorded(conn: AsyncConnection, keys: Iterable[EventKey]) -> dict[EventKey, RecordedEvent]:
+    """The recorded events of these (location_id, event_id) keys (rule 10)."""
+    keys = set(keys)
+    rows = await conn.execute(_LOAD_RECORDED, {"ids": list({event_id for _, event_id in keys})})
+    return {key: recorded_of(row) for row in rows if (key := (row.location_id, row.event_id)) in keys}
 
 
 def recorded_of(row) -> RecordedEvent:
@@ -231,8 +235,8 @@ def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Cha
     batch.insert(t.movements, [{**structs.asdict(m), "recorded_at": now} for m in ledger.movements])
     reservations = [ledger.reservations[rid] for rid in ledger.changed_reservations]
     # New when the reserve that made it was first applied in this batch, even if the batch already settled it.
-    created = [r for r in reservations if r.event_id in ledger.new_records]
-    settled = [r for r in reservations if r.event_id not in ledger.new_records]
+    created = [r for r in reservations if (r.location_id, r.event_id) in ledger.new_records]
+    settled = [r for r in reservations if (r.location_id, r.event_id) not in ledger.new_records]
     batch.create(t.reservations, [_reservation_row(r, now) for r in created])
     batch.create(
         t.reservation_lines,

@@ -258,9 +258,9 @@ class Spool:
 class PosClient:
     """One till. Selling never waits for NATS; a background forwarder sends the spool in order when it can.
 
-    Open with `PosClient.open`; each till needs a spool of its own (it is locked while open). A re-send inside
-    JetStream's two-minute duplicate window is dropped by the stream when it still holds the first copy, so an
-    event whose outcome alone was lost is answered (``duplicate``) after at most that window.
+    Open with `PosClient.open`; each till needs a spool of its own (it is locked while open). A re-send reaches
+    the ledger (STOCKSYNC_IN de-duplicates for only 100 ms), so an event whose outcome alone was lost is
+    answered ``duplicate``; a send the stream dropped as another's duplicate is sent again like any unanswered.
     """
 
     def __init__(

@@ -37,6 +37,7 @@ from .events import (
 )
 from .model import (
     Alert,
+    EventKey,
     Location,
     Movement,
     Outcome,
@@ -116,34 +117,38 @@ class Ledger:
         locations: Mapping[str, Location],
         positions: Mapping[PositionKey, Position] = {},
         reservations: Mapping[str, Reservation] = {},
-        recorded: Mapping[str, RecordedEvent] = {},
+        recorded: Mapping[EventKey, RecordedEvent] = {},
         stored_on_hand_after: Callable[[PositionKey, datetime], int] = lambda key, when: 0,
     ) -> None:
         self.now = now
         self._locations = locations
         self.positions: dict[PositionKey, Position] = dict(positions)
         self.reservations: dict[str, Reservation] = dict(reservations)
-        self._recorded: dict[str, RecordedEvent] = dict(recorded)
+        self._recorded: dict[EventKey, RecordedEvent] = dict(recorded)
         self._stored_on_hand_after = stored_on_hand_after
         self.movements: list[Movement] = []
         self.outcomes: list[Outcome] = []
         self.alerts: list[Alert] = []
-        self.new_records: dict[str, RecordedEvent] = {}
+        self.new_records: dict[EventKey, RecordedEvent] = {}
         self.changed_positions: dict[PositionKey, None] = {}
         self.changed_reservations: dict[str, None] = {}
 
     # -- the batch ---------------------------------------------------------------------------------------
 
     def apply(self, event: Command, body_hash: bytes) -> Outcome:
-        """Apply one event exactly once (rule 10); a refusal moves nothing and is recorded (rule 11)."""
-        recorded = self._recorded.get(event.event_id)
+        """Apply one event exactly once (rule 10); a refusal moves nothing and is recorded (rule 11).
+
+        An event is its location and id together: the same id at another location is another event.
+        """
+        key = (event.location_id, event.event_id)
+        recorded = self._recorded.get(key)
         if recorded is not None:
             outcome = self._repeat(event, body_hash, recorded)
         else:
             outcome = self._first(event)
             if not isinstance(event, INTERNAL):
                 record = RecordedEvent(body_hash=body_hash, outcome=outcome)
-                self._recorded[event.event_id] = self.new_records[event.event_id] = record
+                self._recorded[key] = self.new_records[key] = record
         self.outcomes.append(outcome)
         return outcome
 

@@ -8,6 +8,7 @@ from typing import Literal
 from msgspec import Struct
 
 PositionKey = tuple[str, str]  # (location_id, sku)
+EventKey = tuple[str, str]  # (location_id, event_id): an event's identity (rule 10)
 ReservationStatus = Literal["held", "collected", "cancelled", "expired"]
 OutcomeKind = Literal["applied", "duplicate", "rejected"]
 

@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from stocksync.domain.errors import InvalidRequest, NotFound
 from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbound
 from stocksync.http.auth import Access
-from stocksync.http.schemas import EventAnswer, body_operation, read_body
+from stocksync.http.schemas import EventAnswer, LocationIdQuery, body_operation, read_body
 from stocksync.messages import OutcomeMessage, ReservationBody
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
@@ -49,16 +49,30 @@ class EventController(Controller):
 
     @get("/{event_id:path}")
     async def outcome(
-        self, request: Request[ApiKey, Any, Any], queries: NamedDependency[Queries], event_id: FromPath[str]
+        self,
+        request: Request[ApiKey, Any, Any],
+        queries: NamedDependency[Queries],
+        event_id: FromPath[str],
+        location_id: LocationIdQuery = None,
     ) -> OutcomeMessage:
-        """The recorded outcome of an event (its id percent-encoded where it holds ``?``, ``#`` or ``%``)."""
+        """The recorded outcome of an event (its id percent-encoded where it holds ``?``, ``#`` or ``%``).
+
+        An event is its location and id together (rule 10): without ``location_id``, an id recorded at
+        several locations is 400 asking for one.
+        """
         event_id = _exact_event_id(request, event_id)
         if not _EVENT_ID.fullmatch(event_id):
             raise InvalidRequest("an event id is 1..128 printable ASCII characters", field="event_id")
-        outcome = await queries.outcome(event_id)
-        if outcome is None:
-            raise NotFound(f"no event {event_id!r} was recorded")
-        return OutcomeMessage.of(outcome)
+        found = await queries.outcomes(event_id, location_id)
+        if not found:
+            where = f" at {location_id!r}" if location_id else ""
+            raise NotFound(f"no event {event_id!r} was recorded{where}")
+        if len(found) > 1:
+            raise InvalidRequest(
+                f"event {event_id!r} was recorded at several locations; name one with ?location_id=",
+                field="location_id",
+            )
+        return OutcomeMessage.of(found[0])
 
 
 def _exact_event_id(request: Request[Any, Any, Any], event_id: str) -> str:

@@ -120,9 +120,10 @@ async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationB
     Its reserve event cannot simply be applied again: the new ``occurred_at`` would make it a conflict.
     """
     assert body.reservation_id is not None
-    outcome = await queries.outcome(f"http:reserve:{body.reservation_id}")
-    if outcome is None:
+    found = await queries.outcomes(f"http:reserve:{body.reservation_id}", body.location_id)
+    if not found:
         return None
+    outcome = found[0]
     if outcome.outcome == "rejected":
         raise refusal(outcome)
     reservation = await queries.reservation(body.reservation_id)

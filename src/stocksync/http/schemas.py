@@ -130,8 +130,10 @@ class LocationList(Struct, frozen=True, kw_only=True):
 
 
 class MovementPage(Struct, frozen=True, kw_only=True):
+    """``next`` is the opaque cursor to pass as ``after``; null when no more movements are visible yet."""
+
     items: list[MovementView]
-    next: int | None
+    next: str | None
 
 
 class EventAnswer(Struct, frozen=True, kw_only=True, omit_defaults=True):

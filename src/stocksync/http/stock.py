@@ -21,7 +21,7 @@ from stocksync.http.schemas import (
     pickup_lines,
 )
 from stocksync.messages import PositionBody
-from stocksync.service.queries import Queries
+from stocksync.service.queries import MOVEMENT_CURSOR, MovementCursor, Queries
 
 # Every list a request names or an answer holds is bounded (docs/operations.md, "Request bounds").
 MAX_LOCATIONS = 100  # location_id values in one availability request
@@ -83,9 +83,20 @@ class StockController(Controller):
         queries: NamedDependency[Queries],
         location_id: LocationIdQuery = None,
         sku: SkuQuery = None,
-        after: Annotated[int, QueryParameter(ge=0, description="the `next` of the previous page")] = 0,
+        after: Annotated[
+            str,
+            QueryParameter(
+                pattern=MOVEMENT_CURSOR.pattern,
+                description="the `next` of the previous page, or a movement `id` (0: from the start)",
+            ),
+        ] = "0",
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> MovementPage:
-        """The audit trail oldest first, keyset-paged by movement id."""
-        items, following = await queries.movements(location_id=location_id, sku=sku, after=after, limit=limit)
-        return MovementPage(items=items, next=following)
+        """The audit trail oldest first, keyset-paged by an opaque cursor that never skips a movement.
+
+        Movements show once their transaction and every older one have finished, in (transaction, id) order:
+        a page never passes a movement that commits later.
+        """
+        cursor = MovementCursor.parse(after)
+        items, following = await queries.movements(location_id=location_id, sku=sku, after=cursor, limit=limit)
+        return MovementPage(items=items, next=following.encode() if following else None)

@@ -1,8 +1,10 @@
 """Streams, the worker's durable consumer and the availability bucket, created or updated by `migrate`.
 
-Durability choices are explained in docs/reliability.md: file storage everywhere, a two-minute duplicate
-window on the publish side (exactly-once *effect* comes from the ledger's processed_events, for ever),
-inbound messages kept for a week so the nightly reconciliation can prove none was lost.
+Durability choices are explained in docs/reliability.md: file storage everywhere, inbound messages kept for a
+week so the nightly reconciliation can prove none was lost. Exactly-once *effect* comes from the ledger's
+processed_events, for ever, not from JetStream's de-duplication: STOCKSYNC_IN's duplicate window is the
+smallest nats-server accepts, because there the message id is chosen by the publisher and is stream-wide, so a
+till of one store could otherwise claim, for two minutes, the event ids another store's tills will use.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ OUT_STREAM = "STOCKSYNC_OUT"
 DLQ_STREAM = "STOCKSYNC_DLQ"
 WORKER_CONSUMER = "stocksync-worker"
 AVAILABILITY_BUCKET = "stocksync_availability"
-DUPLICATE_WINDOW_S = 120.0
+DUPLICATE_WINDOW_S = 120.0  # where only stocksync writes the message ids (outbound, DLQ, KV)
+# Inbound: nats-server refuses less than 100 ms, and takes 0 for its default of two minutes.
+IN_DUPLICATE_WINDOW_S = 0.1
 
 
 def streams(replicas: int = 1) -> list[StreamConfig]:
@@ -41,7 +45,6 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
-        duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=replicas,
         max_msg_size=512 * 1024,
     )
@@ -51,6 +54,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
             subjects=["stocksync.in.>"],
             max_age=7 * DAY,
             description="events from tills, the web shop and staff",
+            duplicate_window=IN_DUPLICATE_WINDOW_S,
             **common,
         ),
         StreamConfig(
@@ -58,6 +62,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
             subjects=["stocksync.out.>"],
             max_age=3 * DAY,
             description="availability, reservations, alerts and outcomes",
+            duplicate_window=DUPLICATE_WINDOW_S,
             **common,
         ),
         StreamConfig(
@@ -65,6 +70,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
             subjects=["stocksync.dlq.>"],
             max_age=30 * DAY,
             description="messages that could not be decoded or validated",
+            duplicate_window=DUPLICATE_WINDOW_S,
             **common,
         ),
     ]

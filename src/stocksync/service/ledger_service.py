@@ -131,7 +131,9 @@ class LedgerService:
         reservations = await store.lock_reservations(conn, reservation_ids)
         locations = await self._known_locations(conn, {e.location_id for e in events})
         positions = await store.lock_positions(conn, _touched_keys(events, reservations))
-        recorded = await store.load_recorded(conn, [e.event_id for e in events if e.type in INBOUND_TYPES])
+        recorded = await store.load_recorded(
+            conn, [(e.location_id, e.event_id) for e in events if e.type in INBOUND_TYPES]
+        )
         probes = [
             ((e.location_id, ln.sku), e.occurred_at) for e in events if isinstance(e, Count) for ln in e.lines
         ]

@@ -25,7 +25,11 @@ def availability_subject(location_id: str, sku: str) -> str:
 
 
 def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[dict]:
-    """Availability per changed position (its final version), reservation changes, alerts and outcomes."""
+    """Availability per changed position (its final version), reservation changes, alerts and outcomes.
+
+    A message id that names an event names its location too: an event is both (rule 10), and JetStream
+    would drop one store's message as a duplicate of another store's under the same event id.
+    """
     rows = []
     for key in ledger.changed_positions:
         position = ledger.positions[key]
@@ -43,7 +47,7 @@ def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[
     rows.extend(
         _row(
             f"stocksync.out.alert.{a.location_id}",
-            f"alert:{a.event_id}:{a.sku}:{a.kind}:{a.on_hand}",
+            f"alert:{a.location_id}:{a.event_id}:{a.sku}:{a.kind}:{a.on_hand}",
             AlertMessage.of(a),
         )
         for a in alerts
@@ -51,7 +55,7 @@ def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[
     rows.extend(
         _row(
             f"stocksync.out.outcome.{o.location_id}",
-            f"outcome:{o.event_id}:{o.outcome}",
+            f"outcome:{o.location_id}:{o.event_id}:{o.outcome}",
             OutcomeMessage.of(o),
         )
         for o in ledger.outcomes
@@ -88,7 +92,7 @@ def _reservation_row(ledger: Ledger, outcome: Outcome) -> dict:
             event_id=outcome.event_id,
         )
     subject = f"stocksync.out.reservation.{outcome.reservation_id}"
-    return _row(subject, f"reservation:{outcome.event_id}:{outcome.outcome}", body)
+    return _row(subject, f"reservation:{outcome.location_id}:{outcome.event_id}:{outcome.outcome}", body)
 
 
 def _row(

@@ -6,17 +6,18 @@ path shows the same numbers for the same committed state.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
 from msgspec import Struct
-from sqlalchemy import Row, any_, bindparam, select
+from sqlalchemy import Row, any_, bindparam, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
-from stocksync.domain.errors import UnknownLocation
+from stocksync.domain.errors import InvalidRequest, UnknownLocation
 from stocksync.domain.model import Location, Outcome, Position, PositionKey, Reservation, ReservationLine
 
 _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
@@ -58,6 +59,46 @@ class MovementView(Struct, frozen=True, kw_only=True):
     reservation_id: str | None
     occurred_at: datetime
     recorded_at: datetime
+
+
+MOVEMENT_CURSOR = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,19})?$")
+_MOVEMENT = [t.movements.c[name] for name in MovementView.__struct_fields__]
+# Every transaction below this id has finished (docs/design.md, "Paging the audit trail"), so no movement can
+# commit later behind a page's cursor: the oldest transaction still running as the statement's snapshot
+# saw it, leaving out those another database's backend is seen to run (they cannot write movements here).
+_FINISHED_BEFORE = literal_column(
+    """(SELECT least(pg_snapshot_xmax(pg_current_snapshot()),
+        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+         WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
+                           WHERE a.backend_xid = xid(x) AND a.datname <> current_database()))))""",
+    t.Xid8(),
+)
+
+
+class MovementCursor(Struct, frozen=True, kw_only=True):
+    """A place in the audit trail: the writing transaction and the movement id, ``"<tx>.<id>"`` on the wire."""
+
+    tx: int
+    id: int
+
+    def encode(self) -> str:
+        return f"{self.tx}.{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> MovementCursor | int:
+        """A cursor from ``next``, or a plain movement id (as the spec's ``id`` cursor)."""
+        if not MOVEMENT_CURSOR.fullmatch(text):
+            raise InvalidRequest("after is the `next` of a page or a movement id", field="after")
+        tx, dot, movement_id = text.partition(".")
+        if not dot:
+            return _below(int(text), 2**63)
+        return cls(tx=_below(int(tx), 2**64), id=_below(int(movement_id), 2**63))  # xid8, bigint
+
+
+def _below(number: int, bound: int) -> int:
+    if number >= bound:
+        raise InvalidRequest("after is out of range", field="after")
+    return number
 
 
 class Queries:
@@ -135,26 +176,55 @@ class Queries:
         async with self.engine.connect() as conn:
             return await _with_lines(conn, (await conn.execute(query)).all())
 
-    async def outcome(self, event_id: str) -> Outcome | None:
-        query = select(t.processed_events).where(t.processed_events.c.event_id == event_id)
+    async def outcomes(
+        self, event_id: str, location_id: str | None = None, *, limit: int = 2
+    ) -> list[Outcome]:
+        """The recorded outcomes of ``event_id``: at ``location_id``, or at up to ``limit`` locations (rule 10)."""
+        e = t.processed_events.c
+        query = select(t.processed_events).where(e.event_id == event_id).order_by(e.location_id).limit(limit)
+        if location_id is not None:
+            query = query.where(e.location_id == location_id)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else recorded_of(row).outcome
+            return [recorded_of(row).outcome for row in await conn.execute(query)]
 
     async def movements(
-        self, *, location_id: str | None, sku: str | None, after: int, limit: int
-    ) -> tuple[list[MovementView], int | None]:
-        """One page oldest first after the cursor ``after``, and the next cursor (None when no more)."""
+        self, *, location_id: str | None, sku: str | None, after: MovementCursor | int, limit: int
+    ) -> tuple[list[MovementView], MovementCursor | None]:
+        """One page oldest first after the cursor ``after``, and the next cursor (None when no more).
+
+        ``after`` is a cursor from ``next`` or a movement id (its own position: the cursor of that row).
+        """
         m = t.movements.c
-        query = select(t.movements).where(m.id > after).order_by(m.id).limit(limit + 1)
+        query = (
+            select(*_MOVEMENT, m.tx)
+            .where(m.tx < _FINISHED_BEFORE)
+            .order_by(m.tx, m.id)
+            .limit(limit + 1)
+        )
         if location_id is not None:
             query = query.where(m.location_id == location_id)
         if sku is not None:
             query = query.where(m.sku == sku)
         async with self.engine.connect() as conn:
+            if isinstance(after, int):
+                after = await _cursor_of(conn, after)
+            if after is not None:
+                query = query.where(tuple_(m.tx, m.id) > tuple_(literal(after.tx, t.Xid8), after.id))
             rows = (await conn.execute(query)).all()
-        items = [MovementView(**row._asdict()) for row in rows[:limit]]
-        return items, items[-1].id if len(rows) > limit else None
+        items = [MovementView(**dict(zip(MovementView.__struct_fields__, row))) for row in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        return items, None if last is None else MovementCursor(tx=last.tx, id=last.id)
+
+
+async def _cursor_of(conn: AsyncConnection, movement_id: int) -> MovementCursor | None:
+    """The cursor a page ending at this movement would have given; before every movement for 0."""
+    if movement_id == 0:
+        return None
+    m = t.movements.c
+    tx = (await conn.execute(select(m.tx).where(m.id == movement_id))).scalar()
+    if tx is None:
+        raise InvalidRequest(f"after={movement_id} is no movement id; use the `next` of a page", field="after")
+    return MovementCursor(tx=tx, id=movement_id)
 
 
 async def _with_lines(conn: AsyncConnection, rows: Sequence[Row]) -> list[Reservation]:

@@ -25,6 +25,7 @@ from sqlalchemy import ARRAY, Text, any_, bindparam, select
 from stocksync.adapters import tables as t
 from stocksync.aio import quietly
 from stocksync.domain.events import EventId, decode_inbound
+from stocksync.domain.model import EventKey
 from stocksync.domain.reconciliation import (
     BadInput,
     Finding,
@@ -187,7 +188,7 @@ async def check_inbound(ctx: Context, dead: DeadLetters) -> Findings:
         yield [
             _lost(msg, event_id, acked)
             for msg, event_id in zip(settled, ids, strict=True)
-            if event_id not in recorded
+            if (_subject_location(msg.subject), event_id) not in recorded
             and not dead.holds(msg.metadata.sequence.stream, msg.subject, event_id)
         ]
         ctx.advance("inbound_messages", len(msgs))
@@ -225,13 +226,21 @@ def _quantity(line: msgspec.Struct) -> int:
     return 0
 
 
-async def _recorded(ctx: Context, event_ids: set[str]) -> set[str]:
+def _subject_location(subject: str) -> str | None:
+    """``stocksync.in.<location_id>.<type>``: the worker applies a message only where body and subject agree."""
+    tokens = subject.split(".")
+    return tokens[2] if len(tokens) == 4 else None
+
+
+async def _recorded(ctx: Context, event_ids: set[str]) -> set[EventKey]:
+    """Where each of these ids was recorded: an event is its location and its id together (rule 10)."""
     if not event_ids:
         return set()
     e = t.processed_events.c
     ids = bindparam("ids", list(event_ids), type_=ARRAY(Text))  # one array parameter, not a thousand
     async with ctx.engine.connect() as conn:
-        return set((await conn.scalars(select(e.event_id).where(e.event_id == any_(ids)))).all())
+        rows = await conn.execute(select(e.location_id, e.event_id).where(e.event_id == any_(ids)))
+        return {(row.location_id, row.event_id) for row in rows}
 
 
 # -- the POS journal ------------------------------------------------------------------------------------------
@@ -263,6 +272,7 @@ async def check_journal(ctx: Context, path: Path, dead: DeadLetters, size: int) 
     ctx.progress.phase("POS journal", size)
     for batch in journal_entries(path):
         recorded = await _recorded(ctx, {entry.event_id for _, entry in batch})
+        anywhere = {event_id for _, event_id in recorded}
         yield [
             journal_finding(
                 line=line,
@@ -271,6 +281,13 @@ async def check_journal(ctx: Context, path: Path, dead: DeadLetters, size: int) 
                 dead_lettered=entry.event_id in dead.event_ids,
             )
             for line, entry in batch
-            if entry.event_id not in recorded
+            if not _journaled(entry, recorded, anywhere)
         ]
         ctx.advance("journal_events", len(batch))
+
+
+def _journaled(entry: JournalEntry, recorded: set[EventKey], anywhere: set[str]) -> bool:
+    """Recorded at the line's location; at any location when the line names none."""
+    if entry.location_id is None:
+        return entry.event_id in anywhere
+    return (entry.location_id, entry.event_id) in recorded
