@@ -1,0 +1,38 @@
+"""The fault campaign, short form (issue 15; `scripts/soak --minutes N` is the long one): every fault kind at
+least once under mixed HTTP and NATS traffic, then every accepted event has exactly one outcome, none is lost or
+applied twice, the ledger equals the model, and `stocksync reconcile` is clean. Outcomes only, never timings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.soak import FAULT_KINDS, SoakConfig, render, run_campaign
+
+
+@pytest.mark.slow
+async def test_a_short_fault_campaign_loses_nothing_doubles_nothing_and_matches_the_model(
+    tmp_path: Path,
+) -> None:
+    os.chmod(tmp_path, 0o755)  # as root, the embedded PostgreSQL runs as its own system user
+    report = await run_campaign(SoakConfig(minutes=1.5, workdir=tmp_path, seed=42))
+    print(render(report))
+
+    assert report["settled"], render(report)
+    assert all(report["faults"][kind] >= 1 for kind in FAULT_KINDS), report["faults"]
+    assert report["events"] > 0 and report["duplicates_sent"] > 0 and report["conflicts_sent"] > 0
+    assert report["lost"] == 0, report["samples"]
+    assert report["doubled"] == 0, report["samples"]
+    assert report["outcomes_recorded_more_than_once"] == 0
+    assert report["wrong_outcomes"] == 0, report["samples"]
+    assert report["positions_unlike_model"] == 0, report["samples"]
+    assert report["invariant_violations"] == 0
+    assert report["reservations_in_wrong_status"] == 0
+    assert report["dead_letters"] == 0
+    assert report["http"]["5xx"] == 0
+    assert not any(report["misanswered"].values()), report["misanswered"]
+    assert report["service_crashes"] == {}
+    assert report["reconcile_exit"] == 0, report["reconcile_output"]
