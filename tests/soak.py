@@ -147,6 +147,7 @@ class Campaign:
             "STOCKSYNC_NATS_URL": self.cluster.url,
             "STOCKSYNC_NATS_REPLICAS": "3",
             "STOCKSYNC_HOME": str(self.config.workdir / ".stocksync"),
+            "STOCKSYNC_LOG_FORMAT": "json",
             **self.config.service_env,
         }
 
@@ -670,6 +671,7 @@ class Campaign:
                 "503": self.tally.http["503"],
                 "connection_errors": self.tally.http["connection_errors"],
             },
+            "http_5xx_causes": self.internal_errors(),
             "service_crashes": {k: v for k, v in self.tally.counts.items() if k.startswith("crashed_")},
             "dead_letters": dlq,
             "reconcile_exit": reconcile.returncode,
@@ -681,6 +683,18 @@ class Campaign:
             },
             "reconcile_output": (reconcile.stdout + reconcile.stderr)[-1500:] if reconcile.returncode else "",
         }
+
+    def internal_errors(self) -> dict[str, int]:
+        """What the API logged for each 500 it answered: the exception's last line, counted."""
+        causes: Counter[str] = Counter()
+        for line in self.services["api"].log().splitlines():
+            if "http_internal_error" in line:
+                try:
+                    trace = json.loads(line).get("exception", "")
+                except ValueError:
+                    continue
+                causes[trace.strip().splitlines()[-1][:200] if trace.strip() else "?"] += 1
+        return dict(causes)
 
 
 def ok(report: dict[str, Any]) -> bool:
@@ -725,6 +739,7 @@ def render(report: dict[str, Any]) -> str:
                 f" reconcile exit {report['reconcile_exit']}, settled {report['settled']}"
             ),
             f"  http: {report['http']}, misanswered {report['misanswered']}, crashes {report['service_crashes']}",
+            *([f"  5xx causes: {report['http_5xx_causes']}"] if report["http_5xx_causes"] else []),
         ]
     )
 
