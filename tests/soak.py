@@ -1,12 +1,14 @@
 """The fault campaign (issue 15): mixed traffic over HTTP and NATS against real `stocksync serve` processes
-while faults are injected, then proof that nothing was lost, nothing applied twice, and the ledger equals a model.
+while faults are injected, then proof that nothing was lost, nothing applied twice, and the ledger equals a
+model.
 
 It runs on infrastructure of its own, never the machine's shared PostgreSQL: an embedded PostgreSQL (stopped
 for 10 s as a fault) and a three-node NATS cluster on loopback with R3 streams. The service runs as separate
 processes: api, worker x2, relay x2, sweeper. Faults: a worker SIGKILLed while it holds a batch, the relay
 leader SIGKILLed while the outbox has rows to publish, one NATS node SIGKILLed and restarted, the whole NATS
 cluster restarted, PostgreSQL stopped for 10 s (cleanly, and as a crash: immediate shutdown), and statements
-cancelled under the service (``57014``, the error a statement timeout raises). Traffic keeps going throughout, retried as a till or the web shop would.
+cancelled under the service (``57014``, the error a statement timeout raises). Traffic keeps going
+throughout, retried as a till or the web shop would.
 
 Traffic is shaped so that its final numbers do not depend on the order the service applied it in (counts set
 on_hand as of their ``occurred_at``, reservations take skus nothing else sells, each reservation gets one
@@ -14,7 +16,7 @@ terminal action after its hold was answered), so the pure core run over the same
 were sent (tests/support_nats.py ``ReferenceLedger``) gives the numbers the ledger must hold.
 
 ``scripts/soak --minutes N`` runs it and writes the report as JSON; tests/e2e/test_soak_short.py runs a short
-one. Credentials hook: ``service_env`` goes to every service process (and ``stocksync migrate``/``reconcile``),
+one. Credentials hook: ``service_env`` goes to every service process (and to ``migrate`` and ``reconcile``),
 ``nats_options`` to the campaign's own NATS clients (for instance ``{"token": key}``), so the campaign runs
 unchanged once NATS asks for them.
 """
@@ -92,13 +94,13 @@ FAULT_KINDS = (
 
 @dataclass
 class SoakConfig:
-    minutes: float
-    workdir: Path
+    minutes: float  # traffic and faults; at least one round of every fault kind whatever the figure
+    workdir: Path  # PostgreSQL data, NATS stores, service logs (traversable by the embedded server's user)
     seed: int = 15
     stores: int = 3
-    settle_s: float = 420.0
-    service_env: dict[str, str] = field(default_factory=dict)
-    nats_options: dict[str, Any] = field(default_factory=dict)
+    settle_s: float = 420.0  # how long everything may take to catch up once the faults stop
+    service_env: dict[str, str] = field(default_factory=dict)  # for every service process: NATS credentials
+    nats_options: dict[str, Any] = field(default_factory=dict)  # for the campaign's own NATS client: token=…
 
 
 @dataclass
@@ -277,7 +279,7 @@ class Campaign:
         return answer.json()
 
     def stock_move(self, location_id: str) -> Command:
-        """A sale, return, receipt, adjust or count of this instant or a little earlier (late events and counts
+        """A sale, return, receipt, adjust or count of this instant or a little earlier (late events, counts
         that arrive after what happened after them)."""
         when = _now() - timedelta(seconds=self.rng.choice([0, 0, 0, 1, 5, 20]))
         skus = self.rng.sample(self.move_skus, self.rng.randint(1, 2))
@@ -534,7 +536,7 @@ class Campaign:
             self._accept(event)
 
     async def settle(self) -> bool:
-        """Everything back up; every accepted event recorded, the consumer and outbox drained, expiries done."""
+        """Everything back up; each accepted event recorded, the consumer and outbox drained, expiries done."""
         for service in self.services.values():
             if not service.alive:
                 service.start()
@@ -574,7 +576,8 @@ class Campaign:
     async def _expired(self, reservation_ids: list[str]) -> bool:
         rows = await fetch(
             self.database_url,
-            "SELECT count(*) AS n FROM reservations WHERE reservation_id = ANY($1::text[]) AND status = 'held'",
+            "SELECT count(*) AS n FROM reservations"
+            " WHERE reservation_id = ANY($1::text[]) AND status = 'held'",
             reservation_ids,
         )
         return rows[0]["n"] == 0
@@ -748,12 +751,14 @@ def render(report: dict[str, Any]) -> str:
             f"  faults: {faults}",
             f"  details: {report['fault_details']}",
             (
-                f"  lost {report['lost']}, doubled {report['doubled']}, wrong outcomes {report['wrong_outcomes']},"
+                f"  lost {report['lost']}, doubled {report['doubled']},"
+                f" wrong outcomes {report['wrong_outcomes']},"
                 f" positions unlike the model {report['positions_unlike_model']}, invariant violations"
                 f" {report['invariant_violations']}, dead letters {report['dead_letters']},"
                 f" reconcile exit {report['reconcile_exit']}, settled {report['settled']}"
             ),
-            f"  http: {report['http']}, misanswered {report['misanswered']}, crashes {report['service_crashes']}",
+            f"  http: {report['http']}, misanswered {report['misanswered']},"
+            f" crashes {report['service_crashes']}",
             *([f"  5xx causes: {report['http_5xx_causes']}"] if report["http_5xx_causes"] else []),
         ]
     )

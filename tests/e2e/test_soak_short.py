@@ -22,7 +22,7 @@ async def test_a_short_fault_campaign_loses_nothing_doubles_nothing_and_matches_
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-soak-"))
     os.chmod(workdir, 0o755)
     try:
-        report = await run_campaign(SoakConfig(minutes=1.5, workdir=workdir, seed=42))
+        report = await run_campaign(SoakConfig(minutes=1.5, workdir=workdir, seed=42, settle_s=300))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(render(report))
