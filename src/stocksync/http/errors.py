@@ -17,7 +17,6 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stocksync import metrics
@@ -33,6 +32,7 @@ from stocksync.domain.errors import (
     Unavailable,
 )
 from stocksync.domain.model import Outcome, Reservation
+from stocksync.service.ledger_service import passing_fault
 
 log = structlog.get_logger("stocksync.http")
 
@@ -47,7 +47,6 @@ _STATUSES: tuple[tuple[type[StocksyncError], int], ...] = (
 )
 _CODES = {400: "invalid_request", 413: "body_too_large"}
 _PARAMETER = re.compile(r"parameter '(?P<name>[^']+)'")
-_DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # passing faults: retry later
 
 
 def answer(error: Exception) -> tuple[int, dict[str, Any]]:
@@ -61,7 +60,7 @@ def answer(error: Exception) -> tuple[int, dict[str, Any]]:
         status = error.status_code
         code = _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
         return status, {"error": code, "detail": error.detail}
-    if isinstance(error, _DATABASE_DOWN):
+    if isinstance(error, PoolTimeout) or passing_fault(error):  # as the ledger decides: retry later
         return 503, {"error": Unavailable.code, "detail": "the database is unreachable; retry later"}
     return 500, {"error": "internal", "detail": "internal error"}
 
