@@ -9,7 +9,7 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stocksync.domain.events import SetSafetyStock
+from stocksync.domain.events import SetSafetyStock, decoder
 from stocksync.domain.model import Location
 from stocksync.http.auth import Access, admin_only
 from stocksync.http.errors import refusal
@@ -20,7 +20,6 @@ from stocksync.http.schemas import (
     SafetyStockRequest,
     SkuPath,
     body_operation,
-    decoder,
     read_body,
 )
 from stocksync.messages import PositionBody

@@ -11,7 +11,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from stocksync.domain.errors import EventIdConflict, UnknownReservation
-from stocksync.domain.events import Cancel, Collect
+from stocksync.domain.events import Cancel, Collect, decoder
 from stocksync.domain.model import ReservationStatus
 from stocksync.http.auth import Access, listing_scope
 from stocksync.http.errors import refusal
@@ -21,7 +21,6 @@ from stocksync.http.schemas import (
     ReservationList,
     ReserveRequest,
     body_operation,
-    decoder,
     read_body,
 )
 from stocksync.messages import ReservationBody

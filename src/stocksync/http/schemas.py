@@ -31,6 +31,7 @@ from stocksync.domain.events import (
     ReservationId,
     Reserve,
     Text,
+    TooDeep,
     Ttl,
 )
 from stocksync.domain.ledger import merge_lines
@@ -176,12 +177,10 @@ async def read_body(request: Request[Any, Any, Any], decode: Callable[[bytes], T
         return decode(await request.body())
     except msgspec.ValidationError as error:
         raise invalid(error) from None
+    except TooDeep as error:
+        raise InvalidRequest(str(error), field="body") from None
     except msgspec.DecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}", field="body") from None
-
-
-def decoder(kind: type[T]) -> Callable[[bytes], T]:
-    return msgspec.json.Decoder(kind).decode
 
 
 def body_operation(kind: Any) -> type[Operation]:
