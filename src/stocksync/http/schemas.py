@@ -34,7 +34,7 @@ from stocksync.domain.events import (
     Ttl,
 )
 from stocksync.domain.ledger import merge_lines
-from stocksync.domain.model import Location, Reservation, ReservationLine
+from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
 from stocksync.messages import PositionBody, ReservationBody
 from stocksync.service.queries import MovementView
@@ -146,6 +146,41 @@ class EventAnswer(Struct, frozen=True, kw_only=True, omit_defaults=True):
 class Health(Struct, frozen=True, kw_only=True):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool]
+
+
+# -- errors (built by http/errors.py; docs/errors.md says what each code means) -----------------------------
+
+ErrorCode = Literal[
+    "invalid_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_location",
+    "unknown_reservation",
+    "reservation_not_held",
+    "reservation_exists",
+    "location_mismatch",
+    "event_id_conflict",
+    "body_too_large",
+    "unavailable",
+]
+
+
+class ErrorBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Every error answer but a shortage: a machine code and a sentence for people."""
+
+    error: ErrorCode
+    detail: str
+    field: str | None = None  # invalid_request: the parameter or body field that failed (`lines[0].qty`)
+    status: ReservationStatus | None = None  # reservation_not_held: the state the reservation is in
+
+
+class ShortageError(Struct, frozen=True, kw_only=True):
+    """409 ``insufficient_stock``: a reservation refused whole, with every line it could not hold."""
+
+    error: Literal["insufficient_stock"]
+    detail: str
+    shortages: list[Shortage]
 
 
 # -- decoding ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from stocksync.domain.events import MAX_LINES, LocationId, Qty, Sku
 from stocksync.domain.pickup import pickup_stores
+from stocksync.http.errors import documented
 from stocksync.http.schemas import (
     LocationIdQuery,
     MovementPage,
@@ -29,7 +30,7 @@ class StockController(Controller):
     path = "/"
     tags = ["stock"]
 
-    @get("/availability")
+    @get("/availability", responses=documented(400))
     async def availability(
         self,
         queries: NamedDependency[Queries],
@@ -40,7 +41,7 @@ class StockController(Controller):
         positions = await queries.positions(sku, location_id or ())
         return PositionList(items=[PositionBody.of(position) for position in positions])
 
-    @get("/pickup")
+    @get("/pickup", responses=documented(400))
     async def pickup(
         self,
         queries: NamedDependency[Queries],
@@ -55,7 +56,7 @@ class StockController(Controller):
         stores, positions = await queries.pickup_stock([line.sku for line in wanted])
         return PickupAnswer(stores=pickup_stores(stores, positions, wanted, near=origin, limit=limit))
 
-    @get("/movements")
+    @get("/movements", responses=documented(400))
     async def movements(
         self,
         queries: NamedDependency[Queries],
