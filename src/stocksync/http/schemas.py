@@ -166,16 +166,17 @@ ErrorCode = Literal[
 ]
 
 
-class ErrorBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ErrorBody(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """Every error answer but a shortage: a machine code and a sentence for people."""
 
     error: ErrorCode
     detail: str
     field: str | None = None  # invalid_request: the parameter or body field that failed (`lines[0].qty`)
     status: ReservationStatus | None = None  # reservation_not_held: the state the reservation is in
+    location_id: str | None = None  # unknown_location of a read: the first location not known
 
 
-class ShortageError(Struct, frozen=True, kw_only=True):
+class ShortageError(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """409 ``insufficient_stock``: a reservation refused whole, with every line it could not hold."""
 
     error: Literal["insufficient_stock"]

@@ -30,7 +30,7 @@ class StockController(Controller):
     path = "/"
     tags = ["stock"]
 
-    @get("/availability", responses=documented(400))
+    @get("/availability", responses=documented(400, 404))
     async def availability(
         self,
         queries: NamedDependency[Queries],
