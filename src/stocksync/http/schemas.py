@@ -48,6 +48,7 @@ SkuPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="sku id")
 ReservationIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="reservation")]
 LocationIdQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="location id")]
 SkuQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="sku id")]
+BIGINT_MAX = 2**63 - 1  # a larger id or cursor cannot reach PostgreSQL: 400, not a failed query
 
 # -- requests ------------------------------------------------------------------------------------------------
 

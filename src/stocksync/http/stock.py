@@ -12,6 +12,7 @@ from stocksync.domain.events import MAX_LINES, LocationId, Qty, Sku
 from stocksync.domain.pickup import pickup_stores
 from stocksync.http.errors import documented
 from stocksync.http.schemas import (
+    BIGINT_MAX,
     LocationIdQuery,
     MovementPage,
     PickupAnswer,
@@ -62,7 +63,9 @@ class StockController(Controller):
         queries: NamedDependency[Queries],
         location_id: LocationIdQuery = None,
         sku: SkuQuery = None,
-        after: Annotated[int, QueryParameter(ge=0, description="the `next` of the previous page")] = 0,
+        after: Annotated[
+            int, QueryParameter(ge=0, le=BIGINT_MAX, description="the `next` of the previous page")
+        ] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> MovementPage:
         """The audit trail oldest first, keyset-paged by movement id."""
