@@ -14,7 +14,7 @@ from stocksync.domain.errors import EventIdConflict, UnknownReservation
 from stocksync.domain.events import Cancel, Collect, decoder
 from stocksync.domain.model import ReservationStatus
 from stocksync.http.auth import Access, listing_scope
-from stocksync.http.errors import refusal
+from stocksync.http.errors import documented, refusal
 from stocksync.http.schemas import (
     LocationIdQuery,
     ReservationIdPath,
@@ -39,7 +39,10 @@ class ReservationController(Controller):
     @post(
         "/",
         operation_class=body_operation(ReserveRequest),
-        responses={200: ResponseSpec(ReservationBody, description="the same body again: its reservation")},
+        responses={
+            200: ResponseSpec(ReservationBody, description="the same body again: its reservation"),
+            **documented(400, 403, 404, 409, 413, shortages=True),
+        },
     )
     async def reserve(
         self,
@@ -64,7 +67,7 @@ class ReservationController(Controller):
             raise refusal(outcome)
         return Response(ReservationBody.of(result.reservations[reservation_id]), status_code=201)
 
-    @get("/")
+    @get("/", responses=documented(400, 403))
     async def list_reservations(
         self,
         key: NamedDependency[ApiKey],
@@ -77,7 +80,7 @@ class ReservationController(Controller):
         found = await queries.reservations(listing_scope(key, location_id), status, limit)
         return ReservationList(items=[ReservationBody.of(reservation) for reservation in found])
 
-    @get("/{reservation_id:str}")
+    @get("/{reservation_id:str}", responses=documented(400, 404))
     async def read(
         self, queries: NamedDependency[Queries], reservation_id: ReservationIdPath
     ) -> ReservationBody:
@@ -86,7 +89,7 @@ class ReservationController(Controller):
             raise UnknownReservation(f"reservation {reservation_id!r} is not known")
         return ReservationBody.of(reservation)
 
-    @post("/{reservation_id:str}/collect", status_code=200)
+    @post("/{reservation_id:str}/collect", status_code=200, responses=documented(400, 403, 404, 409))
     async def collect(
         self,
         key: NamedDependency[ApiKey],
@@ -99,7 +102,7 @@ class ReservationController(Controller):
         """Turn the hold into a sale; collecting again answers the same; else 409 reservation_not_held."""
         return await _settle(Collect, reservation_id, key, ledger, queries, access, clock)
 
-    @post("/{reservation_id:str}/cancel", status_code=200)
+    @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(400, 403, 404, 409))
     async def cancel(
         self,
         key: NamedDependency[ApiKey],
