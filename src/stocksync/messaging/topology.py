@@ -25,14 +25,12 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from stocksync.domain.access import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM
+
 log = structlog.get_logger("stocksync.nats")
 
 DAY = 86_400.0
-IN_STREAM = "STOCKSYNC_IN"
-OUT_STREAM = "STOCKSYNC_OUT"
-DLQ_STREAM = "STOCKSYNC_DLQ"
 WORKER_CONSUMER = "stocksync-worker"
-AVAILABILITY_BUCKET = "stocksync_availability"
 DUPLICATE_WINDOW_S = 120.0
 
 
