@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
+from stocksync.messaging.nats_auth import AuthCallout, service_options
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
@@ -102,7 +103,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if "sweeper" in roles:
         sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
         tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
-    if roles & {"worker", "relay"}:
+    if roles & {"worker", "relay"} or ("auth" in roles and settings.nats_auth_issuer_seed):
         tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
     gc.collect()
     gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
@@ -131,9 +132,12 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
 async def _nats_roles(
     settings: Settings, roles: set[str], engine: AsyncEngine, ledger: LedgerService, stop: asyncio.Event
 ) -> None:
-    """The worker and the relay share one NATS connection, made (patiently) before they start."""
-    nc = await connect(settings.nats_url)
+    """The worker, the relay and the auth callout share one NATS connection (the service user's), made
+    (patiently) before they start. The callout runs only where an issuer seed is configured."""
+    nc = await connect(settings.nats_url, **service_options(settings))
     parts = []
+    if "auth" in roles and settings.nats_auth_issuer_seed:
+        parts.append(AuthCallout(nc, engine, settings).run(stop))
     if "worker" in roles:
         parts.append(EventWorker(nc, ledger, batch_max=settings.batch_max).run(stop))
     if "relay" in roles:

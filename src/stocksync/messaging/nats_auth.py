@@ -29,7 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
-from stocksync.domain.access import NatsPermissions, nats_permissions
+from stocksync.adapters.embedded import NATS_CONFIG
+from stocksync.domain.access import NatsPermissions, inbox_prefix, nats_permissions
 from stocksync.domain.errors import StocksyncError
 from stocksync.service.keys import KeyVerifier
 from stocksync.settings import Settings
@@ -46,7 +47,7 @@ _SEED_LINE = re.compile(r"^\s*(S[UA][A-Z2-7]{56})\s*$", re.MULTILINE)
 
 
 def new_seed(kind: str) -> str:
-    """A fresh NKey seed: ``"user"`` (``SU...``, the service user) or ``"account"`` (``SA...``, the issuer)."""
+    """A fresh NKey seed: ``"user"`` (``SU...``, the service user) or ``"account"`` (``SA...``, issuer)."""
     prefix = {"user": nkeys.PREFIX_BYTE_USER, "account": nkeys.PREFIX_BYTE_ACCOUNT}[kind]
     return nkeys.encode_seed(os.urandom(32), prefix).decode()
 
@@ -146,10 +147,19 @@ def service_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def key_options(api_key: str | None) -> dict[str, Any]:
+    """nats-py ``connect`` options of a client that connects with its API key: the key as the token, and
+    the key's own inbox (the only one its connection may read replies on)."""
+    if not api_key:
+        return {}
+    key_id = api_key.split("_")[1] if api_key.count("_") >= 2 else ""
+    return {"token": api_key, "inbox_prefix": inbox_prefix(key_id)} if key_id else {"token": api_key}
+
+
 # --- the server configuration -------------------------------------------------------------------------------
 
 
-def server_config(settings: Settings, *, jetstream: str = 'jetstream {\n  sync_interval: "1s"\n}\n') -> str:
+def server_config(settings: Settings, *, jetstream: str = NATS_CONFIG) -> str:
     """The nats-server configuration that enforces the access rules, from the settings alone. Without an
     issuer seed or a service user, only ``jetstream``: an open server (development and tests)."""
     seed = service_seed(settings)
@@ -184,7 +194,7 @@ def server_config(settings: Settings, *, jetstream: str = 'jetstream {\n  sync_i
     )
 
 
-# --- the callout ----------------------------------------------------------------------------------------------
+# --- the callout ---------------------------------------------------------------------------------------
 
 
 class AuthCallout:

@@ -140,8 +140,9 @@ async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
             backoff = min(backoff * 2, 5.0)
 
 
-async def migrate_topology(url: str, replicas: int = 1) -> None:
-    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3)
+async def migrate_topology(url: str, replicas: int = 1, **options) -> None:
+    """``options``: the service's credentials and TLS (`nats_auth.service_options`)."""
+    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3, **options)
     try:
         await ensure_topology(nc.jetstream(), replicas)
     finally:
