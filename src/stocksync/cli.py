@@ -254,6 +254,9 @@ def _pos_simulate_arguments(pos: argparse._SubParsersAction) -> None:
     simulate.add_argument(
         "--wait", type=float, default=30.0, help="seconds to wait for the last outcomes (30)"
     )
+    simulate.add_argument(
+        "--key", help="the store's pos key, the NATS token (default: the key `stocksync demo` saved)"
+    )
     journal = pos.add_parser("journal", help="write a till's journal (30 days) as JSON lines for reconcile")
     journal.add_argument("--spool", type=Path, required=True, help="the till's spool file (till closed)")
     journal.add_argument("--out", type=Path, help="the JSONL file to write (default: standard output)")
@@ -273,6 +276,7 @@ async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
         skus=args.sku,
         wait_s=args.wait,
         console=console,
+        api_key=args.key,
     )
 
 

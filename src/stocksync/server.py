@@ -107,7 +107,12 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
     gc.collect()
     gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
-    log.info("serving", roles=sorted(roles), http=f"http://{settings.http_host}:{settings.http_port}")
+    log.info(
+        "serving",
+        roles=sorted(roles),
+        http=f"http://{settings.http_host}:{settings.http_port}",
+        nats=settings.nats_url,  # clients connect with their API key as the token
+    )
     try:
         done, _ = await asyncio.wait(
             [asyncio.create_task(stop.wait()), *tasks], return_when="FIRST_COMPLETED"

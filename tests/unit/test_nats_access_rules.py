@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ssl
 
 import nkeys
 
@@ -69,3 +70,16 @@ def test_the_server_config_names_the_issuer_and_the_service_user() -> None:
     assert f"issuer: {public_key(issuer)}" in config
     assert f"auth_users: [ {public_key(service)} ]" in config
     assert "auth_callout" not in server_config(Settings())  # no secrets configured: an open server
+
+
+def test_postgres_tls_is_set_in_the_url_as_for_psql() -> None:
+    from stocksync.adapters.database import tls_options
+
+    plain = "postgresql://u@h/db?host=%2Frun%2Fpg"
+    assert tls_options(plain) == (plain, {})
+    assert tls_options("postgresql://u@h/db?sslmode=require") == ("postgresql://u@h/db", {"ssl": "require"})
+    url, options = tls_options(
+        "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt&x=1"
+    )
+    assert url == "postgresql://u@h/db?x=1"
+    assert options["ssl"].check_hostname and options["ssl"].verify_mode == ssl.CERT_REQUIRED

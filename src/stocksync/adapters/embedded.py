@@ -75,14 +75,15 @@ def embedded_services(settings: Settings) -> Iterator[Settings]:
 
 def with_nats_secrets(settings: Settings, home: Path) -> Settings:
     """``settings`` with the embedded NATS's service user and callout issuer seeds, made once and kept in
-    ``<home>/nats-secrets.json`` (mode 0600), unless they are configured."""
+    ``<home>/nats/secrets.json`` (mode 0600), unless they are configured."""
     if settings.nats_auth_issuer_seed and (settings.nats_nkey_seed or settings.nats_creds):
         return settings
     from stocksync.messaging.nats_auth import new_seed
 
-    path = home / "nats-secrets.json"
-    home.mkdir(parents=True, exist_ok=True)
-    with _locked(home):
+    data_dir = home / "nats"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "secrets.json"
+    with _locked(data_dir):
         if not path.exists():
             secrets = {"service_seed": new_seed("user"), "issuer_seed": new_seed("account")}
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
