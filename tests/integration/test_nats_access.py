@@ -8,10 +8,12 @@ missing from the stream; what is allowed is in the stream. The callout's user JW
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +22,15 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+import stocksync
+
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import free_port, nats_server_binary
 from stocksync.aio import cancel_and_wait
 from stocksync.clients.ecommerce import EcommerceClient
 from stocksync.clients.pos import PosClient
 from stocksync.domain.access import EVENT_GRANTS
-from stocksync.domain.events import INBOUND_TYPES, QtyLine
+from stocksync.domain.events import INBOUND_TYPES, QtyLine, encode
 from stocksync.domain.model import Location
 from stocksync.messaging.nats_auth import key_options, new_seed, server_config, service_options
 from stocksync.messaging.topology import IN_STREAM, connect, migrate_topology
@@ -36,6 +40,7 @@ from stocksync.service.keys import create_key
 from stocksync.service.locations import upsert_locations
 from stocksync.settings import Settings
 from tests.support import NatsServer
+from tests.support_ledger import receipt
 from tests.support_nats import fetch, wait_until
 
 TTL_S = 2.0
@@ -274,10 +279,24 @@ async def test_the_web_shop_reserves_at_a_pickup_store_with_its_key(secured: Sec
     assert answer.status == "rejected" and answer.shortages  # applied by the service: nothing in stock
 
 
-def test_the_printed_config_is_valid_for_nats_server(tmp_path: Path) -> None:
-    settings = Settings(nats_nkey_seed=new_seed("user"), nats_auth_issuer_seed=new_seed("account"))
+def test_stocksync_nats_config_prints_a_config_nats_server_accepts(tmp_path: Path) -> None:
+    """From the settings alone: no NATS runs at the URL it is given."""
+    service, issuer = new_seed("user"), new_seed("account")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(stocksync.__file__).parents[1]),
+        "STOCKSYNC_NATS_URL": "nats://nowhere.invalid:4222",
+        "STOCKSYNC_NATS_NKEY_SEED": service,
+        "STOCKSYNC_NATS_AUTH_ISSUER_SEED": issuer,
+    }
+    printed = subprocess.run(
+        [sys.executable, "-m", "stocksync.cli", "nats", "config"], env=env, capture_output=True, text=True
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert service not in printed.stdout and issuer not in printed.stdout  # public keys only
+    assert server_config(Settings(nats_nkey_seed=service, nats_auth_issuer_seed=issuer)) == printed.stdout
     path = tmp_path / "nats.conf"
-    path.write_text(server_config(settings))
+    path.write_text(printed.stdout)
     command = [str(nats_server_binary()), "-t", "-c", str(path)]
     checked = subprocess.run(command, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr + checked.stdout
@@ -285,3 +304,26 @@ def test_the_printed_config_is_valid_for_nats_server(tmp_path: Path) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_client_with_a_revoked_key_is_told_at_once(secured: Secured) -> None:
+    engine = create_engine(secured.database_url, pool_size=1)
+    try:
+        key = await create_key(engine, "ecommerce")
+    finally:
+        await engine.dispose()
+    await revoke(secured, key)
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await asyncio.wait_for(EcommerceClient.open(secured.nats_url, api_key=key), timeout=30)
+
+
+async def test_staff_receives_stock_and_the_web_shop_watches_it_from_the_bucket(secured: Secured) -> None:
+    arrival = receipt(PICKUP, [("SKU-WATCHED", 5)])
+    async with connected(secured.nats_url, secured.keys["staff"]) as staff:
+        await staff.nc.jetstream().publish(
+            f"stocksync.in.{PICKUP}.receipt", encode(arrival), headers={"Nats-Msg-Id": arrival.event_id}
+        )
+    async with await EcommerceClient.open(secured.nats_url, api_key=secured.keys["ecommerce"]) as shop:
+        async with aclosing(shop.watch(PICKUP, "SKU-WATCHED")) as changes:
+            seen = await asyncio.wait_for(anext(changes), timeout=60)
+    assert (seen.location_id, seen.sku, seen.on_hand) == (PICKUP, "SKU-WATCHED", 5)

@@ -52,7 +52,9 @@ def test_staff_publishes_every_type_and_ecommerce_reservations_at_pickup_stores(
 def test_the_callout_jwts_are_signed_by_the_issuer_and_expire() -> None:
     issuer = new_seed("account")
     rights = nats_permissions("pos", ["a"], key_id="k1")
-    token = user_jwt(user_nkey="UX", name="k1", account="ACC", permissions=rights, ttl_s=60, issuer_seed=issuer)
+    token = user_jwt(
+        user_nkey="UX", name="k1", account="ACC", permissions=rights, ttl_s=60, issuer_seed=issuer
+    )
     claims = decode_jwt(token)
     assert claims["iss"] == public_key(issuer) and claims["aud"] == "ACC" and claims["sub"] == "UX"
     assert claims["exp"] - claims["iat"] == 60
@@ -60,7 +62,8 @@ def test_the_callout_jwts_are_signed_by_the_issuer_and_expire() -> None:
     signed, _, signature = token.rpartition(".")
     verifier = nkeys.from_seed(bytearray(issuer.encode()))
     assert verifier.verify(signed.encode(), base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
-    refusal = decode_jwt(authorization_response(user_nkey="UX", server_id="NS", issuer_seed=issuer, error="no"))
+    answer = authorization_response(user_nkey="UX", server_id="NS", issuer_seed=issuer, error="no")
+    refusal = decode_jwt(answer)
     assert refusal["aud"] == "NS" and refusal["nats"]["error"] == "no" and "jwt" not in refusal["nats"]
 
 

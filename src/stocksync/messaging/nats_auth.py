@@ -228,7 +228,8 @@ class AuthCallout:
         token = (request.get("connect_opts") or {}).get("auth_token") or ""
         try:
             jwt, error = await self._user_jwt(token, user_nkey), None
-        except StocksyncError as refused:
+        except StocksyncError as refused:  # never the token itself in the log: only why
+            log.info("nats_key_refused", reason=str(refused))
             jwt, error = None, str(refused)
         except Exception:  # database down: refuse now, the client retries
             log.exception("nats_auth_failed")

@@ -119,19 +119,34 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
 
 async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
     """A connection that keeps reconnecting for ever, and keeps trying the first time too: a NATS that is
-    down or not started yet is a passing fault, not a reason for a worker to exit."""
+    down or not started yet is a passing fault, not a reason for a worker to exit. A first connection the
+    server refuses (a revoked key, wrong credentials) raises at once: no retry would change the answer."""
     backoff = 0.2
+    error_cb = options.pop("error_cb", None)
+    connecting = True
+
+    async def on_error(error: Exception) -> None:
+        if connecting and "authorization violation" in str(error).lower():
+            raise error  # out of nats-py's first-connect loop, which would try for ever
+        if error_cb is not None:
+            await error_cb(error)
+        else:
+            log.warning("nats_error", url=url, error=f"{type(error).__name__}: {error}")
+
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=url.split(","),
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 allow_reconnect=True,
+                error_cb=on_error,
                 **options,
             )
+            connecting = False
+            return nc
         except (NoServersError, OSError, TimeoutError) as error:
             log.warning(
                 "nats_unreachable", url=url, error=f"{type(error).__name__}: {error}", retry_in_s=backoff
