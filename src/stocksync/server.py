@@ -86,6 +86,8 @@ def shared_port(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> None:
     """Run the chosen roles until SIGINT or SIGTERM, then stop them cleanly."""
     roles = set(roles)
+    if not settings.nats_auth_issuer_seed:  # an open NATS (no access configured): no callout to run
+        roles.discard("auth")
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=20)
     ledger = LedgerService(engine)
@@ -103,7 +105,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if "sweeper" in roles:
         sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
         tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
-    if roles & {"worker", "relay"} or ("auth" in roles and settings.nats_auth_issuer_seed):
+    if roles & {"worker", "relay", "auth"}:
         tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
     gc.collect()
     gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
@@ -141,7 +143,7 @@ async def _nats_roles(
     (patiently) before they start. The callout runs only where an issuer seed is configured."""
     nc = await connect(settings.nats_url, **service_options(settings))
     parts = []
-    if "auth" in roles and settings.nats_auth_issuer_seed:
+    if "auth" in roles:
         parts.append(AuthCallout(nc, engine, settings).run(stop))
     if "worker" in roles:
         parts.append(EventWorker(nc, ledger, batch_max=settings.batch_max).run(stop))

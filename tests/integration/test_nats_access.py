@@ -17,6 +17,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats
 import pytest
@@ -87,7 +88,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory, database_url: str) -
         }
     finally:
         await engine.dispose()
-    task = asyncio.create_task(serve(settings, ("worker", "relay", "auth")))
+    task = asyncio.create_task(serve(settings, ("api", "worker", "relay", "auth")))
     try:
         yield Secured(server.url, database_url, settings, keys)
         assert not task.done(), f"serve stopped: {task.exception()!r}"
@@ -166,6 +167,20 @@ def may_publish(role: str, location: str, kind: str) -> bool:
         return True
     kinds, where = EVENT_GRANTS[role]
     return kind in kinds and location == PICKUP  # pos and staff keys are at PICKUP, the only pickup store
+
+
+async def test_readiness_reports_the_auth_callout(secured: Secured) -> None:
+    url = f"http://127.0.0.1:{secured.settings.http_port}/health/ready"
+    async with httpx.AsyncClient() as http:
+        answer = await wait_until(lambda: _answered(http, url), timeout=60)
+    assert answer.status_code == 200 and answer.json()["serves"]["auth"] is True, answer.text
+
+
+async def _answered(http: httpx.AsyncClient, url: str) -> httpx.Response | None:
+    try:
+        return await http.get(url)
+    except httpx.TransportError:
+        return None
 
 
 async def test_no_unknown_malformed_or_revoked_key_connects(secured: Secured) -> None:
