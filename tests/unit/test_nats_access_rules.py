@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+from pathlib import Path
 
 import nkeys
 
@@ -15,6 +16,7 @@ from stocksync.messaging.nats_auth import (
     new_seed,
     public_key,
     server_config,
+    service_options,
     user_jwt,
 )
 from stocksync.settings import Settings
@@ -86,3 +88,18 @@ def test_postgres_tls_is_set_in_the_url_as_for_psql() -> None:
     )
     assert url == "postgresql://u@h/db?x=1"
     assert options["ssl"].check_hostname and options["ssl"].verify_mode == ssl.CERT_REQUIRED
+
+
+def test_the_service_seed_comes_inline_or_from_a_seed_or_creds_file(tmp_path: Path) -> None:
+    seed = new_seed("user")
+    creds = tmp_path / "service.creds"
+    creds.write_text(
+        "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+    plain = tmp_path / "service.nk"
+    plain.write_text(seed + "\n")
+    configured = [Settings(nats_nkey_seed=seed), *(Settings(nats_creds=str(path)) for path in (creds, plain))]
+    for settings in configured:
+        assert service_options(settings) == {"nkeys_seed_str": seed}
+    assert service_options(Settings()) == {}
