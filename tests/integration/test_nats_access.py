@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -342,3 +344,39 @@ async def test_staff_receives_stock_and_the_web_shop_watches_it_from_the_bucket(
         async with aclosing(shop.watch(PICKUP, "SKU-WATCHED")) as changes:
             seen = await asyncio.wait_for(anext(changes), timeout=60)
     assert (seen.location_id, seen.sku, seen.on_hand) == (PICKUP, "SKU-WATCHED", 5)
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it (openssl): ca.pem, cert.pem, key.pem."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=ca")
+    openssl("req", *curve, "-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "cert.pem", "-days", "1", "-extfile", "ext",
+    )  # fmt: skip
+    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+async def test_the_service_speaks_tls_to_nats_with_its_ca(tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    settings = Settings(
+        nats_nkey_seed=new_seed("user"),
+        nats_auth_issuer_seed=new_seed("account"),
+        nats_tls_ca=str(ca),
+        nats_tls_cert=str(cert),
+        nats_tls_key=str(key),
+    )
+    server = NatsServer(tmp_path / "nats", access=settings)  # `nats config` adds the tls block
+    server.start()
+    try:
+        await migrate_topology(server.url, **service_options(settings))
+        with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust the CA
+            await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
+    finally:
+        server.stop()
