@@ -63,7 +63,8 @@ def nats_permissions(
     subscribe = [inbox_prefix(key_id) + ".>"]
     subscribe += [f"stocksync.out.outcome.{location}" for location in places]
     publish += [f"{_JS}.STREAM.INFO.{OUT_STREAM}"]
-    publish += [f"{_JS}.CONSUMER.CREATE.{OUT_STREAM}.*.stocksync.out.outcome.{location}" for location in places]
+    # a consumer only on its own outcomes: the server checks that the filter in the subject is the config's
+    publish += [f"{_JS}.CONSUMER.CREATE.{OUT_STREAM}.*.stocksync.out.outcome.{loc}" for loc in places]
     publish += [f"{_JS}.CONSUMER.{verb}.{OUT_STREAM}.*" for verb in ("INFO", "MSG.NEXT")]
     if where == "own":
         subscribe += [f"stocksync.out.alert.{location}" for location in places]
