@@ -8,6 +8,7 @@ missing from the stream; what is allowed is in the stream. The callout's user JW
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -244,6 +245,14 @@ async def test_a_pos_key_reads_its_own_store_only(secured: Secured) -> None:
         await conn.nc.subscribe("_INBOX.>")  # another connection's replies
         await conn.refusals([f"stocksync.out.outcome.{OTHER}", "stocksync.out.reservation.>", "_INBOX.>"])
         assert not conn.refused(f"stocksync.out.outcome.{PICKUP}")
+        # a consumer named for its own outcomes but reading another store's: the server refuses it
+        config = {"name": "c1", "filter_subject": f"stocksync.out.outcome.{OTHER}", "ack_policy": "none"}
+        answer = await conn.nc.request(
+            f"$JS.API.CONSUMER.CREATE.STOCKSYNC_OUT.c1.stocksync.out.outcome.{PICKUP}",
+            json.dumps({"stream_name": "STOCKSYNC_OUT", "config": config}).encode(),
+            timeout=10,
+        )
+        assert "error" in json.loads(answer.data), answer.data
 
 
 async def test_a_revoked_keys_open_connection_is_dropped_and_stays_out(secured: Secured) -> None:
