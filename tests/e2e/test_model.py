@@ -268,8 +268,14 @@ class Service:
             raise AssertionError(f"the worker stopped: {self.worker.exception()!r}")
 
     async def recorded(self, event_id: str) -> tuple[str, str | None]:
-        answer = await self.http.get(f"/v1/events/{event_id}")
-        assert answer.status_code == 200, answer.text
+        """The event's recorded outcome, waited for: a settled consumer can still be a moment ahead of it."""
+
+        async def outcome() -> httpx.Response | None:
+            answer = await self.http.get(f"/v1/events/{event_id}")
+            assert answer.status_code in (200, 404), answer.text
+            return answer if answer.status_code == 200 else None
+
+        answer = await wait_until(outcome, interval=0.02, what=f"event {event_id!r} recorded")
         body = answer.json()
         return body["outcome"], body.get("error")
 
