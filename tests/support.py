@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from stocksync.adapters.embedded import EmbeddedNats, start_nats
+from stocksync.messaging.nats_auth import server_config
+from stocksync.settings import Settings
 
 T = TypeVar("T")
 
@@ -77,8 +79,11 @@ def drop_database(postgres_url: str, url: str) -> None:
 class NatsServer:
     """A nats-server of the test's own, with JetStream stored on disk; restarts keep its port and streams."""
 
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, *, access: Settings | None = None) -> None:
+        """``access``: settings with the service's NKey and the callout issuer seed; the server then runs with
+        NATS access on (`nats_auth.server_config`). Without, it is open, as most tests need."""
         self.store_dir = store_dir
+        self.access = access
         self.port: int | None = None  # chosen by the server on first start, then kept
         self._server: EmbeddedNats | None = None
 
@@ -94,7 +99,8 @@ class NatsServer:
     def start(self) -> None:
         """Start it unless running (SIGTERM-stopped streams are flushed, so messages survive)."""
         if self._server is None:
-            self._server = start_nats(self.store_dir, self.port)
+            config = server_config(self.access) if self.access is not None else None
+            self._server = start_nats(self.store_dir, self.port, config=config)
             self.port = self._server.port
 
     def stop(self) -> None:

@@ -484,3 +484,32 @@ async def in_process(
                 await asyncio.wait_for(close(), timeout=30)
             except Exception:
                 pass
+
+
+async def invariant_violations(url: str, location_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Positions that break spec section 2 rules 1-2 in the committed state: on_hand, damaged and reserved
+    each equal to the sum of their movements' deltas, and reserved equal to the held reservations' lines
+    (an empty list when all hold)."""
+    rows = await fetch(
+        url,
+        "SELECT p.location_id, p.sku, p.on_hand, p.reserved, p.damaged,"
+        " coalesce(m.on_hand, 0) AS moved_on_hand, coalesce(m.reserved, 0) AS moved_reserved,"
+        " coalesce(m.damaged, 0) AS moved_damaged, coalesce(h.qty, 0) AS held"
+        " FROM positions p"
+        " LEFT JOIN (SELECT location_id, sku, sum(on_hand_delta) AS on_hand, sum(reserved_delta) AS reserved,"
+        "   sum(damaged_delta) AS damaged FROM movements GROUP BY location_id, sku) m USING (location_id, sku)"
+        " LEFT JOIN (SELECT r.location_id, l.sku, sum(l.qty) AS qty FROM reservations r"
+        "   JOIN reservation_lines l USING (reservation_id) WHERE r.status = 'held'"
+        "   GROUP BY r.location_id, l.sku) h USING (location_id, sku)"
+        " WHERE p.location_id = ANY($1::text[])",
+        list(location_ids),
+    )
+    return [
+        dict(r)
+        for r in rows
+        if not (
+            r["on_hand"] == r["moved_on_hand"]
+            and r["damaged"] == r["moved_damaged"]
+            and r["reserved"] == r["moved_reserved"] == r["held"]
+        )
+    ]

@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--location", action="append", default=[], help="a location the key may act on")
     create.add_argument("--label", help="who the key is for")
     commands.add_parser("demo", help="seed demo locations, skus, stock and keys, and print the keys")
+    nats = commands.add_parser("nats", help="NATS").add_subparsers(dest="nats_command", required=True)
+    nats.add_parser(
+        "config", help="print the nats-server configuration that enforces the access rules (needs no NATS)"
+    )
     _pos_simulate_arguments(
         commands.add_parser("pos", help="a till").add_subparsers(dest="pos_command", required=True)
     )
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
+    if args.command == "nats":  # from the settings alone: no servers to start
+        return _nats_config(settings)
     command: Callable[[Settings, argparse.Namespace], Awaitable[int]] = {
         "migrate": _migrate,
         "serve": _serve,
@@ -113,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from stocksync.messaging.nats_auth import service_options
     from stocksync.messaging.topology import migrate_topology
     from stocksync.migrate import migrate_database_async
 
     await migrate_database_async(settings.database_url)
     console.print("[green]database schema is current[/green]")
-    await migrate_topology(settings.nats_url, settings.nats_replicas)
+    await migrate_topology(settings.nats_url, settings.nats_replicas, **service_options(settings))
     console.print("[green]NATS streams, consumer and bucket are current[/green]")
     return 0
 
@@ -175,10 +182,26 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_config(settings: Settings) -> int:
+    """From the settings alone; for the embedded NATS (no ``STOCKSYNC_NATS_URL``) its secrets in the home."""
+    from stocksync.adapters.embedded import with_nats_secrets
+    from stocksync.messaging.nats_auth import server_config
+
+    if settings.nats_url is None:
+        settings = with_nats_secrets(settings, Path(settings.home).expanduser().resolve())
+    elif not settings.nats_auth_issuer_seed or not (settings.nats_nkey_seed or settings.nats_creds):
+        console.print(
+            "[yellow]no STOCKSYNC_NATS_AUTH_ISSUER_SEED and service NKey: this server would be open[/yellow]"
+        )
+    print(server_config(settings), end="")
+    return 0
+
+
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from stocksync.domain.reconciliation import BadInput
+    from stocksync.messaging.nats_auth import service_options
     from stocksync.service.reconciliation import CouldNotRun, ReconcileOptions, reconcile
     from stocksync.service.reconciliation.terminal import RichProgress, render
 
@@ -196,7 +219,13 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         with RichProgress(console) as progress:
-            summary = await reconcile(settings.database_url, settings.nats_url, options, progress=progress)
+            summary = await reconcile(
+                settings.database_url,
+                settings.nats_url,
+                options,
+                progress=progress,
+                nats_options=service_options(settings),
+            )
     except (BadInput, CouldNotRun) as error:
         console.print(f"[red]reconcile could not run:[/red] {escape(str(error))}")
         return 2
@@ -225,6 +254,9 @@ def _pos_simulate_arguments(pos: argparse._SubParsersAction) -> None:
     simulate.add_argument(
         "--wait", type=float, default=30.0, help="seconds to wait for the last outcomes (30)"
     )
+    simulate.add_argument(
+        "--key", help="the store's pos key, the NATS token (default: the key `stocksync demo` saved)"
+    )
     journal = pos.add_parser("journal", help="write a till's journal (30 days) as JSON lines for reconcile")
     journal.add_argument("--spool", type=Path, required=True, help="the till's spool file (till closed)")
     journal.add_argument("--out", type=Path, help="the JSONL file to write (default: standard output)")
@@ -244,6 +276,7 @@ async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
         skus=args.sku,
         wait_s=args.wait,
         console=console,
+        api_key=args.key,
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
+from stocksync.messaging.nats_auth import AuthCallout, service_options
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
@@ -85,6 +86,8 @@ def shared_port(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> None:
     """Run the chosen roles until SIGINT or SIGTERM, then stop them cleanly."""
     roles = set(roles)
+    if not settings.nats_auth_issuer_seed:  # an open NATS (no access configured): no callout to run
+        roles.discard("auth")
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=20)
     ledger = LedgerService(engine)
@@ -102,11 +105,16 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if "sweeper" in roles:
         sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
         tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
-    if roles & {"worker", "relay"}:
+    if roles & {"worker", "relay", "auth"}:
         tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
     gc.collect()
     gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
-    log.info("serving", roles=sorted(roles), http=f"http://{settings.http_host}:{settings.http_port}")
+    log.info(
+        "serving",
+        roles=sorted(roles),
+        http=f"http://{settings.http_host}:{settings.http_port}",
+        nats=settings.nats_url,  # clients connect with their API key as the token
+    )
     try:
         done, _ = await asyncio.wait(
             [asyncio.create_task(stop.wait()), *tasks], return_when="FIRST_COMPLETED"
@@ -131,9 +139,12 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
 async def _nats_roles(
     settings: Settings, roles: set[str], engine: AsyncEngine, ledger: LedgerService, stop: asyncio.Event
 ) -> None:
-    """The worker and the relay share one NATS connection, made (patiently) before they start."""
-    nc = await connect(settings.nats_url)
+    """The worker, the relay and the auth callout share one NATS connection (the service user's), made
+    (patiently) before they start. The callout runs only where an issuer seed is configured."""
+    nc = await connect(settings.nats_url, **service_options(settings))
     parts = []
+    if "auth" in roles:
+        parts.append(AuthCallout(nc, engine, settings).run(stop))
     if "worker" in roles:
         parts.append(EventWorker(nc, ledger, batch_max=settings.batch_max).run(stop))
     if "relay" in roles:

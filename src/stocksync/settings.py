@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-SERVICE_ROLES = ("api", "worker", "relay", "sweeper")
+SERVICE_ROLES = ("api", "worker", "relay", "sweeper", "auth")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,6 +22,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sweep_interval_s: float = 1.0
     batch_max: int = 500
     outbox_retention_s: int = 86400
+    # NATS access (docs/reliability.md, "Access to NATS"). The service user's NKey seed (``SU...``), inline or
+    # in a file (a seed file or a ``.creds`` file); without either the service connects without credentials.
+    nats_nkey_seed: str | None = None
+    nats_creds: str | None = None
+    # The account seed (``SA...``) that signs the auth callout's answers; its public key is in the server config.
+    nats_auth_issuer_seed: str | None = None
+    nats_auth_ttl_s: float = 60.0  # how long a key's NATS connection lives before it is authorised again
+    nats_account: str = "STOCKSYNC"
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

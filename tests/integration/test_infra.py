@@ -15,12 +15,14 @@ from typing import Any
 import asyncpg
 import nats
 import psutil
+import pytest
 from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stocksync
 from stocksync.adapters.embedded import embedded_services, free_port
+from stocksync.messaging.nats_auth import service_options
 from stocksync.settings import Settings
 from tests.support import NatsServer, drop_database, make_database, run_sql
 
@@ -37,8 +39,8 @@ async def fetchval(url: str, *statements: str) -> Any:
 
 
 @asynccontextmanager
-async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(url, allow_reconnect=False)
+async def jetstream(url: str, **options: Any) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(url, allow_reconnect=False, **options)
     try:
         yield client.jetstream()
     finally:
@@ -145,15 +147,18 @@ async def test_embedded_services_start_both_keep_data_and_stop(tmp_path: Path) -
         assert running.nats_url and running.nats_url.startswith("nats://127.0.0.1:")
         assert sorted(p.name() for p in servers_under(tmp_path)) == ["nats-server", "postgres"]
         await fetchval(running.database_url, "CREATE TABLE kept (note text)", "INSERT INTO kept VALUES ('x')")
-        async with jetstream(running.nats_url) as js:
+        async with jetstream(running.nats_url, **service_options(running)) as js:
             await js.add_stream(name="KEPT", subjects=["kept"])
             await js.publish("kept", b"here")
+        with pytest.raises(nats.errors.Error, match="Authorization"):  # access is on: no key, no entry
+            await nats.connect(running.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
+        assert (tmp_path / ".stocksync" / "nats" / "secrets.json").stat().st_mode & 0o777 == 0o600
     assert servers_under(tmp_path) == []
     assert {p.name for p in (tmp_path / ".stocksync").iterdir()} == {"pg", "nats"}
 
     with embedded_services(settings) as running:
         assert await fetchval(running.database_url, "SELECT note FROM kept") == "x"
-        async with jetstream(running.nats_url) as js:
+        async with jetstream(running.nats_url, **service_options(running)) as js:
             assert (await js.stream_info("KEPT")).state.messages == 1
     assert servers_under(tmp_path) == []
 
@@ -216,7 +221,7 @@ async def test_a_second_process_shares_the_servers_until_the_last_lets_go(tmp_pa
             assert stop_child(child) == 128 + signal.SIGTERM
             assert all(server.is_running() for server in servers)
             assert await fetchval(running.database_url, "SELECT 1") == 1
-            async with jetstream(running.nats_url) as js:
+            async with jetstream(running.nats_url, **service_options(running)) as js:
                 await js.account_info()
         assert servers_under(tmp_path) == []
     finally:

@@ -126,7 +126,7 @@ async def test_a_malformed_bucket_entry_is_overwritten_with_the_ledger_and_never
     loc, poisoned_sku, other_sku = unique("store"), unique("SKU"), unique("SKU")
     poisoned, other = f"{loc}.{poisoned_sku}", f"{loc}.{other_sku}"
     await prepare(database_url, nats_url, [loc])
-    garbage = [b"not json", b'{"on_hand": 3}', b'{"version": "7"}', b"[1, 2]", b'{"version": 1e400}']
+    garbage = [b"not json", b'{"on_hand": 3}', b'{"version": "7"}', b"[1, 2]", b'{"version": 1e400}', b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
     before = malformed_seen()
 
     async with jetstream(nats_url) as (_, js), in_process(database_url, nats_url) as running:

@@ -218,3 +218,21 @@ def test_the_nightly_reconciliation_is_a_run_once_profile(services: dict[str, Se
     assert words(reconcile["command"])[:2] == ["stocksync", "reconcile"]
     assert str(reconcile["restart"]) == "no"  # exit 1 (discrepancies) must not loop
     assert environment(reconcile) == environment(services["migrate"])
+
+
+def test_nats_runs_with_access_on_from_stocksyncs_own_config(services: dict[str, Service]) -> None:
+    """The nodes read what `stocksync nats config` wrote from the same settings the service uses, and an
+    auth callout runs to answer them."""
+    writer = services["nats-config"]
+    command = " ".join(words(writer["command"]))
+    assert "stocksync nats config > /conf/stocksync.conf" in command
+    assert str(writer["restart"]) == "no"
+    assert environment(writer) == environment(services["migrate"])
+    for name, node in nats_nodes(services).items():
+        assert option(words(node["command"]), "-c", "--config") == "/conf/stocksync.conf"
+        assert mounts(node)["/conf"] == mounts(writer)["/conf"]
+        assert dependencies(node)["nats-config"] == "service_completed_successfully", name
+    env = environment(services["migrate"])
+    assert env["STOCKSYNC_NATS_NKEY_SEED"] and env["STOCKSYNC_NATS_AUTH_ISSUER_SEED"]
+    assert words(services["auth"]["command"]) == ["stocksync", "serve", "--role", "auth"]
+    assert environment(services["auth"]) == env

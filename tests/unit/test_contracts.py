@@ -278,3 +278,84 @@ def test_a_missing_field_is_refused_by_the_schema() -> None:
     body = json.loads(SPEC_SALE)
     del body["lines"]
     assert check("sale", body) == ["$: missing lines"]
+
+
+# -- OpenAPI: the error answers ------------------------------------------------------------------------------
+
+ERROR_SCHEMAS = {"#/components/schemas/ErrorBody", "#/components/schemas/ShortageError"}
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    return load(contracts.OPENAPI_FILE)
+
+
+def operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, ops in openapi["paths"].items() for method, op in ops.items()]
+
+
+def test_every_error_answer_is_documented_with_the_real_error_body(openapi: dict[str, Any]) -> None:
+    """Not Litestar's default ``{"status_code", "detail", "extra"}``, and 401 and 503 on every /v1 route."""
+    for method, path, operation in operations(openapi):
+        responses = operation["responses"]
+        if path.startswith("/v1/"):
+            assert {"401", "503"} <= set(responses), (method, path)
+        for status, response in responses.items():
+            if int(status) < 400:
+                continue
+            named = set(refs(response["content"]["application/json"]["schema"]))
+            if path.startswith("/health/"):
+                assert named == {"#/components/schemas/Health"}, (method, path, status)
+            else:
+                assert named and named <= ERROR_SCHEMAS, (method, path, status)
+                assert "#/components/schemas/ShortageError" not in named or status == "409"
+    assert "status_code" not in json.dumps(openapi)
+
+
+def test_the_error_body_schemas_cannot_both_match_one_answer(openapi: dict[str, Any]) -> None:
+    """The 409 of a reservation is ``oneOf`` the two bodies, so their codes must not overlap."""
+    schemas = openapi["components"]["schemas"]
+    assert schemas["ShortageError"]["properties"]["error"]["const"] == "insufficient_stock"
+    assert "insufficient_stock" not in schemas["ErrorBody"]["properties"]["error"]["enum"]
+    assert "shortages" in schemas["ShortageError"]["required"]
+
+
+def _answered_codes() -> dict[str, int]:
+    """Every code the HTTP error mapping can answer, with its status: each kind in domain/errors.py, and what
+    Litestar raises itself (a body too large, a method a route does not take, any other failure)."""
+    from litestar.exceptions import HTTPException, MethodNotAllowedException, ValidationException
+
+    from stocksync.domain import errors as domain
+    from stocksync.http import errors as http
+
+    kinds = [
+        kind
+        for kind in vars(domain).values()
+        if isinstance(kind, type)
+        and issubclass(kind, domain.StocksyncError)
+        and kind is not domain.StocksyncError
+        and "code" in vars(kind)
+    ]
+    raised = [kind("x") for kind in kinds]
+    raised += [HTTPException(status_code=413), MethodNotAllowedException(), ValidationException()]
+    raised.append(RuntimeError("a defect"))
+    return {body["error"]: status for status, body in map(http.answer, raised)}
+
+
+def _documented_codes() -> dict[str, int]:
+    text = (ROOT.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \| (.+?) \|$", text, re.MULTILINE)
+    assert all(meaning.strip() for _, _, meaning in rows)
+    return {code: int(status) for code, status, _ in rows}
+
+
+def test_docs_errors_lists_every_code_with_the_status_it_answers() -> None:
+    assert _documented_codes() == _answered_codes()
+
+
+def test_the_openapi_error_codes_are_those_the_operations_can_answer(openapi: dict[str, Any]) -> None:
+    """All but the two no operation documents: 405 (a route, not an operation) and 500 (a defect)."""
+    schemas = openapi["components"]["schemas"]
+    codes = {*schemas["ErrorBody"]["properties"]["error"]["enum"]}
+    codes.add(schemas["ShortageError"]["properties"]["error"]["const"])
+    assert codes == set(_answered_codes()) - {"method_not_allowed", "internal"}

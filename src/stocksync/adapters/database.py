@@ -1,8 +1,15 @@
-"""The SQLAlchemy async engine on asyncpg, from a plain ``postgresql://`` URL."""
+"""The SQLAlchemy async engine on asyncpg, from a plain ``postgresql://`` URL.
+
+TLS is set in the URL as for psql: ``?sslmode=verify-full&sslrootcert=ca.pem[&sslcert=c.pem&sslkey=k.pem]``
+(asyncpg through SQLAlchemy takes none of these, so they become its ``ssl`` argument here).
+"""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sqlalchemy import ARRAY, Text, any_, bindparam
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -17,13 +24,39 @@ def async_url(database_url: str) -> str:
     return f"postgresql+asyncpg://{rest}"
 
 
+_TLS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+
+
+def tls_options(database_url: str) -> tuple[str, dict[str, Any]]:
+    """The URL without its libpq TLS parameters, and asyncpg's ``ssl`` argument made of them."""
+    parts = urlsplit(database_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    tls = {name: value for name, value in query if name in _TLS}
+    if not tls:
+        return database_url, {}
+    rest = parts._replace(query=urlencode([(n, v) for n, v in query if n not in _TLS])).geturl()
+    mode = tls.get("sslmode")
+    if mode == "disable":
+        return rest, {"ssl": False}
+    if not ({"sslrootcert", "sslcert"} & tls.keys()):
+        return rest, {"ssl": mode or "prefer"}
+    context = ssl.create_default_context(cafile=tls.get("sslrootcert"))
+    context.check_hostname = mode == "verify-full"
+    if mode in ("allow", "prefer") or "sslrootcert" not in tls:
+        context.verify_mode = ssl.CERT_NONE  # libpq checks the server's certificate only with a root cert
+    if "sslcert" in tls:
+        context.load_cert_chain(tls["sslcert"], tls.get("sslkey"))
+    return rest, {"ssl": context}
+
+
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    url, tls = tls_options(database_url)
     return create_async_engine(
-        async_url(database_url),
+        async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,  # no pre-ping round trip per checkout: a dead connection fails once, as Unavailable
-        connect_args={"server_settings": {"application_name": "stocksync"}},
+        connect_args={"server_settings": {"application_name": "stocksync"}, **tls},
     )
 
 

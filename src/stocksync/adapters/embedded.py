@@ -66,10 +66,41 @@ def embedded_services(settings: Settings) -> Iterator[Settings]:
             stack.callback(postgres.stop)
             urls["database_url"] = postgres.url
         if settings.nats_url is None:
-            nats = start_nats(home / "nats")
+            settings = with_nats_secrets(settings, home)
+            nats = start_nats(home / "nats", config=_server_config(settings))
             stack.callback(nats.stop)
             urls["nats_url"] = nats.url
         yield msgspec.structs.replace(settings, **urls)
+
+
+def with_nats_secrets(settings: Settings, home: Path) -> Settings:
+    """``settings`` with the embedded NATS's service user and callout issuer seeds, made once and kept in
+    ``<home>/nats/secrets.json`` (mode 0600), unless they are configured."""
+    if settings.nats_auth_issuer_seed and (settings.nats_nkey_seed or settings.nats_creds):
+        return settings
+    from stocksync.messaging.nats_auth import new_seed
+
+    data_dir = home / "nats"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "secrets.json"
+    with _locked(data_dir):
+        if not path.exists():
+            secrets = {"service_seed": new_seed("user"), "issuer_seed": new_seed("account")}
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                json.dump(secrets, out)
+        secrets = json.loads(path.read_text())
+    return msgspec.structs.replace(
+        settings,
+        nats_nkey_seed=settings.nats_nkey_seed or secrets["service_seed"],
+        nats_auth_issuer_seed=settings.nats_auth_issuer_seed or secrets["issuer_seed"],
+    )
+
+
+def _server_config(settings: Settings) -> str:
+    from stocksync.messaging.nats_auth import server_config
+
+    return server_config(settings)
 
 
 @contextmanager
@@ -180,16 +211,17 @@ class EmbeddedNats:
                 _stop_nats(self.pid, self.data_dir)
 
 
-def start_nats(data_dir: Path, port: int | None = None) -> EmbeddedNats:
+def start_nats(data_dir: Path, port: int | None = None, *, config: str | None = None) -> EmbeddedNats:
     """Start, or join if another process runs it, a JetStream nats-server storing streams in ``data_dir``.
 
     It listens on 127.0.0.1 only. Without ``port`` the server picks a free one itself and reports it in its
-    ports file, which avoids the race of probing for a free port first.
+    ports file, which avoids the race of probing for a free port first. ``config``: the server's
+    configuration (`nats_auth.server_config`, access on); by default an open server, as tests use.
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir):
-        pid, ports = _running_nats(data_dir) or _spawn_nats(data_dir, port)
+        pid, ports = _running_nats(data_dir) or _spawn_nats(data_dir, port, config or NATS_CONFIG)
         url = ports["nats"][0]
         if port is not None and urlsplit(url).port != port:
             raise RuntimeError(f"the nats-server for {data_dir} already runs at {url}, not on port {port}")
@@ -216,9 +248,10 @@ Ports = dict[str, list[str]]
 NATS_CONFIG = 'jetstream {\n  sync_interval: "1s"\n}\n'
 
 
-def _spawn_nats(data_dir: Path, port: int | None) -> tuple[int, Ports]:
+def _spawn_nats(data_dir: Path, port: int | None, text: str) -> tuple[int, Ports]:
     config = data_dir / "nats-server.conf"
-    config.write_text(NATS_CONFIG)
+    config.write_text(text)
+    config.chmod(0o600)
     command = [
         str(nats_server_binary()),
         "--config", str(config),

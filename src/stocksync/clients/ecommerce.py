@@ -21,6 +21,7 @@ from stocksync.clients.pos import inbound_subject, wire_body
 from stocksync.domain.events import DEFAULT_TTL_S, Cancel, Channel, Collect, QtyLine, Reserve
 from stocksync.domain.pickup import PickupStore
 from stocksync.messages import AvailabilityMessage, ReservationMessage
+from stocksync.messaging.nats_auth import key_options
 from stocksync.messaging.topology import AVAILABILITY_BUCKET, connect
 from stocksync.service.clock import utc_now
 
@@ -46,14 +47,26 @@ class ReservationTimeout(TimeoutError):
 
 
 class EcommerceClient:
-    """Open with `EcommerceClient.open`; ``api_url`` and ``api_key`` are needed for `pickup` only."""
+    """Open with `EcommerceClient.open`; ``api_key`` is the web shop's key (the NATS connection's token, and
+    the HTTP bearer for `pickup`, which also needs ``api_url``)."""
 
-    def __init__(self, nc: Client, http: httpx.AsyncClient | None, *, source: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        http: httpx.AsyncClient | None,
+        *,
+        source: str,
+        timeout_s: float,
+        nats_url: str,
+        nats_options: dict[str, Any],
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.http = http
         self.source = source
         self.timeout_s = timeout_s
+        self._nats_url, self._nats_options = nats_url, nats_options
+        self._closed = False
 
     @classmethod
     async def open(
@@ -66,12 +79,21 @@ class EcommerceClient:
         timeout_s: float = 10.0,
     ) -> EcommerceClient:
         """Connect (waiting for NATS while it is down; wrap in `asyncio.wait_for` to bound that)."""
-        nc = await connect(nats_url, name=f"stocksync-{source}")
+        options = {"name": f"stocksync-{source}", **key_options(api_key)}
+        nc = await connect(nats_url, **options)
         http = None
         if api_url is not None:
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             http = httpx.AsyncClient(base_url=api_url, headers=headers, timeout=timeout_s)
-        return cls(nc, http, source=source, timeout_s=timeout_s)
+        return cls(nc, http, source=source, timeout_s=timeout_s, nats_url=nats_url, nats_options=options)
+
+    async def _connected(self) -> Client:
+        """The connection, made again when the server closed it: it does when the key's authorisation
+        expires (docs/reliability.md, "Access to NATS"); a `watch` running then ends with an error."""
+        if self.nc.is_closed and not self._closed:
+            self.nc = await connect(self._nats_url, **self._nats_options)
+            self.js = self.nc.jetstream()
+        return self.nc
 
     async def __aenter__(self) -> EcommerceClient:
         return self
@@ -80,6 +102,7 @@ class EcommerceClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         if self.http is not None:
             await self.http.aclose()
         await quietly(self.nc.close())
@@ -165,6 +188,7 @@ class EcommerceClient:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         body = wire_body(event)
+        await self._connected()
         sub = await self.nc.subscribe(f"stocksync.out.reservation.{event.reservation_id}")
         try:
             await self.js.publish(
@@ -190,6 +214,7 @@ class EcommerceClient:
 
         Use it with ``contextlib.aclosing`` (or exhaust it) so that the watcher stops when you are done.
         """
+        await self._connected()
         kv = await self.js.key_value(AVAILABILITY_BUCKET)
         watcher = await kv.watch(f"{location_id or '*'}.{sku or '*'}")
         latest: dict[str, int] = {}

@@ -43,6 +43,7 @@ from stocksync.domain.events import (
     encode,
 )
 from stocksync.messages import OutcomeMessage
+from stocksync.messaging.nats_auth import key_options
 from stocksync.messaging.topology import OUT_STREAM, connect
 from stocksync.service.clock import utc_now
 
@@ -269,6 +270,7 @@ class PosClient:
         executor: ThreadPoolExecutor,
         nats_url: str,
         *,
+        api_key: str | None,
         resend_after_s: float,
         window: int,
         on_outcome: Callable[[OutcomeMessage], Any] | None,
@@ -276,6 +278,7 @@ class PosClient:
         self.location_id, self.till_id = spool.location_id, spool.till_id
         self.source = f"pos:{self.location_id}:{self.till_id}"
         self.nats_url = nats_url
+        self._key_options = key_options(api_key)
         self.resend_after_s = resend_after_s
         self.window = window
         self.on_outcome = on_outcome
@@ -299,6 +302,7 @@ class PosClient:
         till_id: str,
         spool_path: str | Path,
         *,
+        api_key: str | None = None,
         resend_after_s: float = 30.0,
         window: int = 1000,
         on_outcome: Callable[[OutcomeMessage], Any] | None = None,
@@ -307,6 +311,7 @@ class PosClient:
 
         ``resend_after_s``: how long an event waits for its outcome before it is sent again. ``window``: how
         many events may be out without an outcome. ``on_outcome``: called once per event leaving the spool.
+        ``api_key``: the store's pos key, the NATS connection's token (needed where NATS access is on).
         """
         for name, value in (("location_id", location_id), ("till_id", till_id)):
             if not _ID.fullmatch(value):
@@ -324,7 +329,13 @@ class PosClient:
             executor.shutdown()
             raise
         client = cls(
-            spool, executor, nats_url, resend_after_s=resend_after_s, window=window, on_outcome=on_outcome
+            spool,
+            executor,
+            nats_url,
+            api_key=api_key,
+            resend_after_s=resend_after_s,
+            window=window,
+            on_outcome=on_outcome,
         )
         client._set_pending(await client._call(spool.count))
         client._task = asyncio.create_task(client._run(), name=client.source)
@@ -412,16 +423,26 @@ class PosClient:
     # -- in the background -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self._nc = nc = await self._connect()
-        # return_exceptions: cancelled, it waits for both parts to finish before close() closes the connection
-        await asyncio.gather(
-            self._supervise("listener", self._listen, nc),
-            self._supervise("forwarder", self._forward, nc),
-            return_exceptions=True,
-        )
+        """Run the listener and the forwarder on one connection; connect again when the server closes it,
+        as it does when the key's authorisation expires (docs/reliability.md, "Access to NATS")."""
+        while not self._stop.is_set():
+            closed = asyncio.Event()
+            self._nc = nc = await self._connect(closed)
+            parts = [
+                asyncio.create_task(self._supervise("listener", self._listen, nc)),
+                asyncio.create_task(self._supervise("forwarder", self._forward, nc)),
+            ]
+            ended = [asyncio.create_task(self._stop.wait()), asyncio.create_task(closed.wait())]
+            try:
+                await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled too: both parts end before close() closes the connection
+                for task in [*parts, *ended]:
+                    await cancel_and_wait(task)
+            await quietly(nc.close())
 
-    async def _connect(self) -> Client:
-        """Keep trying until NATS answers (the till may start while it is down); then nats-py reconnects."""
+    async def _connect(self, closed: asyncio.Event) -> Client:
+        """Keep trying until NATS answers (the till may start while it is down, or its key be refused for a
+        while); then nats-py reconnects, until the server closes the connection (``closed`` is set)."""
 
         async def on_error(error: Exception) -> None:
             log.debug("nats_error", till=self.source, error=f"{type(error).__name__}: {error}")
@@ -432,6 +453,10 @@ class PosClient:
         async def on_reconnected() -> None:
             self._connected.set()
 
+        async def on_closed() -> None:
+            self._connected.clear()
+            closed.set()
+
         while True:
             try:
                 nc = await connect(
@@ -440,6 +465,8 @@ class PosClient:
                     error_cb=on_error,
                     disconnected_cb=on_disconnected,
                     reconnected_cb=on_reconnected,
+                    closed_cb=on_closed,
+                    **self._key_options,
                 )
             except (NatsError, OSError) as error:
                 log.info("nats_unreachable", till=self.source, error=f"{type(error).__name__}: {error}")

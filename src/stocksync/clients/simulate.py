@@ -6,6 +6,7 @@ It drives the real `PosClient`, so stopping NATS mid-run shows the spool filling
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -72,6 +73,16 @@ async def drive(
     return kinds
 
 
+def demo_key(home: Path, location_id: str) -> str | None:
+    """The key `stocksync demo` saved for tills: its pos key at that store, else its admin key."""
+    try:
+        demo = json.loads((home / "demo-keys.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = demo.get("keys", {})
+    return keys.get("pos") if demo.get("store") == location_id else keys.get("admin")
+
+
 async def simulate(
     settings: Settings,
     *,
@@ -83,6 +94,7 @@ async def simulate(
     skus: Sequence[str],
     wait_s: float,
     console: Console,
+    api_key: str | None = None,
 ) -> int:
     """Run the till, then print what was sent and which outcomes came back; 0 when none is still pending."""
     assert settings.nats_url is not None
@@ -102,7 +114,14 @@ async def simulate(
             outcomes[outcome.outcome] += 1
             progress.advance(answered)
 
-        pos = await PosClient.open(settings.nats_url, location_id, till_id, spool, on_outcome=received)
+        pos = await PosClient.open(
+            settings.nats_url,
+            location_id,
+            till_id,
+            spool,
+            api_key=api_key or demo_key(Path(settings.home), location_id),
+            on_outcome=received,
+        )
         try:
             progress.update(answered, total=count + pos.pending())  # with what an earlier run left behind
             kinds = await drive(

@@ -6,8 +6,9 @@ Internal commands (expiry, safety stock) share the base but are not part of the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -140,18 +141,32 @@ INBOUND_TYPES: tuple[str, ...] = (
 )
 RESERVATION_TYPES = (Reserve, Collect, Cancel, Expire)
 
-_inbound_decoder = msgspec.json.Decoder(InboundEvent)
-_command_decoder = msgspec.json.Decoder(Command)
+T = TypeVar("T")
+
+
+class TooDeep(msgspec.DecodeError):
+    """JSON nested deeper than the decoder follows (msgspec recurses, and gives up with RecursionError at
+    Python's recursion limit). No message needs more than a few levels; a body that does is not one."""
+
+
+def decoder(kind: type[T]) -> Callable[[bytes | str], T]:
+    """A JSON decoder and validator for ``kind`` that refuses nesting too deep as `TooDeep`, a DecodeError:
+    every untrusted body (NATS and HTTP) is decoded by one of these, so none can raise RecursionError."""
+    decode = msgspec.json.Decoder(kind).decode
+
+    def decode_body(body: bytes | str) -> T:
+        try:
+            return decode(body)
+        except RecursionError:
+            raise TooDeep("the body nests JSON too deeply to decode (an event nests three levels)") from None
+
+    return decode_body
+
+
+# Each raises msgspec.ValidationError, or DecodeError (TooDeep among them), naming the field.
+decode_inbound: Callable[[bytes | str], InboundEvent] = decoder(InboundEvent)  # type: ignore[arg-type]
+decode_command: Callable[[bytes | str], Command] = decoder(Command)  # type: ignore[arg-type]
 _encoder = msgspec.json.Encoder()
-
-
-def decode_inbound(body: bytes | str) -> InboundEvent:
-    """Decode and validate one inbound body; raises msgspec.ValidationError / DecodeError naming the field."""
-    return _inbound_decoder.decode(body)
-
-
-def decode_command(body: bytes | str) -> Command:
-    return _command_decoder.decode(body)
 
 
 def encode(event: Command) -> bytes:

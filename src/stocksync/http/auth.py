@@ -1,4 +1,5 @@
-"""Who may do what: bearer API keys on every ``/v1`` route, and each role's scope.
+"""Who may do what: bearer API keys on every ``/v1`` route, and each role's scope (the event rights are
+``domain.access.EVENT_GRANTS``, shared with NATS).
 
 | role | reads | writes |
 | --- | --- | --- |
@@ -24,7 +25,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.openapi.spec import Reference, SecurityScheme
 
 from stocksync.domain.errors import Forbidden, Unauthorized
-from stocksync.domain.events import INBOUND_TYPES
+from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.model import Location
 from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
 from stocksync.service.queries import Queries
@@ -39,12 +40,6 @@ SECURITY: dict[str, SecurityScheme | Reference] = {
     )
 }
 
-# role -> (event types it may apply, where: "own" locations or "pickup"-enabled ones); admin may do anything.
-_GRANTS: dict[str, tuple[frozenset[str], str]] = {
-    "ecommerce": (frozenset({"reserve", "collect", "cancel"}), "pickup"),
-    "staff": (frozenset(INBOUND_TYPES), "own"),
-    "pos": (frozenset({"sale", "return"}), "own"),
-}
 
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
@@ -90,7 +85,7 @@ class Access:
         """Raise `Forbidden` unless ``key`` may apply an event of type ``action`` at ``location_id``."""
         if key.role == "admin":
             return
-        actions, where = _GRANTS[key.role]
+        actions, where = EVENT_GRANTS[key.role]
         if action not in actions:
             raise Forbidden(f"a {key.role} key may not {action}")
         if where == "own" and location_id in key.locations:

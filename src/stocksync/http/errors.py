@@ -17,7 +17,7 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from sqlalchemy.exc import InterfaceError, OperationalError
+from litestar.openapi import ResponseSpec
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stocksync import metrics
@@ -33,6 +33,8 @@ from stocksync.domain.errors import (
     Unavailable,
 )
 from stocksync.domain.model import Outcome, Reservation
+from stocksync.service.ledger_service import passing_fault
+from stocksync.http.schemas import ErrorBody, ShortageError
 
 log = structlog.get_logger("stocksync.http")
 
@@ -47,7 +49,6 @@ _STATUSES: tuple[tuple[type[StocksyncError], int], ...] = (
 )
 _CODES = {400: "invalid_request", 413: "body_too_large"}
 _PARAMETER = re.compile(r"parameter '(?P<name>[^']+)'")
-_DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # passing faults: retry later
 
 
 def answer(error: Exception) -> tuple[int, dict[str, Any]]:
@@ -61,9 +62,35 @@ def answer(error: Exception) -> tuple[int, dict[str, Any]]:
         status = error.status_code
         code = _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
         return status, {"error": code, "detail": error.detail}
-    if isinstance(error, _DATABASE_DOWN):
+    if isinstance(error, PoolTimeout) or passing_fault(error):  # as the ledger decides: retry later
         return 503, {"error": Unavailable.code, "detail": "the database is unreachable; retry later"}
     return 500, {"error": "internal", "detail": "internal error"}
+
+
+_MEANINGS = {
+    400: "invalid_request: a parameter or body field is not valid; `field` names it",
+    401: "unauthorized: no API key, or a malformed, unknown or revoked one",
+    403: "forbidden: the key's role or locations do not cover this",
+    404: "not_found, unknown_location or unknown_reservation",
+    409: "the ledger refused it and recorded the refusal; nothing moved",
+    413: "body_too_large: the body is over 256 KiB",
+    503: "unavailable: the database is unreachable; nothing was applied, retry later",
+}
+
+
+def documented(*statuses: int, shortages: bool = False) -> dict[int, ResponseSpec]:
+    """The error answers of a ``/v1`` operation for OpenAPI: ``statuses`` plus 401 and 503, which every
+    ``/v1`` route gives (no valid key; the database down). ``shortages``: its 409 may be a `ShortageError`.
+
+    Declaring 400 also replaces Litestar's default 400 body, which is not the one `answer` sends.
+    """
+    bodies = {409: ShortageError | ErrorBody} if shortages else {}
+    return {
+        status: ResponseSpec(
+            bodies.get(status, ErrorBody), description=_MEANINGS[status], generate_examples=False
+        )
+        for status in sorted({*statuses, 401, 503})
+    }
 
 
 def _named(error: ValidationException) -> dict[str, str]:

@@ -13,6 +13,7 @@ from litestar.params import FromPath
 from stocksync.domain.errors import InvalidRequest, NotFound
 from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbound
 from stocksync.http.auth import Access
+from stocksync.http.errors import documented
 from stocksync.http.schemas import EventAnswer, LocationIdQuery, at_one_location, body_operation, read_body
 from stocksync.messages import OutcomeMessage, ReservationBody
 from stocksync.service.keys import ApiKey
@@ -26,7 +27,12 @@ class EventController(Controller):
     path = "/events"
     tags = ["events"]
 
-    @post("/", status_code=200, operation_class=body_operation(InboundEvent))
+    @post(
+        "/",
+        status_code=200,
+        operation_class=body_operation(InboundEvent),
+        responses=documented(400, 403, 413),
+    )
     async def apply(
         self,
         request: Request[ApiKey, Any, Any],
@@ -47,7 +53,7 @@ class EventController(Controller):
             reservation=ReservationBody.of(reservation) if reservation else None,
         )
 
-    @get("/{event_id:path}")
+    @get("/{event_id:path}", responses=documented(400, 404))
     async def outcome(
         self,
         request: Request[ApiKey, Any, Any],

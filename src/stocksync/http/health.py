@@ -44,6 +44,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "worker": ("database", "nats"),
     "relay": ("database", "nats"),
     "sweeper": ("database",),
+    "auth": ("database", "nats"),  # the NATS auth callout
 }
 
 

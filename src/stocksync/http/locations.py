@@ -9,10 +9,10 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stocksync.domain.events import SetSafetyStock
+from stocksync.domain.events import SetSafetyStock, decoder
 from stocksync.domain.model import Location
 from stocksync.http.auth import Access, admin_only
-from stocksync.http.errors import refusal
+from stocksync.http.errors import documented, refusal
 from stocksync.http.schemas import (
     LocationIdPath,
     LocationList,
@@ -20,7 +20,6 @@ from stocksync.http.schemas import (
     SafetyStockRequest,
     SkuPath,
     body_operation,
-    decoder,
     read_body,
 )
 from stocksync.messages import PositionBody
@@ -36,11 +35,16 @@ class LocationController(Controller):
     path = "/locations"
     tags = ["locations"]
 
-    @get("/")
+    @get("/", responses=documented())
     async def list_all(self, engine: NamedDependency[AsyncEngine]) -> LocationList:
         return LocationList(items=await list_locations(engine))
 
-    @put("/{location_id:str}", guards=[admin_only], operation_class=body_operation(LocationRequest))
+    @put(
+        "/{location_id:str}",
+        guards=[admin_only],
+        operation_class=body_operation(LocationRequest),
+        responses=documented(400, 403, 413),
+    )
     async def upsert(
         self,
         request: Request[Any, Any, Any],
@@ -58,6 +62,7 @@ class LocationController(Controller):
         "/{location_id:str}/safety-stock/{sku:str}",
         guards=[admin_only],
         operation_class=body_operation(SafetyStockRequest),
+        responses=documented(400, 403, 404, 413),
     )
     async def safety_stock(
         self,

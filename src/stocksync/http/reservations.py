@@ -11,10 +11,10 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from stocksync.domain.errors import EventIdConflict, UnknownReservation
-from stocksync.domain.events import Cancel, Collect
+from stocksync.domain.events import Cancel, Collect, decoder
 from stocksync.domain.model import Reservation, ReservationStatus
 from stocksync.http.auth import Access, listing_scope
-from stocksync.http.errors import refusal
+from stocksync.http.errors import documented, refusal
 from stocksync.http.schemas import (
     LocationIdQuery,
     ReservationIdPath,
@@ -22,7 +22,6 @@ from stocksync.http.schemas import (
     ReserveRequest,
     at_one_location,
     body_operation,
-    decoder,
     read_body,
 )
 from stocksync.messages import ReservationBody
@@ -41,7 +40,10 @@ class ReservationController(Controller):
     @post(
         "/",
         operation_class=body_operation(ReserveRequest),
-        responses={200: ResponseSpec(ReservationBody, description="the same body again: its reservation")},
+        responses={
+            200: ResponseSpec(ReservationBody, description="the same body again: its reservation"),
+            **documented(400, 403, 404, 409, 413, shortages=True),
+        },
     )
     async def reserve(
         self,
@@ -67,7 +69,7 @@ class ReservationController(Controller):
         held = result.reservations[(body.location_id, reservation_id)]
         return Response(ReservationBody.of(held), status_code=201)
 
-    @get("/")
+    @get("/", responses=documented(400, 403))
     async def list_reservations(
         self,
         key: NamedDependency[ApiKey],
@@ -80,7 +82,7 @@ class ReservationController(Controller):
         found = await queries.reservations(listing_scope(key, location_id), status, limit)
         return ReservationList(items=[ReservationBody.of(reservation) for reservation in found])
 
-    @get("/{reservation_id:str}")
+    @get("/{reservation_id:str}", responses=documented(400, 404))
     async def read(
         self,
         queries: NamedDependency[Queries],
@@ -90,7 +92,7 @@ class ReservationController(Controller):
         """A reservation is its location and id: an id at several locations is 400 without ``location_id``."""
         return ReservationBody.of(await _named(queries, reservation_id, location_id))
 
-    @post("/{reservation_id:str}/collect", status_code=200)
+    @post("/{reservation_id:str}/collect", status_code=200, responses=documented(400, 403, 404, 409))
     async def collect(
         self,
         key: NamedDependency[ApiKey],
@@ -105,7 +107,7 @@ class ReservationController(Controller):
         reservation = await _named(queries, reservation_id, location_id)
         return await _settle(Collect, reservation, key, ledger, access, clock)
 
-    @post("/{reservation_id:str}/cancel", status_code=200)
+    @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(400, 403, 404, 409))
     async def cancel(
         self,
         key: NamedDependency[ApiKey],

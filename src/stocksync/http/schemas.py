@@ -31,10 +31,11 @@ from stocksync.domain.events import (
     ReservationId,
     Reserve,
     Text,
+    TooDeep,
     Ttl,
 )
 from stocksync.domain.ledger import merge_lines
-from stocksync.domain.model import Location, Reservation, ReservationLine
+from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
 from stocksync.messages import PositionBody, ReservationBody
 from stocksync.service.queries import MovementView
@@ -155,6 +156,41 @@ class Health(Struct, frozen=True, kw_only=True):
     serves: dict[str, bool] = {}
 
 
+# -- errors (built by http/errors.py; docs/errors.md says what each code means) -----------------------------
+
+ErrorCode = Literal[
+    "invalid_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_location",
+    "unknown_reservation",
+    "reservation_not_held",
+    "reservation_exists",
+    "event_id_conflict",
+    "body_too_large",
+    "unavailable",
+]
+
+
+class ErrorBody(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Every error answer but a shortage: a machine code and a sentence for people."""
+
+    error: ErrorCode
+    detail: str
+    field: str | None = None  # invalid_request: the parameter or body field that failed (`lines[0].qty`)
+    status: ReservationStatus | None = None  # reservation_not_held: the state the reservation is in
+    location_id: str | None = None  # unknown_location of a read: the first location not known
+
+
+class ShortageError(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """409 ``insufficient_stock``: a reservation refused whole, with every line it could not hold."""
+
+    error: Literal["insufficient_stock"]
+    detail: str
+    shortages: list[Shortage]
+
+
 # -- decoding ------------------------------------------------------------------------------------------------
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -176,12 +212,10 @@ async def read_body(request: Request[Any, Any, Any], decode: Callable[[bytes], T
         return decode(await request.body())
     except msgspec.ValidationError as error:
         raise invalid(error) from None
+    except TooDeep as error:
+        raise InvalidRequest(str(error), field="body") from None
     except msgspec.DecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}", field="body") from None
-
-
-def decoder(kind: type[T]) -> Callable[[bytes], T]:
-    return msgspec.json.Decoder(kind).decode
 
 
 def body_operation(kind: Any) -> type[Operation]:

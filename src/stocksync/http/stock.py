@@ -11,6 +11,7 @@ from litestar.params import QueryParameter
 from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import MAX_LINES, LocationId, Qty, Sku
 from stocksync.domain.pickup import pickup_stores
+from stocksync.http.errors import documented
 from stocksync.http.schemas import (
     LocationIdQuery,
     MovementPage,
@@ -38,7 +39,7 @@ class StockController(Controller):
     path = "/"
     tags = ["stock"]
 
-    @get("/availability")
+    @get("/availability", responses=documented(400, 404))
     async def availability(
         self,
         queries: NamedDependency[Queries],
@@ -60,7 +61,7 @@ class StockController(Controller):
             )
         return PositionList(items=[PositionBody.of(position) for position in positions])
 
-    @get("/pickup")
+    @get("/pickup", responses=documented(400))
     async def pickup(
         self,
         queries: NamedDependency[Queries],
@@ -77,7 +78,7 @@ class StockController(Controller):
         stores, positions = await queries.pickup_stock([line.sku for line in wanted])
         return PickupAnswer(stores=pickup_stores(stores, positions, wanted, near=origin, limit=limit))
 
-    @get("/movements")
+    @get("/movements", responses=documented(400))
     async def movements(
         self,
         queries: NamedDependency[Queries],

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
 from stocksync.aio import cancel_and_wait, pause
+from stocksync.domain.events import decoder
 from stocksync.messaging.topology import AVAILABILITY_BUCKET
 from stocksync.service.clock import utc_now
 
@@ -88,6 +89,9 @@ class _Version(msgspec.Struct):
     version: int
 
 
+_decode_version = decoder(_Version)
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -126,6 +130,8 @@ class OutboxRelay:
                     await self._lead_if_free(session, stop)
             except _PASSING as error:
                 log.warning("relay_interrupted", error=f"{type(error).__name__}: {error}")
+            except Exception as error:  # a fault of ours must not stop the outbox for every position
+                log.error("relay_failed", error=f"{type(error).__name__}: {error}")
             await pause(stop, 1.0)
 
     async def _lead_if_free(self, session: AsyncConnection, stop: asyncio.Event) -> None:
@@ -333,8 +339,8 @@ def held_version(key: str, value: bytes | None) -> int:
     if not value:
         return -1
     try:
-        return msgspec.json.decode(value, type=_Version).version
-    except msgspec.DecodeError as error:  # not JSON, no ``version``, or one that is not an integer
+        return _decode_version(value).version
+    except msgspec.DecodeError as error:  # not JSON, nested too deep, no integer ``version``
         metrics.BUCKET_MALFORMED.inc()
         log.warning("bucket_entry_malformed", key=key, error=str(error))
         return -1

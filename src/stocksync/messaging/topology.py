@@ -27,14 +27,12 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from stocksync.domain.access import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM
+
 log = structlog.get_logger("stocksync.nats")
 
 DAY = 86_400.0
-IN_STREAM = "STOCKSYNC_IN"
-OUT_STREAM = "STOCKSYNC_OUT"
-DLQ_STREAM = "STOCKSYNC_DLQ"
 WORKER_CONSUMER = "stocksync-worker"
-AVAILABILITY_BUCKET = "stocksync_availability"
 DUPLICATE_WINDOW_S = 120.0  # where only stocksync writes the message ids (outbound, DLQ, KV)
 # Inbound: nats-server refuses less than 100 ms, and takes 0 for its default of two minutes.
 IN_DUPLICATE_WINDOW_S = 0.1
@@ -127,19 +125,34 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
 
 async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
     """A connection that keeps reconnecting for ever, and keeps trying the first time too: a NATS that is
-    down or not started yet is a passing fault, not a reason for a worker to exit."""
+    down or not started yet is a passing fault, not a reason for a worker to exit. A first connection the
+    server refuses (a revoked key, wrong credentials) raises at once: no retry would change the answer."""
     backoff = 0.2
+    error_cb = options.pop("error_cb", None)
+    connecting = True
+
+    async def on_error(error: Exception) -> None:
+        if connecting and "authorization violation" in str(error).lower():
+            raise error  # out of nats-py's first-connect loop, which would try for ever
+        if error_cb is not None:
+            await error_cb(error)
+        else:
+            log.warning("nats_error", url=url, error=f"{type(error).__name__}: {error}")
+
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=url.split(","),
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 allow_reconnect=True,
+                error_cb=on_error,
                 **options,
             )
+            connecting = False
+            return nc
         except (NoServersError, OSError, TimeoutError) as error:
             log.warning(
                 "nats_unreachable", url=url, error=f"{type(error).__name__}: {error}", retry_in_s=backoff
@@ -148,8 +161,9 @@ async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
             backoff = min(backoff * 2, 5.0)
 
 
-async def migrate_topology(url: str, replicas: int = 1) -> None:
-    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3)
+async def migrate_topology(url: str, replicas: int = 1, **options) -> None:
+    """``options``: the service's credentials and TLS (`nats_auth.service_options`)."""
+    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3, **options)
     try:
         await ensure_topology(nc.jetstream(), replicas)
     finally:

@@ -3,7 +3,8 @@
 Acknowledges only after the commit. A message that cannot be decoded or validated goes to the DLQ and is
 acknowledged, so it never blocks the ones behind it. A passing fault (database down) leaves the batch
 unacknowledged and is retried with backoff; a batch that fails for one bad event is split until the others
-apply and the bad one is dead-lettered. Several workers may share the durable consumer.
+apply, and the bad one is dead-lettered once it keeps failing while the database answers. Nothing one message
+carries, and no error of ours while handling it, ends the worker. Several workers may share the durable consumer.
 """
 
 from __future__ import annotations
@@ -23,16 +24,26 @@ from nats.errors import Error as NatsError
 from stocksync import metrics
 from stocksync.aio import pause, quietly
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, decode_inbound
+from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, TooDeep, decode_inbound
 from stocksync.messaging.topology import IN_STREAM, WORKER_CONSUMER
 from stocksync.service.ledger_service import LedgerService
 
 log = structlog.get_logger("stocksync.worker")
 _LOCATION = re.compile(ID_PATTERN)
+_encoder = msgspec.json.Encoder()
+
+# The DLQ stream takes 512 KiB a message, NATS headers included: a letter stays well below, whatever it copies.
+LETTER_MAX_BYTES = 448 * 1024
+MAX_HEADERS, HEADER_MAX_CHARS, DETAIL_MAX_CHARS = 32, 256, 2048
+ISOLATED_RETRIES = 3  # tries of one failing event, each after the database answered, before its dead letter
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """``stocksync.dlq.<location_id or _>``: the original message and why it was refused."""
+    """``stocksync.dlq.<location_id or _>``: the original message and why it was refused.
+
+    ``body`` is a copy, cut (``body_truncated``) when the whole would not fit the DLQ's message limit;
+    ``body_bytes`` is the original's size and ``stream_sequence`` finds it in ``STOCKSYNC_IN``.
+    """
 
     subject: str
     headers: dict[str, str]
@@ -42,6 +53,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
     stream_sequence: int | None
     dead_lettered_at: datetime
+    body_bytes: int | None = None  # None in letters written before it was recorded
+    body_truncated: bool = False
+    headers_truncated: bool = False  # some headers left out, or a name or value cut
 
 
 class Refused(Exception):
@@ -63,6 +77,8 @@ def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) ->
         event = decode_inbound(data)
     except msgspec.ValidationError as error:
         raise Refused("invalid_event", str(error)) from None
+    except TooDeep as error:
+        raise Refused("too_deep", str(error)) from None
     except msgspec.DecodeError as error:
         raise Refused("undecodable", f"the body is not valid JSON: {error}") from None
     tokens = subject.split(".")
@@ -77,30 +93,78 @@ def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) ->
     return event
 
 
+def _refusal_of(msg: Msg) -> InboundEvent | Refused:
+    """The event, or why it is refused: an error of ours while decoding refuses that message alone."""
+    try:
+        return decode_message(msg.subject, msg.headers, msg.data)
+    except Refused as refusal:
+        return refusal
+    except Exception as error:
+        return Refused("decode_failed", f"{type(error).__name__}: {error}")
+
+
 def dead_letter_of(msg: Msg, refusal: Refused) -> tuple[str, DeadLetter]:
+    """The letter for ``msg``, at most `LETTER_MAX_BYTES` encoded: headers and detail are capped, and the body
+    copy is cut to what room is left (the original stays in the inbound stream, at ``stream_sequence``)."""
     tokens = msg.subject.split(".")
     location = tokens[2] if len(tokens) > 2 and _LOCATION.match(tokens[2]) else "_"
+    headers, headers_cut = _capped_headers(msg.headers or {})
+    detail = _cut(refusal.detail, DETAIL_MAX_CHARS)
     try:
-        body, encoding = msg.data.decode("utf-8"), "utf-8"
+        msg.data.decode("utf-8")
+        encoding = "utf-8"
     except UnicodeDecodeError:
-        body, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
+        encoding = "base64"
     letter = DeadLetter(
         subject=msg.subject,
-        headers=dict(msg.headers or {}),
-        body=body,
+        headers=headers,
+        body="",
         body_encoding=encoding,
         error=refusal.error,
-        detail=refusal.detail,
+        detail=detail,
         stream_sequence=_sequence(msg),
         dead_lettered_at=datetime.now(UTC),
+        body_bytes=len(msg.data),
+        headers_truncated=headers_cut,
     )
+    room = LETTER_MAX_BYTES - len(_encoder.encode(letter))
+    body, kept = _body_copy(msg.data, encoding, room)
+    letter = msgspec.structs.replace(letter, body=body, body_truncated=kept < len(msg.data))
     return f"stocksync.dlq.{location}", letter
+
+
+def _body_copy(data: bytes, encoding: str, room: int) -> tuple[str, int]:
+    """The longest prefix of ``data`` (found in a few steps) whose JSON string takes at most ``room`` more
+    bytes than ``""``; and how many bytes of ``data`` it holds. JSON escapes a control byte as six."""
+    kept = len(data)
+    while True:
+        prefix = data[:kept]
+        text = prefix.decode("utf-8", "ignore") if encoding == "utf-8" else base64.b64encode(prefix).decode()
+        size = len(_encoder.encode(text)) - 2
+        if size <= room:
+            return text, len(text.encode()) if encoding == "utf-8" else kept
+        kept = min(kept - 1, kept * room // size)
+
+
+def _capped_headers(headers: dict[str, str]) -> tuple[dict[str, str], bool]:
+    kept = {
+        _cut(name, HEADER_MAX_CHARS): _cut(value, HEADER_MAX_CHARS)
+        for name, value in list(headers.items())[:MAX_HEADERS]
+    }
+    cut = len(headers) > MAX_HEADERS or any(
+        len(name) > HEADER_MAX_CHARS or len(value) > HEADER_MAX_CHARS for name, value in headers.items()
+    )
+    return kept, cut
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sequence(msg: Msg) -> int | None:
     try:
         return msg.metadata.sequence.stream
-    except (ValueError, AttributeError, IndexError):
+    except (ValueError, AttributeError, IndexError, NatsError):  # no JetStream metadata
         return None
 
 
@@ -138,7 +202,7 @@ class EventWorker:
                             msgs = await sub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
                         except TimeoutError:
                             continue
-                        await self.handle(msgs, stop)
+                        await self._handle_safely(msgs, stop, backoff)
                         backoff = 0.1
                 finally:
                     await quietly(sub.unsubscribe())
@@ -147,14 +211,27 @@ class EventWorker:
                 await pause(stop, backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
+    async def _handle_safely(self, msgs: Sequence[Msg], stop: asyncio.Event, backoff: float) -> None:
+        """`handle`, and an error of ours there ends only this batch: what it left unacknowledged comes back
+        (after ``backoff``), and the worker goes on with the next."""
+        try:
+            await self.handle(msgs, stop)
+        except (NatsError, OSError):
+            raise
+        except Exception as error:
+            log.error("batch_failed", events=len(msgs), error=f"{type(error).__name__}: {error}")
+            await asyncio.gather(*(quietly(msg.nak(delay=backoff)) for msg in msgs if not msg.is_acked))
+            await pause(stop, backoff)
+
     async def handle(self, msgs: Sequence[Msg], stop: asyncio.Event | None = None) -> None:
         """Dead-letter the invalid, apply the rest as one batch, then acknowledge everything."""
         valid: list[tuple[Msg, InboundEvent]] = []
         for msg in msgs:
-            try:
-                valid.append((msg, decode_message(msg.subject, msg.headers, msg.data)))
-            except Refused as refusal:
-                await self.dead_letter(msg, refusal)
+            decoded = _refusal_of(msg)
+            if isinstance(decoded, Refused):
+                await self._dead_letter_or_retry(msg, decoded)
+            else:
+                valid.append((msg, decoded))
         await self._apply_until_committed(valid, stop or asyncio.Event())
 
     async def _apply_until_committed(
@@ -166,6 +243,7 @@ class EventWorker:
                 await self._apply_or_split(batch)
                 return
             except Unavailable as error:
+                batch = [(msg, event) for msg, event in batch if not msg.is_acked]  # split halves done
                 log.warning("batch_deferred", events=len(batch), error=str(error), retry_in_s=backoff)
                 await asyncio.gather(*(quietly(msg.in_progress()) for msg, _ in batch))
                 await pause(stop, backoff)
@@ -178,10 +256,7 @@ class EventWorker:
             raise
         except Exception as error:  # one event the ledger cannot store: isolate it, keep the rest
             if len(batch) == 1:
-                log.error("event_failed", event_id=batch[0][1].event_id, error=repr(error))
-                await self.dead_letter(
-                    batch[0][0], Refused("apply_failed", f"{type(error).__name__}: {error}")
-                )
+                await self._apply_alone(*batch[0], error)
                 return
             half = len(batch) // 2
             await self._apply_or_split(batch[:half])
@@ -190,13 +265,42 @@ class EventWorker:
         for msg, _ in batch:  # each ack only queues a publish: a plain loop beats gathering 500 coroutines
             await msg.ack()
 
+    async def _apply_alone(self, msg: Msg, event: InboundEvent, error: Exception) -> None:
+        """One event that failed alone is dead-lettered only when it fails again while the database answers:
+        a passing fault in an exception type nobody classified must never dead-letter and acknowledge it."""
+        for attempt in range(ISOLATED_RETRIES):
+            if not await self.ledger.database_answers():
+                raise Unavailable(f"the database does not answer after {type(error).__name__}") from error
+            try:
+                await self.ledger.apply([event])
+            except Unavailable:
+                raise
+            except Exception as again:
+                error = again
+                await asyncio.sleep(0.05 * 2**attempt)
+            else:
+                await msg.ack()
+                return
+        log.error("event_failed", event_id=event.event_id, error=repr(error))
+        await self._dead_letter_or_retry(msg, Refused("apply_failed", f"{type(error).__name__}: {error}"))
+
+    async def _dead_letter_or_retry(self, msg: Msg, refusal: Refused) -> None:
+        """A letter that cannot be written now leaves its message for a redelivery, and holds up no other."""
+        try:
+            await self.dead_letter(msg, refusal)
+        except Exception as error:
+            log.warning("dead_letter_failed", subject=msg.subject, error=f"{type(error).__name__}: {error}")
+            await quietly(msg.nak(delay=1.0))
+
     async def dead_letter(self, msg: Msg, refusal: Refused) -> None:
         """Publish to the DLQ (de-duplicated by the inbound sequence), then acknowledge the original."""
         subject, letter = dead_letter_of(msg, refusal)
         msg_id = f"dlq:{letter.stream_sequence}" if letter.stream_sequence is not None else None
         await self.js.publish(
-            subject, msgspec.json.encode(letter), headers={"Nats-Msg-Id": msg_id} if msg_id else None
+            subject, _encoder.encode(letter), headers={"Nats-Msg-Id": msg_id} if msg_id else None
         )
         await msg.ack()
         metrics.DEAD_LETTERS.labels(refusal.error).inc()
-        log.warning("dead_lettered", subject=msg.subject, error=refusal.error, detail=refusal.detail)
+        log.warning(
+            "dead_lettered", subject=msg.subject, error=refusal.error, detail=_cut(refusal.detail, 200)
+        )

@@ -15,7 +15,9 @@ from datetime import datetime
 
 import msgspec
 import structlog
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
@@ -79,10 +81,11 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 def passing_fault(error: BaseException) -> bool:
-    """A database error a retry outlives, whatever the events: no connection (refused, dropped, pool), the
-    connection died under the transaction (shutdown, restart, failover, terminated backend), or the server
-    refused the work for now (SQLSTATE classes 08 connection, 53 resources, 57 operator intervention)."""
-    if isinstance(error, (OSError, OperationalError, InterfaceError)):
+    """A database error a retry outlives, whatever the events: no connection (refused, dropped, no pooled
+    connection free in time), the connection died under the transaction (shutdown, restart, failover,
+    terminated backend), or the server refused the work for now (SQLSTATE classes 08 connection, 53
+    resources, 57 operator intervention)."""
+    if isinstance(error, (OSError, OperationalError, InterfaceError, PoolTimeout)):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
@@ -111,7 +114,7 @@ class LedgerService:
                 return await self._apply_once(events, hashes)
             except store.ConcurrentWrite:
                 metrics.RETRIES.labels("concurrent_write").inc()
-            except (DBAPIError, OSError) as error:
+            except (DBAPIError, PoolTimeout, OSError) as error:
                 if _sqlstate(error) in _RETRYABLE_SQLSTATES:
                     metrics.RETRIES.labels("deadlock").inc()
                 elif passing_fault(error):
@@ -120,6 +123,16 @@ class LedgerService:
                     raise
             await asyncio.sleep(0.002 * 2**attempt)
         raise Unavailable("the batch kept colliding with concurrent writers; retry later")
+
+    async def database_answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether the database runs a query now (a pooled connection included): tells an event that fails
+        from a database that fails, when the error's type does not say."""
+        try:
+            async with asyncio.timeout(timeout_s), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:  # whatever stops the probe, the database does not answer
+            return False
+        return True
 
     async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]) -> BatchResult:
         started = time.perf_counter()

@@ -92,7 +92,7 @@ def _header_id(headers: dict[str, str] | None) -> str | None:
 def _body_id(body: bytes) -> str | None:
     try:
         return msgspec.json.decode(body, type=_EventIdOnly).event_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # RecursionError: nested too deep
         return None
 
 

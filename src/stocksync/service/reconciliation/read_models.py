@@ -22,6 +22,7 @@ from sqlalchemy import Row, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stocksync.adapters import tables as t
+from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.domain.reconciliation import (
     KV_MISSING,
@@ -172,10 +173,13 @@ async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Find
     return unknown
 
 
+_decode_numbers = decoder(Numbers)
+
+
 def _decode(data: bytes) -> Numbers | None:
     try:
-        return msgspec.json.decode(data, type=Numbers)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _decode_numbers(data)
+    except msgspec.DecodeError:  # ValidationError and TooDeep are DecodeErrors
         return None
 
 

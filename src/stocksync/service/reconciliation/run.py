@@ -7,6 +7,7 @@ check that found its kind, and the count file comes last so its events do not di
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats
 import structlog
@@ -52,12 +53,14 @@ async def reconcile(
     *,
     progress: Progress | None = None,
     clock: Clock = utc_now,
+    nats_options: dict[str, Any] | None = None,
 ) -> Summary:
-    """Run every check; raises BadInput for a bad file and CouldNotRun when a server cannot be used."""
+    """Run every check; raises BadInput for a bad file and CouldNotRun when a server cannot be used.
+    ``nats_options``: the service's NATS credentials and TLS (`nats_auth.service_options`)."""
     engine = create_engine(database_url, pool_size=4)
     try:
         await _ping(engine)
-        nc = await _connect(nats_url)
+        nc = await _connect(nats_url, nats_options or {})
         try:
             ctx = Context(
                 engine=engine,
@@ -95,7 +98,7 @@ def _database_error(error: BaseException) -> str:
     return f"the database refused a query: {cause}"
 
 
-async def _connect(nats_url: str) -> Client:
+async def _connect(nats_url: str, options: dict[str, Any]) -> Client:
     try:
         nc = await nats.connect(
             servers=nats_url.split(","),
@@ -103,6 +106,7 @@ async def _connect(nats_url: str) -> Client:
             max_reconnect_attempts=2,
             reconnect_time_wait=0.5,
             name="stocksync-reconcile",
+            **options,
         )
     except (TimeoutError, OSError, NatsError) as error:
         raise CouldNotRun(f"NATS is unreachable at {nats_url}: {type(error).__name__}: {error}") from error
