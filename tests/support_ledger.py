@@ -42,6 +42,7 @@ from stocksync.domain.model import (
     PositionKey,
     RecordedEvent,
     Reservation,
+    ReservationKey,
 )
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -237,7 +238,7 @@ class MemoryStore:
     def __init__(self, locations: Iterable[Location]) -> None:
         self.locations = {location.location_id: location for location in locations}
         self.positions: dict[PositionKey, Position] = {}
-        self.reservations: dict[str, Reservation] = {}
+        self.reservations: dict[ReservationKey, Reservation] = {}
         self.recorded: dict[EventKey, RecordedEvent] = {}
         self.movements: list[Movement] = []
 
@@ -259,7 +260,7 @@ class MemoryStore:
     def commit(self, ledger: Ledger) -> None:
         for key in ledger.changed_positions:
             self.positions[key] = ledger.positions[key]
-        for reservation_id in ledger.changed_reservations:
-            self.reservations[reservation_id] = ledger.reservations[reservation_id]
+        for key in ledger.changed_reservations:
+            self.reservations[key] = ledger.reservations[key]
         self.recorded.update(ledger.new_records)
         self.movements.extend(ledger.movements)

@@ -323,7 +323,7 @@ class ReferenceLedger:
         return Counter(m.event_id for m in self.ledger.movements)
 
     def reservation_statuses(self) -> dict[str, str]:
-        return {rid: r.status for rid, r in self.ledger.reservations.items()}
+        return {rid: r.status for (_, rid), r in self.ledger.reservations.items()}
 
 
 def without_version(numbers: dict[PositionKey, dict[str, int]]) -> dict[PositionKey, dict[str, int]]:

@@ -108,7 +108,8 @@ class Model:
     recorded: dict[str, tuple[bytes, str, str | None]] = field(
         default_factory=dict
     )  # id -> body, first outcome
-    reservations: dict[str, Held] = field(default_factory=dict)
+    # (location_id, reservation_id): the same id at another location is another reservation
+    reservations: dict[tuple[str, str], Held] = field(default_factory=dict)
 
     def at(self, location_id: str, sku: str) -> Stock:
         return self.stock.setdefault((location_id, sku), Stock())
@@ -154,7 +155,7 @@ class Model:
 
     def _reserve(self, event: Command, now: datetime) -> tuple[str, str | None]:
         """Rule 5: held whole if every line fits what is available, else rejected whole."""
-        if event.reservation_id in self.reservations:
+        if (event.location_id, event.reservation_id) in self.reservations:
             return "rejected", "reservation_exists"
         lines = {line.sku: line.qty for line in event.lines}
         if any(qty > self.at(event.location_id, sku).available for sku, qty in lines.items()):
@@ -162,18 +163,17 @@ class Model:
         for sku, qty in lines.items():
             self.at(event.location_id, sku).change(event.occurred_at, reserved=qty)
         expires_at = now + timedelta(seconds=event.ttl_seconds)
-        self.reservations[event.reservation_id] = Held(event.location_id, lines, expires_at)
+        held = Held(event.location_id, lines, expires_at)
+        self.reservations[(event.location_id, event.reservation_id)] = held
         return "applied", None
 
     def _leave(
         self, reservation_id: str, location_id: str, kind: str, at: datetime
     ) -> tuple[str, str | None]:
         """Rule 6: a hold leaves ``held`` once; the same transition again answers duplicate and moves nothing."""
-        held = self.reservations.get(reservation_id)
+        held = self.reservations.get((location_id, reservation_id))
         if held is None:
             return "rejected", "unknown_reservation"
-        if held.location_id != location_id:
-            return "rejected", "location_mismatch"
         status = {"collect": "collected", "cancel": "cancelled", "expire": "expired"}[kind]
         if held.status == status:
             return "duplicate", None
@@ -186,9 +186,9 @@ class Model:
 
     def expire_due(self, now: datetime) -> None:
         """Rule 7: every hold past its expiry is expired (the sweeper's pass)."""
-        for rid, held in self.reservations.items():
+        for (location_id, rid), held in self.reservations.items():
             if held.status == "held" and held.expires_at <= now:
-                self._leave(rid, held.location_id, "expire", now)
+                self._leave(rid, location_id, "expire", now)
 
 
 # --- the service, in this process on a loop of its own ---------------------------------------------------------
@@ -404,7 +404,7 @@ class Ledger(RuleBasedStateMachine):
         answer = self.service.call(self.service.post(f"/v1/reservations/{rid}/{action}"))
         if outcome in ("applied", "duplicate"):
             assert answer.status_code == 200, answer.text
-            assert answer.json()["status"] == self.model.reservations[rid].status
+            assert answer.json()["status"] == self.model.reservations[(location_id, rid)].status
         else:
             assert (answer.status_code, answer.json()["error"]) == (
                 404 if error == "unknown_reservation" else 409,

@@ -82,6 +82,30 @@ async def test_a_reservation_is_held_whole_or_rejected_whole_then_collected_or_c
     assert await on_hand_and_reserved(migrated_database_url, loc) == {"SKU-A": (2, 0), "SKU-B": (1, 0)}
 
 
+async def test_a_reservation_id_held_at_one_store_is_free_at_another(
+    migrated_database_url: str, nats_server: NatsServer
+) -> None:
+    """A reservation is its location and id: staff holding an id at store A does not refuse the web shop's
+    reservation of that id at store B, and each answer is the one for its own store."""
+    store_a, store_b, rid = unique("store"), unique("store"), unique("r")
+    async with running_service(migrated_database_url, nats_server.url, [store_a, store_b]):
+        for store in (store_a, store_b):
+            await stock(migrated_database_url, store, {"SKU-A": 5})
+        async with await EcommerceClient.open(nats_server.url) as shop:
+            line = [QtyLine(sku="SKU-A", qty=1)]
+            at_a = await shop.reserve(store_a, line, reservation_id=rid, channel="staff")
+            at_b = await shop.reserve(store_b, [QtyLine(sku="SKU-A", qty=2)], reservation_id=rid)
+            collected = await shop.collect(rid, store_b)
+
+            assert [(m.location_id, m.status) for m in (at_a, at_b, collected)] == [
+                (store_a, "held"),
+                (store_b, "held"),
+                (store_b, "collected"),
+            ]
+    assert await on_hand_and_reserved(migrated_database_url, store_a) == {"SKU-A": (5, 1)}
+    assert await on_hand_and_reserved(migrated_database_url, store_b) == {"SKU-A": (3, 0)}
+
+
 async def test_a_reservation_nobody_answers_times_out(nats_server_factory: Callable[[], NatsServer]) -> None:
     server = nats_server_factory()  # no worker: the event stays unapplied in a stream of this test's own
     await migrate_topology(server.url)

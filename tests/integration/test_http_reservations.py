@@ -13,7 +13,7 @@ from stocksync.http.app import create_app
 from stocksync.service.clock import ManualClock
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import GroupCommitLedger
-from tests.support_http import Api, admin, client, ecommerce, engine, scalar, unique  # noqa: F401
+from tests.support_http import Api, admin, as_key, client, ecommerce, engine, scalar, unique  # noqa: F401
 
 
 def reserve_body(location_id: str, *lines: tuple[str, int], **extra: object) -> dict[str, object]:
@@ -151,6 +151,43 @@ async def test_unknown_reservations_are_404(ecommerce: Api) -> None:
     ):
         assert answer.status_code == 404
         assert answer.json()["error"] == "unknown_reservation"
+
+
+async def test_a_staff_key_of_one_store_claims_no_reservation_id_at_another(
+    admin: Api, ecommerce: Api, as_key
+) -> None:
+    """A reservation is its location and id: the same id at two stores is two reservations."""
+    store_a, store_b, sku, rid = await admin.store(), await admin.store(), unique("sku"), unique("res")
+    for store in (store_a, store_b):
+        await admin.receive(store, sku, 5)
+    staff = await as_key("staff", [store_a])
+    claimed = await staff.post(
+        "/v1/reservations", json={**reserve_body(store_a, (sku, 1), reservation_id=rid), "channel": "staff"}
+    )
+
+    held = await ecommerce.post("/v1/reservations", json=reserve_body(store_b, (sku, 2), reservation_id=rid))
+    ambiguous = await ecommerce.get(f"/v1/reservations/{rid}")
+    refused = await ecommerce.post(f"/v1/reservations/{rid}/collect")
+    collected = await ecommerce.post(f"/v1/reservations/{rid}/collect", params={"location_id": store_b})
+    not_its_store = await staff.post(f"/v1/reservations/{rid}/cancel", params={"location_id": store_b})
+    nowhere = await ecommerce.get(f"/v1/reservations/{rid}", params={"location_id": unique("store")})
+
+    assert (claimed.status_code, held.status_code, collected.status_code) == (201, 201, 200)
+    assert (held.json()["location_id"], held.json()["status"]) == (store_b, "held")
+    assert collected.json()["location_id"] == store_b and collected.json()["status"] == "collected"
+    for answer in (ambiguous, refused):
+        assert answer.status_code == 400
+        assert (answer.json()["error"], answer.json()["field"]) == ("invalid_request", "location_id")
+    assert not_its_store.status_code == 403
+    assert nowhere.status_code == 404 and nowhere.json()["error"] == "unknown_reservation"
+    read_a = await ecommerce.get(f"/v1/reservations/{rid}", params={"location_id": store_a})
+    read_b = await ecommerce.get(f"/v1/reservations/{rid}", params={"location_id": store_b})
+    assert (read_a.json()["status"], read_b.json()["status"]) == ("held", "collected")
+    assert [(await admin.position(s, sku))["reserved"] for s in (store_a, store_b)] == [1, 0]
+    assert (await admin.position(store_b, sku))["on_hand"] == 3
+    cancelled = await staff.post(f"/v1/reservations/{rid}/cancel", params={"location_id": store_a})
+    assert (cancelled.status_code, cancelled.json()["location_id"]) == (200, store_a)
+    assert cancelled.json()["status"] == "cancelled"
 
 
 # -- rule 7 at the door: no sweeper runs in these tests ----------------------------------------------------

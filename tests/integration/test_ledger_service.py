@@ -243,7 +243,7 @@ class LedgerScenarios:
             ("applied", None),
             ("duplicate", None),
             ("rejected", "unknown_location"),
-            ("rejected", "location_mismatch"),
+            ("rejected", "unknown_reservation"),
             ("rejected", "unknown_reservation"),
             ("rejected", "insufficient_stock"),
         ]
@@ -269,7 +269,7 @@ class TestPureLedger(LedgerScenarios):
         return Result(
             positions={key: position_numbers(ledger.positions[key]) for key in ledger.changed_positions},
             outcomes=[(o.outcome, o.error) for o in outcomes],
-            statuses={rid: r.status for rid, r in ledger.reservations.items()},
+            statuses={rid: r.status for (_, rid), r in ledger.reservations.items()},
         )
 
 
@@ -415,6 +415,41 @@ async def test_the_same_event_id_at_two_locations_is_two_events_each_applied_onc
     msg_ids = [r.msg_id for r in await outbox_for(engine, shop_a, shop_b) if ".outcome." in r.subject]
     assert f"outcome:{shop_a}:{claimed.event_id}:applied" in msg_ids
     assert f"outcome:{shop_b}:{claimed.event_id}:applied" in msg_ids  # not collapsed into store A's by NATS
+
+
+async def test_the_same_reservation_id_at_two_locations_is_two_reservations(engine):
+    """A staff key of one store claims no reservation id the web shop will use at another (in one batch or
+    in several), and settling one leaves the other alone."""
+    shop_a, shop_b = await new_locations(engine, 2)
+    a, rid = unique("sku"), unique("res")
+    ledger = service(engine)
+    await ledger.apply([receipt(shop, {a: 10}) for shop in (shop_a, shop_b)])
+    await ledger.apply([reserve(shop_a, {a: 1}, reservation_id=rid, channel="staff")])
+
+    held = (await ledger.apply([reserve(shop_b, {a: 2}, reservation_id=rid)])).outcomes
+    collected = await ledger.apply([collect(shop_b, rid), cancel(shop_a, unique("res"))])
+
+    assert [(o.outcome, o.error) for o in held] == [("applied", None)]
+    assert [(o.outcome, o.error) for o in collected.outcomes] == [
+        ("applied", None),
+        ("rejected", "unknown_reservation"),
+    ]
+    assert collected.reservations[(shop_b, rid)].status == "collected"
+    statuses = await rows(
+        engine, "SELECT location_id, status FROM reservations WHERE reservation_id = :r ORDER BY 1", r=rid
+    )
+    assert sorted(map(tuple, statuses)) == sorted([(shop_a, "held"), (shop_b, "collected")])
+    lines = await rows(
+        engine, "SELECT location_id, qty FROM reservation_lines WHERE reservation_id = :r ORDER BY 1", r=rid
+    )
+    assert sorted(map(tuple, lines)) == sorted([(shop_a, 1), (shop_b, 2)])
+    positions = await stored_positions(engine, shop_a, shop_b)
+    assert [(positions[(s, a)]["on_hand"], positions[(s, a)]["reserved"]) for s in (shop_a, shop_b)] == [
+        (10, 1),
+        (8, 0),
+    ]
+    msg_ids = [r.msg_id for r in await outbox_for(engine, rid)]
+    assert len(msg_ids) == len(set(msg_ids)) == 3  # held at A, held at B, collected at B: none collapsed
 
 
 async def test_a_sale_older_than_a_stored_count_is_recorded_superseded(engine):

@@ -249,6 +249,30 @@ async def test_an_overdue_held_reservation_is_named_with_its_store(stack: Stack)
     assert run.report["summary"]["by_store"] == {"reservation_overdue": {loc: 1}}
 
 
+async def test_one_reservation_id_at_two_stores_is_checked_and_repaired_as_two(stack: Stack) -> None:
+    """A reservation is its location and id: each store's held lines count against its own position, and
+    only the overdue one of the two is named and expired."""
+    late, fine, sku, rid = unique("store"), unique("store"), unique("SKU"), unique("res")
+    await stocked(stack, {late: {sku: 10}, fine: {sku: 10}})
+    await apply(
+        stack, reserve(late, {sku: 2}, reservation_id=rid), reserve(fine, {sku: 3}, reservation_id=rid)
+    )
+    await relay_all(stack)
+    sql(
+        stack,
+        "UPDATE reservations SET expires_at = now() - interval '1 hour'"
+        f" WHERE reservation_id = '{rid}' AND location_id = '{late}'",
+    )
+
+    repair = await reconcile(stack, "--repair")
+
+    [overdue] = repair.findings("reservation_overdue")
+    assert (overdue["location_id"], overdue["reservation_id"], overdue["repaired"]) == (late, rid, True)
+    assert repair.report["summary"]["findings"] == {"reservation_overdue": 1}
+    statuses = sql(stack, f"SELECT location_id, status FROM reservations WHERE reservation_id = '{rid}'")
+    assert dict(map(tuple, statuses)) == {late: "expired", fine: "held"}
+
+
 async def test_reservations_a_sale_left_uncovered_are_at_risk_by_store(stack: Stack) -> None:
     loc, sku = unique("store"), unique("SKU")
     older, younger = unique("res"), unique("res")

@@ -102,7 +102,7 @@ async def test_migrating_again_changes_nothing(migrated_database_url):
     await migrate_database_async(migrated_database_url)
     after = await inspect(migrated_database_url, snapshot)
     assert after == before
-    assert after["version"] == [("0003",)]  # type: ignore[index]
+    assert after["version"] == [("0004",)]  # type: ignore[index]
 
 
 async def test_downgrade_to_base_and_upgrade_again(fresh_database):
@@ -128,3 +128,47 @@ async def test_downgrade_to_base_and_upgrade_again(fresh_database):
     await migrate_database_async(url)
     assert await inspect(url, snapshot) == first
     assert await inspect(url, differences) == []
+
+
+async def test_0004_gives_existing_reservation_lines_their_location_and_keys_reservations_by_both(
+    fresh_database,
+):
+    """Lines written before 0004 take their reservation's location; after it one id may be held at two."""
+    url = fresh_database()
+    reservation = (
+        "INSERT INTO reservations (reservation_id, location_id, channel, status, event_id, created_at,"
+        " expires_at, updated_at) VALUES ('r-1', :loc, 'staff', 'held', 'e-1', now(), now(), now())"
+    )
+
+    def before_0004(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection), "0003")
+        location = "INSERT INTO locations (location_id, kind, name) VALUES (:loc, 'store', :loc)"
+        for loc in ("store-a", "store-b"):
+            connection.execute(text(location), {"loc": loc})
+        connection.execute(text(reservation), {"loc": "store-a"})
+        connection.execute(
+            text(
+                "INSERT INTO reservation_lines (reservation_id, sku, line_no, qty) VALUES ('r-1', 'S', 0, 2)"
+            )
+        )
+
+    def after_0004(connection: Connection) -> list[tuple]:
+        command.upgrade(alembic_config(connection), "head")
+        connection.execute(text(reservation), {"loc": "store-b"})
+        connection.execute(
+            text(
+                "INSERT INTO reservation_lines (reservation_id, location_id, sku, line_no, qty)"
+                " VALUES ('r-1', 'store-b', 'S', 0, 3)"
+            )
+        )
+        rows = connection.execute(text("SELECT location_id, qty FROM reservation_lines ORDER BY 1"))
+        return [tuple(row) for row in rows]
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(before_0004)
+        async with engine.begin() as conn:
+            assert await conn.run_sync(after_0004) == [("store-a", 2), ("store-b", 3)]
+    finally:
+        await engine.dispose()

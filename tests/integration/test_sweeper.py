@@ -112,3 +112,32 @@ async def test_a_reservation_not_yet_due_is_left_held(engine: AsyncEngine) -> No
     clock.advance(seconds=2)
     assert await ExpirySweeper(engine, ledger).sweep_once() == 1
     assert await _reserved(engine, location_id, sku) == 0
+
+
+async def test_the_sweeper_expires_the_due_hold_of_an_id_and_not_the_same_id_at_another_store(
+    engine: AsyncEngine,
+) -> None:
+    """A reservation is its location and id: expiring one store's hold leaves the other store's alone."""
+    clock = ManualClock()
+    ledger = LedgerService(engine, clock=clock)
+    short, long, sku, rid = unique("store"), unique("store"), unique("sku"), unique("res")
+    await upsert_locations(engine, [store(short), store(long)])
+    await ledger.apply(
+        [
+            receipt(short, {sku: 10}),
+            receipt(long, {sku: 10}),
+            reserve(short, {sku: 3}, reservation_id=rid, ttl_seconds=60, channel="staff"),
+            reserve(long, {sku: 4}, reservation_id=rid, ttl_seconds=600),
+        ]
+    )
+    clock.advance(seconds=61)
+
+    expired = await ExpirySweeper(engine, ledger).sweep_once()
+
+    assert expired >= 1
+    assert [await _reserved(engine, shop, sku) for shop in (short, long)] == [0, 4]
+    r = t.reservations.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(r.location_id, r.status).where(r.reservation_id == rid))
+        statuses = dict(rows.all())
+    assert statuses == {short: "expired", long: "held"}

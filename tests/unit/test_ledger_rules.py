@@ -192,7 +192,7 @@ def test_reservation_is_held_when_every_line_fits():
     (outcome,) = apply(ledger, event)
 
     assert outcome.outcome == "applied" and outcome.reservation_id == event.reservation_id
-    held = ledger.reservations[event.reservation_id]
+    held = ledger.reservations[(STORE, event.reservation_id)]
     assert held.status == "held" and held.channel == "staff" and held.reference == "order-1"
     assert [(line.sku, line.qty) for line in held.lines] == [(A, 5), (B, 1)]
     assert held.created_at == T0 and held.expires_at == T0 + timedelta(seconds=600)
@@ -248,7 +248,8 @@ def test_duplicate_skus_in_reservation_lines_are_merged_before_checking():
     event = reserve(STORE, [(A, 2), (A, 3)])
     (held,) = apply(ledger, event)
     assert held.outcome == "applied"
-    assert [(line.sku, line.qty) for line in ledger.reservations[event.reservation_id].lines] == [(A, 5)]
+    lines = ledger.reservations[(STORE, event.reservation_id)].lines
+    assert [(line.sku, line.qty) for line in lines] == [(A, 5)]
     assert [m.reserved_delta for m in ledger.movements] == [5]
     assert numbers(ledger, A) == (5, 5, 0, 0, 2)
 
@@ -286,7 +287,7 @@ def test_collect_turns_the_hold_into_a_sale():
     (outcome,) = apply(ledger, collect(STORE, rid))
 
     assert outcome.outcome == "applied"
-    assert ledger.reservations[rid].status == "collected"
+    assert ledger.reservations[(STORE, rid)].status == "collected"
     assert numbers(ledger, A) == (7, 0, 0, 7, 3)
     assert numbers(ledger, B) == (0, 0, 0, 0, 3)
     assert [(m.sku, m.on_hand_delta, m.reserved_delta, m.reservation_id) for m in ledger.movements] == [
@@ -300,7 +301,7 @@ def test_cancel_releases_the_hold():
     ledger, rid = held()
     (outcome,) = apply(ledger, cancel(STORE, rid))
     assert outcome.outcome == "applied"
-    assert ledger.reservations[rid].status == "cancelled"
+    assert ledger.reservations[(STORE, rid)].status == "cancelled"
     assert numbers(ledger, A) == (10, 0, 0, 10, 3)
     assert [(m.on_hand_delta, m.reserved_delta) for m in ledger.movements] == [(0, -3)]
 
@@ -328,7 +329,7 @@ def test_a_reservation_leaves_held_once_only(first, then, status):
 
     (outcome,) = apply(ledger, then(STORE, rid))
     assert (outcome.outcome, outcome.error) == ("rejected", "reservation_not_held")
-    assert ledger.reservations[rid].status == status
+    assert ledger.reservations[(STORE, rid)].status == status
     assert numbers(ledger, A) == before and len(ledger.movements) == moved
 
 
@@ -346,9 +347,23 @@ def test_collect_of_an_unknown_reservation_is_rejected():
 def test_collect_at_another_location_is_rejected_and_the_hold_stays():
     ledger, rid = held()
     (outcome,) = apply(ledger, collect(OTHER, rid))
-    assert (outcome.outcome, outcome.error) == ("rejected", "location_mismatch")
-    assert ledger.reservations[rid].status == "held"
+    assert (outcome.outcome, outcome.error) == ("rejected", "unknown_reservation")
+    assert ledger.reservations[(STORE, rid)].status == "held"
     assert numbers(ledger, A) == (10, 3, 0, 7, 2) and ledger.movements == []
+
+
+def test_the_same_reservation_id_at_two_locations_is_two_reservations():
+    """A key scoped to one store cannot claim the reservation ids the web shop will use at another."""
+    ledger = stocked((A, 10))
+    ledger.positions[(OTHER, A)] = Position(location_id=OTHER, sku=A, on_hand=10, version=1)
+    here = reserve(STORE, {A: 1}, reservation_id="res-1", channel="staff")
+    there = reserve(OTHER, {A: 2}, reservation_id="res-1")
+    outcomes = apply(ledger, here, there, collect(OTHER, "res-1"))
+    assert [(o.outcome, o.error) for o in outcomes] == [("applied", None)] * 3
+    assert ledger.reservations[(STORE, "res-1")].status == "held"
+    assert ledger.reservations[(OTHER, "res-1")].status == "collected"
+    assert numbers(ledger, A) == (10, 1, 0, 9, 2)
+    assert numbers(ledger, A, OTHER) == (8, 0, 0, 8, 3)
 
 
 # -- rule 7: expiry ---------------------------------------------------------------------------------------
@@ -359,7 +374,7 @@ def test_expiry_before_it_is_due_moves_nothing():
     ledger.now = T0 + timedelta(seconds=599)
     (outcome,) = apply(ledger, expire(STORE, rid, at=ledger.now))
     assert (outcome.outcome, outcome.error) == ("rejected", "reservation_not_held")
-    assert ledger.reservations[rid].status == "held"
+    assert ledger.reservations[(STORE, rid)].status == "held"
     assert numbers(ledger, A) == (10, 3, 0, 7, 2) and ledger.movements == []
 
 
@@ -369,7 +384,7 @@ def test_expiry_when_due_releases_the_hold(seconds_late):
     ledger.now = T0 + timedelta(seconds=600 + seconds_late)
     (outcome,) = apply(ledger, expire(STORE, rid, at=ledger.now))
     assert outcome.outcome == "applied"
-    assert ledger.reservations[rid].status == "expired"
+    assert ledger.reservations[(STORE, rid)].status == "expired"
     assert numbers(ledger, A) == (10, 0, 0, 10, 3)
     assert [(m.type, m.on_hand_delta, m.reserved_delta) for m in ledger.movements] == [("expire", 0, -3)]
 
@@ -390,7 +405,7 @@ def test_expiry_of_a_settled_reservation_moves_nothing(leave, status):
     before, moved = numbers(ledger, A), len(ledger.movements)
     (outcome,) = apply(ledger, expire(STORE, rid))
     assert (outcome.outcome, outcome.error) == ("rejected", "reservation_not_held")
-    assert ledger.reservations[rid].status == status
+    assert ledger.reservations[(STORE, rid)].status == status
     assert numbers(ledger, A) == before and len(ledger.movements) == moved
 
 
@@ -415,7 +430,7 @@ def test_collect_or_cancel_past_expiry_expires_the_hold_whoever_asks_first(leave
 
     (outcome,) = apply(ledger, leave(STORE, rid, at=ledger.now))
     assert (outcome.outcome, outcome.error) == ("rejected", "reservation_not_held")
-    assert ledger.reservations[rid].status == "expired"
+    assert ledger.reservations[(STORE, rid)].status == "expired"
     assert numbers(ledger, A) == (10, 0, 0, 10, 3)
     moved = [(m.event_id, m.type, m.on_hand_delta, m.reserved_delta, m.occurred_at) for m in ledger.movements]
     assert moved == [(f"expire:{rid}", "expire", 0, -3, ledger.now)]  # what the sweeper would have written
@@ -430,7 +445,7 @@ def test_collect_or_cancel_a_second_before_expiry_settles_the_hold(leave, status
     ledger.now = T0 + timedelta(seconds=599)
     (outcome,) = apply(ledger, leave(STORE, rid, at=ledger.now))
     assert outcome.outcome == "applied"
-    assert ledger.reservations[rid].status == status
+    assert ledger.reservations[(STORE, rid)].status == status
 
 
 # -- rule 8: returns --------------------------------------------------------------------------------------
@@ -678,7 +693,6 @@ def test_rejected_events_move_nothing_and_are_recorded():
     events = {
         "unknown_location": sale("nowhere", {A: 1}),
         "unknown_reservation": cancel(STORE, "res-missing"),
-        "location_mismatch": cancel(OTHER, rid),
         "insufficient_stock": reserve(STORE, {A: 2}),
     }
     outcomes = apply(ledger, *events.values())
@@ -686,7 +700,7 @@ def test_rejected_events_move_nothing_and_are_recorded():
     assert [(o.outcome, o.error) for o in outcomes] == [("rejected", code) for code in events]
     assert ledger.movements == []
     assert numbers(ledger, A) == (2, 1, 0, 1, 2)
-    assert ledger.reservations[rid].status == "held"
+    assert ledger.reservations[(STORE, rid)].status == "held"
     for code, event in events.items():
         record = ledger.new_records[key(event)].outcome
         assert (record.outcome, record.error, record.type) == ("rejected", code, event.type)

@@ -1,6 +1,7 @@
 """Loads and writes the ledger's working set inside one transaction (the unit of work's SQL).
 
-Locks are taken in one global order, reservations by id, then positions by (location_id, sku), so
+Locks are taken in one global order, reservations by (reservation_id, location_id), then positions by
+(location_id, sku), so
 concurrent batches wait for each other but never deadlock.
 """
 
@@ -29,6 +30,7 @@ from stocksync.domain.model import (
     PositionKey,
     RecordedEvent,
     Reservation,
+    ReservationKey,
     ReservationLine,
     Shortage,
 )
@@ -66,8 +68,9 @@ _UPDATE_POSITIONS = """
 """
 _SETTLE_RESERVATIONS = """
     UPDATE reservations r SET status = v.status, updated_at = :{p}now
-    FROM unnest(CAST(:{p}ids AS text[]), CAST(:{p}statuses AS text[])) AS v(reservation_id, status)
-    WHERE r.reservation_id = v.reservation_id
+    FROM unnest(CAST(:{p}ids AS text[]), CAST(:{p}locations AS text[]), CAST(:{p}statuses AS text[]))
+         AS v(reservation_id, location_id, status)
+    WHERE r.reservation_id = v.reservation_id AND r.location_id = v.location_id
     RETURNING 1
 """
 
@@ -101,18 +104,22 @@ _IDS = ids_param("ids")
 _LOAD_LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__]).where(
     t.locations.c.location_id == any_(_IDS)
 )
-# A reservation with its lines, locked, in one read (the lines as arrays in line order).
+# A reservation with its lines, locked, in one read (the lines as arrays in line order). A reservation is its
+# location and id together: the same id at another location is another reservation, neither read nor locked.
 _LOCK_RESERVATIONS = text(
     """
     SELECT r.reservation_id, r.location_id, r.channel, r.status, r.reference, r.event_id, r.created_at,
            r.expires_at,
            ARRAY(SELECT l.sku FROM reservation_lines l
-                 WHERE l.reservation_id = r.reservation_id ORDER BY l.line_no) AS skus,
+                 WHERE l.reservation_id = r.reservation_id AND l.location_id = r.location_id
+                 ORDER BY l.line_no) AS skus,
            ARRAY(SELECT l.qty FROM reservation_lines l
-                 WHERE l.reservation_id = r.reservation_id ORDER BY l.line_no) AS qtys
+                 WHERE l.reservation_id = r.reservation_id AND l.location_id = r.location_id
+                 ORDER BY l.line_no) AS qtys
     FROM reservations r
-    WHERE r.reservation_id = ANY(CAST(:ids AS text[]))
-    ORDER BY r.reservation_id
+    JOIN unnest(CAST(:ids AS text[]), CAST(:locations AS text[])) AS k(reservation_id, location_id)
+      ON r.reservation_id = k.reservation_id AND r.location_id = k.location_id
+    ORDER BY r.reservation_id, r.location_id
     FOR UPDATE OF r
     """
 )
@@ -125,13 +132,18 @@ async def load_locations(conn: AsyncConnection, location_ids: Iterable[str]) -> 
     return {row.location_id: Location(**row._asdict()) for row in rows}
 
 
-async def lock_reservations(conn: AsyncConnection, reservation_ids: Iterable[str]) -> dict[str, Reservation]:
-    ids = sorted(set(reservation_ids))
-    if not ids:
+async def lock_reservations(
+    conn: AsyncConnection, keys: Iterable[ReservationKey]
+) -> dict[ReservationKey, Reservation]:
+    """The reservations of these (location_id, reservation_id) keys with their lines, locked."""
+    ordered = sorted(set(keys))
+    if not ordered:
         return {}
-    rows = await conn.execute(_LOCK_RESERVATIONS, {"ids": ids})
+    rows = await conn.execute(
+        _LOCK_RESERVATIONS, {"locations": [k[0] for k in ordered], "ids": [k[1] for k in ordered]}
+    )
     return {
-        row.reservation_id: reservation_of(
+        (row.location_id, row.reservation_id): reservation_of(
             row, (ReservationLine(sku=sku, qty=qty) for sku, qty in zip(row.skus, row.qtys, strict=True))
         )
         for row in rows
@@ -233,7 +245,7 @@ def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Cha
     if existing:
         batch.add(_UPDATE_POSITIONS, {**_columns(existing), "now": now})
     batch.insert(t.movements, [{**structs.asdict(m), "recorded_at": now} for m in ledger.movements])
-    reservations = [ledger.reservations[rid] for rid in ledger.changed_reservations]
+    reservations = [ledger.reservations[key] for key in ledger.changed_reservations]
     # New when the reserve that made it was first applied in this batch, even if the batch already settled it.
     created = [r for r in reservations if (r.location_id, r.event_id) in ledger.new_records]
     settled = [r for r in reservations if (r.location_id, r.event_id) not in ledger.new_records]
@@ -241,14 +253,27 @@ def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Cha
     batch.create(
         t.reservation_lines,
         [
-            {"reservation_id": r.reservation_id, "sku": line.sku, "line_no": n, "qty": line.qty}
+            {
+                "reservation_id": r.reservation_id,
+                "location_id": r.location_id,
+                "sku": line.sku,
+                "line_no": n,
+                "qty": line.qty,
+            }
             for r in created
             for n, line in enumerate(r.lines)
         ],
     )
     if settled:
-        statuses = {"ids": [r.reservation_id for r in settled], "statuses": [r.status for r in settled]}
-        batch.add(_SETTLE_RESERVATIONS, {**statuses, "now": now})
+        batch.add(
+            _SETTLE_RESERVATIONS,
+            {
+                "ids": [r.reservation_id for r in settled],
+                "locations": [r.location_id for r in settled],
+                "statuses": [r.status for r in settled],
+                "now": now,
+            },
+        )
     batch.create(t.processed_events, [_record_row(r) for r in ledger.new_records.values()])
     return batch
 

@@ -109,8 +109,9 @@ movements = Table(
 reservations = Table(
     "reservations",
     metadata,
+    # With location_id: a reservation is identified by both, as an event is (migration 0004).
     Column("reservation_id", Text, primary_key=True),
-    Column("location_id", Text, ForeignKey("locations.location_id"), nullable=False),
+    Column("location_id", Text, ForeignKey("locations.location_id"), primary_key=True),
     Column("channel", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("reference", Text),
@@ -127,15 +128,16 @@ reservations = Table(
 reservation_lines = Table(
     "reservation_lines",
     metadata,
-    Column(
-        "reservation_id",
-        Text,
-        ForeignKey("reservations.reservation_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("reservation_id", Text, primary_key=True),
+    Column("location_id", Text, primary_key=True),
     Column("sku", Text, primary_key=True),
     Column("line_no", Integer, nullable=False),
     Column("qty", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["reservation_id", "location_id"],
+        ["reservations.reservation_id", "reservations.location_id"],
+        ondelete="CASCADE",
+    ),
     CheckConstraint("qty > 0", name="reservation_lines_qty_positive"),
     Index("reservation_lines_sku", "sku"),
 )

@@ -196,7 +196,9 @@ class EcommerceClient:
             )
             while True:
                 answer = _decode_reservation((await sub.next_msg(timeout=deadline - time.monotonic())).data)
-                if answer.event_id == event.event_id:  # not an expiry or another request's answer
+                # Not an expiry, nor another request's answer, nor one for the same ids at another store (a
+                # reservation, like an event, is its location and id).
+                if (answer.event_id, answer.location_id) == (event.event_id, event.location_id):
                     return answer
         except NatsTimeoutError:
             raise ReservationTimeout(event.event_id, event.reservation_id, timeout_s) from None

@@ -61,10 +61,6 @@ class ReservationExists(LedgerRefusal):
     code = "reservation_exists"
 
 
-class LocationMismatch(LedgerRefusal):
-    code = "location_mismatch"
-
-
 class EventIdConflict(LedgerRefusal):
     code = "event_id_conflict"
 
@@ -77,7 +73,6 @@ REFUSALS: dict[str, type[LedgerRefusal]] = {
         InsufficientStock,
         ReservationNotHeld,
         ReservationExists,
-        LocationMismatch,
         EventIdConflict,
     )
 }

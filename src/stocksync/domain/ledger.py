@@ -16,7 +16,6 @@ from .errors import (
     EventIdConflict,
     InsufficientStock,
     LedgerRefusal,
-    LocationMismatch,
     ReservationExists,
     ReservationNotHeld,
     UnknownLocation,
@@ -46,6 +45,7 @@ from .model import (
     PositionKey,
     RecordedEvent,
     Reservation,
+    ReservationKey,
     ReservationLine,
     Shortage,
 )
@@ -116,14 +116,14 @@ class Ledger:
         now: datetime,
         locations: Mapping[str, Location],
         positions: Mapping[PositionKey, Position] = {},
-        reservations: Mapping[str, Reservation] = {},
+        reservations: Mapping[ReservationKey, Reservation] = {},
         recorded: Mapping[EventKey, RecordedEvent] = {},
         stored_on_hand_after: Callable[[PositionKey, datetime], int] = lambda key, when: 0,
     ) -> None:
         self.now = now
         self._locations = locations
         self.positions: dict[PositionKey, Position] = dict(positions)
-        self.reservations: dict[str, Reservation] = dict(reservations)
+        self.reservations: dict[ReservationKey, Reservation] = dict(reservations)
         self._recorded: dict[EventKey, RecordedEvent] = dict(recorded)
         self._stored_on_hand_after = stored_on_hand_after
         self.movements: list[Movement] = []
@@ -131,7 +131,7 @@ class Ledger:
         self.alerts: list[Alert] = []
         self.new_records: dict[EventKey, RecordedEvent] = {}
         self.changed_positions: dict[PositionKey, None] = {}
-        self.changed_reservations: dict[str, None] = {}
+        self.changed_reservations: dict[ReservationKey, None] = {}
 
     # -- the batch ---------------------------------------------------------------------------------------
 
@@ -197,13 +197,11 @@ class Ledger:
         return position
 
     def reservation(self, event: Collect | Cancel | Expire) -> Reservation:
-        reservation = self.reservations.get(event.reservation_id)
+        """The reservation the event names at its own location: the same id elsewhere is another one."""
+        reservation = self.reservations.get((event.location_id, event.reservation_id))
         if reservation is None:
-            raise UnknownReservation(f"reservation {event.reservation_id!r} is not known")
-        if reservation.location_id != event.location_id:
-            raise LocationMismatch(
-                f"reservation {event.reservation_id!r} is held at {reservation.location_id!r}, "
-                f"not {event.location_id!r}"
+            raise UnknownReservation(
+                f"reservation {event.reservation_id!r} is not known at {event.location_id!r}"
             )
         return reservation
 
@@ -272,8 +270,8 @@ class Ledger:
         return self._stored_on_hand_after(key, when) + in_batch
 
     def set_reservation(self, reservation: Reservation) -> None:
-        self.reservations[reservation.reservation_id] = reservation
-        self.changed_reservations[reservation.reservation_id] = None
+        self.reservations[reservation.key] = reservation
+        self.changed_reservations[reservation.key] = None
 
 
 # -- the rules, one function per event type --------------------------------------------------------------
@@ -338,8 +336,10 @@ def count(ledger: Ledger, event: Count) -> OutcomeKind:
 def reserve(ledger: Ledger, event: Reserve) -> OutcomeKind:
     """Rule 5: held only if every line fits what is available now; otherwise rejected whole."""
     location = ledger.location(event.location_id)
-    if event.reservation_id in ledger.reservations:
-        raise ReservationExists(f"reservation {event.reservation_id!r} already exists")
+    if (location.location_id, event.reservation_id) in ledger.reservations:
+        raise ReservationExists(
+            f"reservation {event.reservation_id!r} already exists at {location.location_id!r}"
+        )
     lines = merge_lines(ReservationLine(sku=line.sku, qty=line.qty) for line in event.lines)
     positions = {line.sku: ledger.position(location.location_id, line.sku) for line in lines}
     missing = shortages(lines, positions)

@@ -9,6 +9,7 @@ from msgspec import Struct
 
 PositionKey = tuple[str, str]  # (location_id, sku)
 EventKey = tuple[str, str]  # (location_id, event_id): an event's identity (rule 10)
+ReservationKey = tuple[str, str]  # (location_id, reservation_id): a reservation's identity, like an event's
 ReservationStatus = Literal["held", "collected", "cancelled", "expired"]
 OutcomeKind = Literal["applied", "duplicate", "rejected"]
 
@@ -81,6 +82,10 @@ class Reservation(Struct, frozen=True, kw_only=True):
     expires_at: datetime
     event_id: str
     reference: str | None = None
+
+    @property
+    def key(self) -> ReservationKey:
+        return (self.location_id, self.reservation_id)
 
 
 class Alert(Struct, frozen=True, kw_only=True):

@@ -14,7 +14,7 @@ from stocksync.domain.errors import InvalidRequest, NotFound
 from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbound
 from stocksync.http.auth import Access
 from stocksync.http.errors import documented
-from stocksync.http.schemas import EventAnswer, LocationIdQuery, body_operation, read_body
+from stocksync.http.schemas import EventAnswer, LocationIdQuery, at_one_location, body_operation, read_body
 from stocksync.messages import OutcomeMessage, ReservationBody
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
@@ -45,7 +45,7 @@ class EventController(Controller):
         await access.check(key, event.type, event.location_id)
         result = await ledger.apply([event])
         outcome = result.outcomes[0]
-        reservation = result.reservations.get(outcome.reservation_id or "")
+        reservation = result.reservations.get((outcome.location_id, outcome.reservation_id or ""))
         return EventAnswer(
             event_id=outcome.event_id,
             outcome=outcome.outcome,
@@ -69,16 +69,10 @@ class EventController(Controller):
         event_id = _exact_event_id(request, event_id)
         if not _EVENT_ID.fullmatch(event_id):
             raise InvalidRequest("an event id is 1..128 printable ASCII characters", field="event_id")
+        where = f" at {location_id!r}" if location_id else ""
+        missing = NotFound(f"no event {event_id!r} was recorded{where}")
         found = await queries.outcomes(event_id, location_id)
-        if not found:
-            where = f" at {location_id!r}" if location_id else ""
-            raise NotFound(f"no event {event_id!r} was recorded{where}")
-        if len(found) > 1:
-            raise InvalidRequest(
-                f"event {event_id!r} was recorded at several locations; name one with ?location_id=",
-                field="location_id",
-            )
-        return OutcomeMessage.of(found[0])
+        return OutcomeMessage.of(at_one_location(found, missing, f"event {event_id!r}"))
 
 
 def _exact_event_id(request: Request[Any, Any, Any], event_id: str) -> str:

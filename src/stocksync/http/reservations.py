@@ -12,7 +12,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from stocksync.domain.errors import EventIdConflict, UnknownReservation
 from stocksync.domain.events import Cancel, Collect, decoder
-from stocksync.domain.model import ReservationStatus
+from stocksync.domain.model import Reservation, ReservationStatus
 from stocksync.http.auth import Access, listing_scope
 from stocksync.http.errors import documented, refusal
 from stocksync.http.schemas import (
@@ -20,6 +20,7 @@ from stocksync.http.schemas import (
     ReservationIdPath,
     ReservationList,
     ReserveRequest,
+    at_one_location,
     body_operation,
     read_body,
 )
@@ -65,7 +66,8 @@ class ReservationController(Controller):
             return Response(again, status_code=200)  # an identical request committed first
         if outcome.outcome == "rejected":
             raise refusal(outcome)
-        return Response(ReservationBody.of(result.reservations[reservation_id]), status_code=201)
+        held = result.reservations[(body.location_id, reservation_id)]
+        return Response(ReservationBody.of(held), status_code=201)
 
     @get("/", responses=documented(400, 403))
     async def list_reservations(
@@ -82,12 +84,13 @@ class ReservationController(Controller):
 
     @get("/{reservation_id:str}", responses=documented(400, 404))
     async def read(
-        self, queries: NamedDependency[Queries], reservation_id: ReservationIdPath
+        self,
+        queries: NamedDependency[Queries],
+        reservation_id: ReservationIdPath,
+        location_id: LocationIdQuery = None,
     ) -> ReservationBody:
-        reservation = await queries.reservation(reservation_id)
-        if reservation is None:
-            raise UnknownReservation(f"reservation {reservation_id!r} is not known")
-        return ReservationBody.of(reservation)
+        """A reservation is its location and id: an id at several locations is 400 without ``location_id``."""
+        return ReservationBody.of(await _named(queries, reservation_id, location_id))
 
     @post("/{reservation_id:str}/collect", status_code=200, responses=documented(400, 403, 404, 409))
     async def collect(
@@ -98,9 +101,11 @@ class ReservationController(Controller):
         access: NamedDependency[Access],
         clock: NamedDependency[Clock],
         reservation_id: ReservationIdPath,
+        location_id: LocationIdQuery = None,
     ) -> ReservationBody:
         """Turn the hold into a sale; collecting again answers the same; else 409 reservation_not_held."""
-        return await _settle(Collect, reservation_id, key, ledger, queries, access, clock)
+        reservation = await _named(queries, reservation_id, location_id)
+        return await _settle(Collect, reservation, key, ledger, access, clock)
 
     @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(400, 403, 404, 409))
     async def cancel(
@@ -111,9 +116,11 @@ class ReservationController(Controller):
         access: NamedDependency[Access],
         clock: NamedDependency[Clock],
         reservation_id: ReservationIdPath,
+        location_id: LocationIdQuery = None,
     ) -> ReservationBody:
         """Release the hold; cancelling again answers the same; 409 reservation_not_held otherwise."""
-        return await _settle(Cancel, reservation_id, key, ledger, queries, access, clock)
+        reservation = await _named(queries, reservation_id, location_id)
+        return await _settle(Cancel, reservation, key, ledger, access, clock)
 
 
 async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationBody | None:
@@ -128,35 +135,41 @@ async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationB
     outcome = found[0]
     if outcome.outcome == "rejected":
         raise refusal(outcome)
-    reservation = await queries.reservation(body.reservation_id)
+    reservations = await queries.reservations_named(body.reservation_id, body.location_id)
+    reservation = reservations[0] if reservations else None
     if reservation is None or not body.same_as(reservation):
         raise EventIdConflict(f"reservation {body.reservation_id!r} was already posted with another body")
     return ReservationBody.of(reservation)
 
 
+async def _named(queries: Queries, reservation_id: str, location_id: str | None) -> Reservation:
+    """The reservation a path names: at ``location_id``, or at the one location that has the id."""
+    where = f" at {location_id!r}" if location_id else ""
+    missing = UnknownReservation(f"reservation {reservation_id!r} is not known{where}")
+    found = await queries.reservations_named(reservation_id, location_id)
+    return at_one_location(found, missing, f"reservation {reservation_id!r}")
+
+
 async def _settle(
     kind: type[Collect | Cancel],
-    reservation_id: str,
+    reservation: Reservation,
     key: ApiKey,
     ledger: LedgerService,
-    queries: Queries,
     access: Access,
     clock: Clock,
 ) -> ReservationBody:
-    """One collect or cancel event at the reservation's own location, under a fresh event id."""
-    reservation = await queries.reservation(reservation_id)
-    if reservation is None:
-        raise UnknownReservation(f"reservation {reservation_id!r} is not known")
+    """One collect or cancel event at the reservation's own location, under a fresh event id; the key must
+    act at that location."""
     event = kind(
         event_id=f"http:{uuid4().hex}",
         location_id=reservation.location_id,
         occurred_at=clock(),
         source=f"http:{key.key_id}",
-        reservation_id=reservation_id,
+        reservation_id=reservation.reservation_id,
     )
     await access.check(key, event.type, event.location_id)
     result = await ledger.apply([event])
-    outcome, settled = result.outcomes[0], result.reservations[reservation_id]
+    outcome, settled = result.outcomes[0], result.reservations[reservation.key]
     if outcome.outcome == "rejected":
         raise refusal(outcome, settled)
     return ReservationBody.of(settled)

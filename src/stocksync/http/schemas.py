@@ -167,7 +167,6 @@ ErrorCode = Literal[
     "unknown_reservation",
     "reservation_not_held",
     "reservation_exists",
-    "location_mismatch",
     "event_id_conflict",
     "body_too_large",
     "unavailable",
@@ -259,6 +258,18 @@ def pickup_lines(skus: Sequence[str], quantities: Sequence[int] | None) -> list[
         )
     padded = [*quantities, *[1] * (len(skus) - len(quantities))]
     return [ReservationLine(sku=sku, qty=qty) for sku, qty in zip(skus, padded, strict=True)]
+
+
+def at_one_location(found: Sequence[T], missing: Exception, what: str) -> T:
+    """The one record an id names (an event or a reservation is its location and id together): without
+    ``?location_id=``, an id found at several locations is 400 asking for one; at none, ``missing``."""
+    if not found:
+        raise missing
+    if len(found) > 1:
+        raise InvalidRequest(
+            f"{what} is known at several locations; name one with ?location_id=", field="location_id"
+        )
+    return found[0]
 
 
 def parse_near(near: str | None) -> LatLon | None:

@@ -25,7 +25,15 @@ from stocksync.adapters import ledger_store as store
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
 from stocksync.domain.ledger import Ledger, reservations_at_risk
-from stocksync.domain.model import Alert, Location, Outcome, Position, PositionKey, Reservation
+from stocksync.domain.model import (
+    Alert,
+    Location,
+    Outcome,
+    Position,
+    PositionKey,
+    Reservation,
+    ReservationKey,
+)
 from stocksync.service.clock import Clock, utc_now
 from stocksync.service.outbox import outbox_rows
 
@@ -38,7 +46,7 @@ class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcomes in event order, and the reservations and positions as the batch committed them."""
 
     outcomes: list[Outcome]
-    reservations: dict[str, Reservation]
+    reservations: dict[ReservationKey, Reservation]
     positions: dict[PositionKey, Position]
 
 
@@ -47,14 +55,21 @@ def body_hash(event: Command) -> bytes:
     return hashlib.sha256(encode(event)).digest()
 
 
-def _touched_keys(events: Sequence[Command], reservations: dict[str, Reservation]) -> set[PositionKey]:
+def _reservation_keys(events: Sequence[Command]) -> set[ReservationKey]:
+    """The reservations a batch names, each at its event's location (a reservation is both)."""
+    return {(e.location_id, e.reservation_id) for e in events if hasattr(e, "reservation_id")}
+
+
+def _touched_keys(
+    events: Sequence[Command], reservations: dict[ReservationKey, Reservation]
+) -> set[PositionKey]:
     keys: set[PositionKey] = set()
     for event in events:
         if isinstance(event, SetSafetyStock):
             keys.add((event.location_id, event.sku))
         for line in getattr(event, "lines", ()):
             keys.add((event.location_id, line.sku))
-        reservation = reservations.get(getattr(event, "reservation_id", None) or "")
+        reservation = reservations.get((event.location_id, getattr(event, "reservation_id", "")))
         if reservation is not None:
             keys.update((reservation.location_id, line.sku) for line in reservation.lines)
     return keys
@@ -140,8 +155,7 @@ class LedgerService:
     async def _load(
         self, conn: AsyncConnection, events: Sequence[Command], now: datetime
     ) -> tuple[Ledger, set[PositionKey]]:
-        reservation_ids = {e.reservation_id for e in events if hasattr(e, "reservation_id")}
-        reservations = await store.lock_reservations(conn, reservation_ids)
+        reservations = await store.lock_reservations(conn, _reservation_keys(events))
         locations = await self._known_locations(conn, {e.location_id for e in events})
         positions = await store.lock_positions(conn, _touched_keys(events, reservations))
         recorded = await store.load_recorded(

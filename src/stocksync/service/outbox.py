@@ -70,7 +70,7 @@ def _reservation_row(ledger: Ledger, outcome: Outcome) -> dict:
     A refused reserve naming a reservation that exists (a conflict) publishes that reservation's real state.
     """
     assert outcome.reservation_id is not None
-    reservation = ledger.reservations.get(outcome.reservation_id)
+    reservation = ledger.reservations.get((outcome.location_id, outcome.reservation_id))
     if reservation is None:
         body = ReservationMessage(
             reservation_id=outcome.reservation_id,

@@ -18,7 +18,15 @@ from stocksync.adapters import tables as t
 from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
 from stocksync.domain.errors import InvalidRequest, UnknownLocation
-from stocksync.domain.model import Location, Outcome, Position, PositionKey, Reservation, ReservationLine
+from stocksync.domain.model import (
+    Location,
+    Outcome,
+    Position,
+    PositionKey,
+    Reservation,
+    ReservationKey,
+    ReservationLine,
+)
 
 _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
 _LOCATIONS = select(*[t.locations.c[name] for name in Location.__struct_fields__])
@@ -157,11 +165,17 @@ class Queries:
         positions = {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
         return [Location(**row._asdict()) for row in stores], positions
 
-    async def reservation(self, reservation_id: str) -> Reservation | None:
-        query = select(t.reservations).where(t.reservations.c.reservation_id == reservation_id)
+    async def reservations_named(
+        self, reservation_id: str, location_id: str | None = None, *, limit: int = 2
+    ) -> list[Reservation]:
+        """The reservations of this id: at ``location_id``, or at up to ``limit`` locations (a reservation is
+        its location and id together, as an event is)."""
+        r = t.reservations.c
+        query = select(t.reservations).where(r.reservation_id == reservation_id).order_by(r.location_id)
+        if location_id is not None:
+            query = query.where(r.location_id == location_id)
         async with self.engine.connect() as conn:
-            found = await _with_lines(conn, (await conn.execute(query)).all())
-        return found[0] if found else None
+            return await _with_lines(conn, (await conn.execute(query.limit(limit))).all())
 
     async def reservations(
         self, location_ids: Sequence[str] | None, status: str | None, limit: int
@@ -229,13 +243,15 @@ async def _cursor_of(conn: AsyncConnection, movement_id: int) -> MovementCursor 
 
 async def _with_lines(conn: AsyncConnection, rows: Sequence[Row]) -> list[Reservation]:
     line = t.reservation_lines.c
-    lines: dict[str, list[ReservationLine]] = {row.reservation_id: [] for row in rows}
+    keys = [(row.location_id, row.reservation_id) for row in rows]
+    lines: dict[ReservationKey, list[ReservationLine]] = {key: [] for key in keys}
     if lines:
         found = await conn.execute(
-            select(line.reservation_id, line.sku, line.qty)
-            .where(line.reservation_id == any_of(list(lines)))
-            .order_by(line.reservation_id, line.line_no)
+            select(line.reservation_id, line.location_id, line.sku, line.qty)
+            .where(line.reservation_id == any_of(list({rid for _, rid in lines})))
+            .order_by(line.reservation_id, line.location_id, line.line_no)
         )
         for row in found:
-            lines[row.reservation_id].append(ReservationLine(sku=row.sku, qty=row.qty))
-    return [reservation_of(row, lines[row.reservation_id]) for row in rows]
+            if (key := (row.location_id, row.reservation_id)) in lines:
+                lines[key].append(ReservationLine(sku=row.sku, qty=row.qty))
+    return [reservation_of(row, lines[key]) for row, key in zip(rows, keys, strict=True)]

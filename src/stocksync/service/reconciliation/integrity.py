@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import Row, func, select, text, tuple_
 
 from stocksync.adapters import tables as t
 from stocksync.domain.reconciliation import (
@@ -41,7 +41,7 @@ _TOTALS = text(
         FROM movements
         UNION ALL
         SELECT r.location_id, l.sku, NULL, NULL, NULL, NULL, NULL, NULL, NULL, l.qty
-        FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.reservation_id
+        FROM reservations r JOIN reservation_lines l USING (reservation_id, location_id)
         WHERE r.status = 'held'
     ) AS u
     GROUP BY location_id, sku
@@ -58,9 +58,9 @@ _OVERDUE = text(
     """
     SELECT r.reservation_id, r.location_id, r.expires_at,
            array_agg(l.sku ORDER BY l.line_no) AS skus, array_agg(l.qty ORDER BY l.line_no) AS qtys
-    FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.reservation_id
+    FROM reservations r JOIN reservation_lines l USING (reservation_id, location_id)
     WHERE r.status = 'held' AND r.expires_at <= :cutoff  -- due (`is_due`) since before the grace
-    GROUP BY r.reservation_id
+    GROUP BY r.reservation_id, r.location_id
     ORDER BY r.location_id, r.expires_at, r.reservation_id
     """
 )
@@ -72,7 +72,7 @@ _AT_RISK = text(
     WITH held AS (
         SELECT r.location_id, l.sku, r.reservation_id, l.qty, r.created_at,
                sum(l.qty) OVER (PARTITION BY r.location_id, l.sku) AS total
-        FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.reservation_id
+        FROM reservations r JOIN reservation_lines l USING (reservation_id, location_id)
         WHERE r.status = 'held'
     )
     SELECT h.location_id, h.sku, coalesce(p.on_hand, 0) AS on_hand, h.reservation_id, h.qty
@@ -124,16 +124,21 @@ async def _sweep(ctx: Context) -> None:
 
 
 async def _expired(ctx: Context, findings: Sequence[Finding]) -> list[Finding]:
-    ids = [f.reservation_id for f in findings]
+    """Each finding judged by its own reservation: the same id at another location is another one."""
     r = t.reservations.c
+    keys = [(f.reservation_id, f.location_id) for f in findings]
     async with ctx.engine.connect() as conn:
-        rows = await conn.execute(select(r.reservation_id, r.status).where(r.reservation_id.in_(ids)))
-        status = {row.reservation_id: row.status for row in rows}
+        rows = await conn.execute(
+            select(r.reservation_id, r.location_id, r.status).where(
+                tuple_(r.reservation_id, r.location_id).in_(keys)
+            )
+        )
+        status = {(row.reservation_id, row.location_id): row.status for row in rows}
     return [
         repaired(f, "expired by the sweeper")
-        if status.get(f.reservation_id) == "expired"
-        else not_repaired(f, f"still {status.get(f.reservation_id)}")
-        for f in findings
+        if status.get(key) == "expired"
+        else not_repaired(f, f"still {status.get(key)}")
+        for f, key in zip(findings, keys, strict=True)
     ]
 
 
