@@ -150,8 +150,12 @@ async def test_embedded_services_start_both_keep_data_and_stop(tmp_path: Path) -
         async with jetstream(running.nats_url, **service_options(running)) as js:
             await js.add_stream(name="KEPT", subjects=["kept"])
             await js.publish("kept", b"here")
-        with pytest.raises(nats.errors.Error, match="Authorization"):  # access is on: no key, no entry
-            await nats.connect(running.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
+        # Access is on: no key, no entry. No callout answers here, so the server refuses once its wait for one
+        # runs out (2 s): the client waits longer than that, or a loaded machine times it out first.
+        with pytest.raises(nats.errors.Error, match="Authorization"):
+            await nats.connect(
+                running.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=15
+            )
         assert (tmp_path / ".stocksync" / "nats" / "secrets.json").stat().st_mode & 0o777 == 0o600
     assert servers_under(tmp_path) == []
     assert {p.name for p in (tmp_path / ".stocksync").iterdir()} == {"pg", "nats"}
