@@ -268,7 +268,9 @@ class KeyVerifier:
         interval = self._lease_s / 4
         while True:
             try:
-                conn = await asyncpg.connect(dsn, timeout=max(interval, 1.0))
+                conn = await asyncpg.connect(
+                    dsn, timeout=max(interval, 1.0), server_settings={"application_name": "stocksync-keys"}
+                )
             except (OSError, TimeoutError, asyncpg.PostgresError) as error:
                 log.warning("key_listener_unavailable", error=type(error).__name__)
                 await asyncio.sleep(interval)
