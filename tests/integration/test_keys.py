@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
@@ -111,7 +112,9 @@ async def test_each_misuse_is_one_line_and_exit_2(cli, capsys, args: tuple[str, 
 
 
 @pytest.fixture
-async def two_api_processes(migrated_database_url: str) -> AsyncIterator[list[AsyncTestClient]]:
+async def two_api_processes(
+    migrated_database_url: str,
+) -> AsyncIterator[tuple[list[AsyncTestClient], list[KeyVerifier]]]:
     """Two apps, each with its own engine and verifier as two `stocksync serve --role api` processes have,
     whose cache entries would outlive the test: only a notification can make them refuse a key."""
     async with AsyncExitStack() as stack:
@@ -127,23 +130,46 @@ async def two_api_processes(migrated_database_url: str) -> AsyncIterator[list[As
             return all(verifier.listening for verifier in verifiers)
 
         await wait_until(listening, timeout=30)
-        yield clients
+        yield clients, verifiers
+
+
+async def statuses(clients: list[AsyncTestClient], key: str) -> list[int]:
+    headers = {"Authorization": f"Bearer {key}"}
+    return [(await client.get("/v1/locations", headers=headers)).status_code for client in clients]
 
 
 async def test_a_revocation_reaches_every_api_process_through_its_notification(
-    two_api_processes: list[AsyncTestClient], engine: AsyncEngine
+    two_api_processes, engine: AsyncEngine
 ) -> None:
+    clients, _ = two_api_processes
     revoked, kept = await create_key(engine, "ecommerce"), await create_key(engine, "ecommerce")
-
-    async def statuses(key: str) -> list[int]:
-        headers = {"Authorization": f"Bearer {key}"}
-        return [(await c.get("/v1/locations", headers=headers)).status_code for c in two_api_processes]
-
-    assert await statuses(revoked) == [200, 200]  # cached now, for an hour
+    assert await statuses(clients, revoked) == [200, 200]  # cached now, for an hour
     await revoke_key(engine, key_id(revoked))
 
     async def refused() -> bool:
-        return await statuses(revoked) == [401, 401]
+        return await statuses(clients, revoked) == [401, 401]
 
     await wait_until(refused, timeout=30)
-    assert await statuses(kept) == [200, 200]
+    assert await statuses(clients, kept) == [200, 200]
+
+
+async def test_a_listener_whose_connection_dies_listens_again_and_misses_no_revocation(
+    two_api_processes, engine: AsyncEngine
+) -> None:
+    clients, verifiers = two_api_processes
+    key = await create_key(engine, "ecommerce")
+    assert await statuses(clients, key) == [200, 200]
+    async with engine.connect() as conn:  # both listeners' connections, then revoke while they are away
+        assert await conn.scalar(LISTENERS_KILLED) >= 2
+    await revoke_key(engine, key_id(key))
+
+    async def listening_and_refused() -> bool:
+        return all(v.listening for v in verifiers) and await statuses(clients, key) == [401, 401]
+
+    await wait_until(listening_and_refused, timeout=30)
+
+
+LISTENERS_KILLED = text(
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE application_name = 'stocksync-keys' AND datname = current_database()"
+)

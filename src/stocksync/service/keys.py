@@ -276,7 +276,7 @@ class KeyVerifier:
                 await asyncio.sleep(interval)
                 continue
             try:
-                await conn.add_listener(CHANNEL, lambda *args: self.forget(args[-1]))
+                await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id))
                 self._cache.clear()  # revocations while no one listened were missed
                 self._epoch += 1
                 while True:
