@@ -150,6 +150,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     """Each keys command; a misuse (bad role or scope, unknown or malformed key id) is one line and exit 2."""
     from rich.markup import escape
+    from sqlalchemy.exc import DBAPIError
 
     from stocksync.domain.errors import StocksyncError
     from stocksync.service import keys
@@ -170,6 +171,14 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     except StocksyncError as error:
         console.print(f"[red]keys {args.keys_command}:[/red] {escape(error.detail)}", soft_wrap=True)
         return 2
+    except (OSError, DBAPIError) as error:
+        cause = type(getattr(error, "orig", None) or error).__name__
+        console.print(
+            f"[red]keys {args.keys_command}:[/red] the database could not be used ({cause}): "
+            "is it up, and migrated (stocksync migrate)?",
+            soft_wrap=True,
+        )
+        return 2
     finally:
         await engine.dispose()
     return 0
@@ -181,17 +190,20 @@ def _print_keys(rows: list[KeyInfo], *, as_json: bool) -> None:
 
         print(msgspec.json.encode(rows).decode())
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("key_id", "role", "locations", "label", "created_at", "revoked_at")
+    table = Table("key_id", "role", "locations", "label")
+    for column in ("created_at (UTC)", "revoked_at (UTC)"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
             row.key_id,
             row.role,
             ", ".join(row.locations),
-            row.label or "",
-            f"{row.created_at:%Y-%m-%d %H:%M:%S}",
-            f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "",
+            escape(row.label or ""),
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
             style="dim" if row.revoked_at else None,
         )
     Console().print(table)

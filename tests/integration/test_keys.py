@@ -173,3 +173,11 @@ LISTENERS_KILLED = text(
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
     " WHERE application_name = 'stocksync-keys' AND datname = current_database()"
 )
+
+
+async def test_a_database_that_cannot_be_reached_is_one_line_and_exit_2(
+    cli, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    code, out, err = await cli(capsys, "keys", "list")
+    assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
