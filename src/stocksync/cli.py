@@ -193,9 +193,9 @@ def _print_keys(rows: list[KeyInfo], *, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("key_id", "role", "locations", "label")
-    for column in ("created_at (UTC)", "revoked_at (UTC)"):
-        table.add_column(column, no_wrap=True)
+    table = Table()
+    for column in ("key_id", "role", "locations", "label", "created_at (UTC)", "revoked_at (UTC)"):
+        table.add_column(column, no_wrap=column not in ("locations", "label"))
     for row in rows:
         table.add_row(
             row.key_id,
