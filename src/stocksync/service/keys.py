@@ -229,16 +229,16 @@ class KeyVerifier:
         return await asyncio.shield(loading)
 
     async def _load(self, key_id: str) -> _Entry:
-        epoch = self._epoch
+        epoch, started = self._epoch, self._clock()  # an entry's age counts from before its read
         k = t.api_keys.c
         query = select(k.secret_hash, k.role, k.locations).where(k.key_id == key_id, k.revoked_at.is_(None))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
-            entry = _Entry(secret_hash=b"", key=None, fetched_at=self._clock())
+            entry = _Entry(secret_hash=b"", key=None, fetched_at=started)
         else:
             key = ApiKey(key_id=key_id, role=row.role, locations=frozenset(row.locations))
-            entry = _Entry(secret_hash=row.secret_hash, key=key, fetched_at=self._clock())
+            entry = _Entry(secret_hash=row.secret_hash, key=key, fetched_at=started)
         if epoch != self._epoch:
             return entry  # a revocation arrived while reading: the row read may predate it
         if len(self._cache) >= self._max_entries:
@@ -260,7 +260,7 @@ class KeyVerifier:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-            self._listener = None
+            self._listener, self._confirmed_at = None, -math.inf
 
     async def listen(self) -> None:
         """LISTEN for revocations for ever, on a connection of its own, connecting again when it is lost."""
