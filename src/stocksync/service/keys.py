@@ -37,6 +37,11 @@ ROLES: tuple[str, ...] = get_args(Role)
 SCOPED_ROLES = frozenset({"staff", "pos"})  # act only at the locations the key names
 CHANNEL = "stocksync_keys"  # NOTIFY payload: the key id revoked
 
+# How long the listener waits to connect or for a confirmation before it starts again: a slow answer only
+# lets the lease lapse (entries then live fallback_ttl_s), so waiting long costs nothing, and starting over
+# under load would only add connections to a busy server.
+_PATIENCE_S = 10.0
+
 _KEY = re.compile(r"ssk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _LOCATION = re.compile(ID_PATTERN)
@@ -269,7 +274,7 @@ class KeyVerifier:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    dsn, timeout=max(interval, 1.0), server_settings={"application_name": "stocksync-keys"}
+                    dsn, timeout=_PATIENCE_S, server_settings={"application_name": "stocksync-keys"}
                 )
             except (OSError, TimeoutError, asyncpg.PostgresError) as error:
                 log.warning("key_listener_unavailable", error=type(error).__name__)
@@ -281,7 +286,7 @@ class KeyVerifier:
                 self._epoch += 1
                 while True:
                     sent = self._clock()
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self._lease_s)
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=_PATIENCE_S)
                     self._confirmed_at = sent
                     await asyncio.sleep(interval)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
