@@ -219,7 +219,8 @@ class EventWorker:
         except (NatsError, OSError):
             raise
         except Exception as error:
-            log.error("batch_failed", events=len(msgs), error=type(error).__name__)  # a message may quote a body
+            # the type only: an exception's message may quote a body
+            log.error("batch_failed", events=len(msgs), error=type(error).__name__)
             await asyncio.gather(*(quietly(msg.nak(delay=backoff)) for msg in msgs if not msg.is_acked))
             await pause(stop, backoff)
 
