@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-_SECRET_FIELDS = {"authorization", "api_key", "key", "secret", "password", "token"}
+_SECRET_FIELDS = {"authorization", "api_key", "secret", "password", "token"}  # ("key" is a bucket key)
 _API_KEY = re.compile(r"ssk_(?:(?P<key_id>[0-9a-f]{12})_)?[A-Za-z0-9_-]*")
 # scheme://user:password@ or scheme://token@; the password runs to the last @ before the path (unencoded @s)
 _URL_CREDENTIALS = re.compile(

@@ -8,8 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -114,7 +114,7 @@ async def test_each_misuse_is_one_line_and_exit_2(cli, capsys, args: tuple[str, 
 @pytest.fixture
 async def two_api_processes(
     migrated_database_url: str,
-) -> AsyncIterator[tuple[list[AsyncTestClient], list[KeyVerifier]]]:
+) -> AsyncIterator[tuple[list[httpx.AsyncClient], list[KeyVerifier]]]:
     """Two apps, each with its own engine and verifier as two `stocksync serve --role api` processes have,
     whose cache entries would outlive the test: only a notification can make them refuse a key."""
     async with AsyncExitStack() as stack:
@@ -122,9 +122,13 @@ async def two_api_processes(
         for _ in range(2):
             engine = create_engine(migrated_database_url, pool_size=2)
             stack.push_async_callback(engine.dispose)
-            verifiers.append(KeyVerifier(engine, ttl_s=HOUR, fallback_ttl_s=HOUR))
-            app = create_app(engine=engine, ledger=GroupCommitLedger(engine), key_verifier=verifiers[-1])
-            clients.append(await stack.enter_async_context(AsyncTestClient(app=app)))  # runs start-up
+            verifiers.append(verifier := KeyVerifier(engine, ttl_s=HOUR, fallback_ttl_s=HOUR))
+            app = create_app(engine=engine, ledger=GroupCommitLedger(engine), key_verifier=verifier)
+            await verifier.start()  # as the app's start-up does, here on this test's loop
+            stack.push_async_callback(verifier.stop)
+            transport = httpx.ASGITransport(app=app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://stocksync.test")
+            clients.append(await stack.enter_async_context(client))
 
         async def listening() -> bool:
             return all(verifier.listening for verifier in verifiers)
@@ -133,7 +137,7 @@ async def two_api_processes(
         yield clients, verifiers
 
 
-async def statuses(clients: list[AsyncTestClient], key: str) -> list[int]:
+async def statuses(clients: list[httpx.AsyncClient], key: str) -> list[int]:
     headers = {"Authorization": f"Bearer {key}"}
     return [(await client.get("/v1/locations", headers=headers)).status_code for client in clients]
 

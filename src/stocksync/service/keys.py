@@ -27,6 +27,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
+from stocksync.aio import cancel_and_wait
 from stocksync.domain.errors import InvalidRequest, NotFound, Unauthorized
 from stocksync.domain.events import ID_PATTERN
 
@@ -263,8 +264,7 @@ class KeyVerifier:
 
     async def stop(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await cancel_and_wait(self._listener)
             self._listener, self._confirmed_at = None, -math.inf
 
     async def listen(self) -> None:
