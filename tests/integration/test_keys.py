@@ -62,7 +62,7 @@ async def test_list_shows_every_key_without_its_secret_and_revoke_sets_revoked_a
     assert set(row) == {"key_id", "role", "locations", "label", "created_at", "revoked_at"}
 
     code, out, err = await cli(capsys, "keys", "list")
-    assert code == 0 and key_id(key) in out and key.split("_")[2] not in out + err
+    assert code == 0 and key_id(key) in out and key.split("_", 2)[2] not in out + err
 
     assert (await cli(capsys, "keys", "revoke", key_id(key)))[0] == 0
     first = (await listed(cli, capsys))[key_id(key)]["revoked_at"]

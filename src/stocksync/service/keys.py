@@ -276,7 +276,7 @@ class KeyVerifier:
                 conn = await asyncpg.connect(
                     dsn, timeout=_PATIENCE_S, server_settings={"application_name": "stocksync-keys"}
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+            except Exception as error:  # whatever it is, try again: until then entries live fallback_ttl_s
                 log.warning("key_listener_unavailable", error=type(error).__name__)
                 await asyncio.sleep(interval)
                 continue
@@ -289,7 +289,7 @@ class KeyVerifier:
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=_PATIENCE_S)
                     self._confirmed_at = sent
                     await asyncio.sleep(interval)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except Exception as error:  # the connection lost, or anything else: listen again
                 self._confirmed_at = -math.inf
                 log.warning("key_listener_lost", error=type(error).__name__)
             finally:
