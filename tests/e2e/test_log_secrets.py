@@ -62,7 +62,7 @@ def service(tmp_path, fresh_database, nats_server_factory):
         _cli(service.env, "migrate")
         nats_server.stop()  # the service starts while NATS is away: connecting fails and is logged
         service.start()
-        failing = ("nats_unreachable", "nats: encountered error")
+        failing = ("nats_unreachable", "nats_error", "nats: encountered error")
         _wait(lambda: any(text in service.log() for text in failing), "NATS connection errors", service)
         nats_server.start()
         base = f"http://127.0.0.1:{service.env['STOCKSYNC_HTTP_PORT']}"

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal, NamedTuple, get_args
 
-import asyncpg
 import structlog
 from msgspec import Struct
 from sqlalchemy import func, insert, select, update
@@ -38,9 +37,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 SCOPED_ROLES = frozenset({"staff", "pos"})  # act only at the locations the key names
 CHANNEL = "stocksync_keys"  # NOTIFY payload: the key id revoked
 
-# How long the listener waits to connect or for a confirmation before it starts again: a slow answer only
-# lets the lease lapse (entries then live fallback_ttl_s), so waiting long costs nothing, and starting over
-# under load would only add connections to a busy server.
+# How long the listener waits for a confirmation before it starts again: a slow answer only lets the lease
+# lapse (entries then live fallback_ttl_s), so waiting long costs nothing, and starting over under load
+# would only add connections to a busy server.
 _PATIENCE_S = 10.0
 
 _KEY = re.compile(r"ssk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -268,29 +267,29 @@ class KeyVerifier:
             self._listener, self._confirmed_at = None, -math.inf
 
     async def listen(self) -> None:
-        """LISTEN for revocations for ever, on a connection of its own, connecting again when it is lost."""
-        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        """LISTEN for revocations for ever, connecting again when the connection is lost. The connection
+        is the engine's (its TLS and credentials), taken out of the pool for good: it is discarded after."""
         interval = self._lease_s / 4
         while True:
             try:
-                conn = await asyncpg.connect(
-                    dsn, timeout=_PATIENCE_S, server_settings={"application_name": "stocksync-keys"}
-                )
-            except Exception as error:  # whatever it is, try again: until then entries live fallback_ttl_s
-                log.warning("key_listener_unavailable", error=type(error).__name__)
-                await asyncio.sleep(interval)
-                continue
-            try:
-                await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id))
-                self._cache.clear()  # revocations while no one listened were missed
-                self._epoch += 1
-                while True:
-                    sent = self._clock()
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=_PATIENCE_S)
-                    self._confirmed_at = sent
-                    await asyncio.sleep(interval)
+                async with self._engine.connect() as pooled:
+                    try:
+                        await self._listen_on(pooled, interval)
+                    finally:
+                        await pooled.invalidate()  # never back in the pool with a LISTEN on it
             except Exception as error:  # the connection lost, or anything else: listen again
                 self._confirmed_at = -math.inf
                 log.warning("key_listener_lost", error=type(error).__name__)
-            finally:
-                conn.terminate()
+                await asyncio.sleep(interval)
+
+    async def _listen_on(self, pooled: AsyncConnection, interval: float) -> None:
+        conn = (await pooled.get_raw_connection()).driver_connection
+        await conn.execute("SET application_name = 'stocksync-keys'")
+        await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id))
+        self._cache.clear()  # revocations while no one listened were missed
+        self._epoch += 1
+        while True:
+            sent = self._clock()
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=_PATIENCE_S)
+            self._confirmed_at = sent
+            await asyncio.sleep(interval)
