@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 from rich.console import Console
@@ -16,6 +17,9 @@ from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import embedded_services
 from stocksync.logs import configure_logging
 from stocksync.settings import SERVICE_ROLES, Settings
+
+if TYPE_CHECKING:
+    from stocksync.service.keys import KeyInfo
 
 console = Console(stderr=True)
 KEY_ROLES = ("admin", "ecommerce", "staff", "pos")
@@ -34,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=KEY_ROLES)
     create.add_argument("--location", action="append", default=[], help="a location the key may act on")
     create.add_argument("--label", help="who the key is for")
+    listing = keys.add_parser("list", help="every key: role, locations, label, created, revoked (no secrets)")
+    listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    revoke = keys.add_parser("revoke", help="revoke a key: refused over HTTP within a second")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the 12 hex characters after ssk_")
+    rotate = keys.add_parser("rotate", help="print a new key of the same role and scope; revoke the old one")
+    rotate.add_argument("key_id", metavar="KEY_ID", help="the 12 hex characters after ssk_")
     commands.add_parser("demo", help="seed demo locations, skus, stock and keys, and print the keys")
     nats = commands.add_parser("nats", help="NATS").add_subparsers(dest="nats_command", required=True)
     nats.add_parser(
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     command: Callable[[Settings, argparse.Namespace], Awaitable[int]] = {
         "migrate": _migrate,
         "serve": _serve,
-        "keys": _keys_create,
+        "keys": _keys,
         "demo": _demo,
         "pos": _pos_simulate,
         "reconcile": _reconcile,
@@ -137,19 +147,66 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    from stocksync.service.keys import create_key
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Each keys command; a misuse (bad role or scope, unknown or malformed key id) is one line and exit 2."""
+    from rich.markup import escape
+    from sqlalchemy.exc import DBAPIError
 
-    if args.role in ("pos", "staff") and not args.location:
-        console.print(f"[red]a {args.role} key needs at least one --location[/red]")
-        return 2
+    from stocksync.domain.errors import StocksyncError
+    from stocksync.service import keys
+
     engine = create_engine(settings.database_url, pool_size=1)
     try:
-        key = await create_key(engine, args.role, args.location, args.label)
+        if args.keys_command == "create":
+            print(await keys.create_key(engine, args.role, args.location, args.label))
+        elif args.keys_command == "list":
+            _print_keys(await keys.list_keys(engine), as_json=args.json)
+        elif args.keys_command == "revoke":
+            revoked = await keys.revoke_key(engine, args.key_id)
+            console.print(f"key {revoked.key_id} revoked at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        else:
+            key, old = await keys.rotate_key(engine, args.key_id)
+            console.print(f"key {old.key_id} revoked; its {old.role} replacement:")
+            print(key)
+    except StocksyncError as error:
+        console.print(f"[red]keys {args.keys_command}:[/red] {escape(error.detail)}", soft_wrap=True)
+        return 2
+    except (OSError, DBAPIError) as error:
+        cause = type(getattr(error, "orig", None) or error).__name__
+        console.print(
+            f"[red]keys {args.keys_command}:[/red] the database could not be used ({cause}): "
+            "is it up, and migrated (stocksync migrate)?",
+            soft_wrap=True,
+        )
+        return 2
     finally:
         await engine.dispose()
-    print(key)
     return 0
+
+
+def _print_keys(rows: list[KeyInfo], *, as_json: bool) -> None:
+    if as_json:
+        import msgspec
+
+        print(msgspec.json.encode(rows).decode())
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for column in ("key_id", "role", "locations", "label", "created_at (UTC)", "revoked_at (UTC)"):
+        table.add_column(column, no_wrap=column not in ("locations", "label"))
+    for row in rows:
+        table.add_row(
+            row.key_id,
+            row.role,
+            ", ".join(row.locations),
+            escape(row.label or ""),
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
+            style="dim" if row.revoked_at else None,
+        )
+    Console().print(table)
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -133,6 +133,34 @@ def test_two_api_processes_share_one_port_and_the_second_answers_when_the_first_
         assert second.stop() == 0
 
 
+def test_a_key_revoked_with_the_cli_is_refused_by_every_api_process(
+    tmp_path: Path, fresh_database, nats_server
+) -> None:
+    database_url = fresh_database()
+    ports = [str(free_port()), str(free_port())]
+    envs = [
+        _env(database_url=database_url, nats_url=nats_server.url, http_port=port, log_format="json")
+        for port in ports
+    ]
+    _stocksync(envs[0], "migrate")
+    key = _stocksync(envs[0], "keys", "create", "--role", "ecommerce").stdout.strip()
+    services = [Service(env, tmp_path / f"api-{n}.log", roles=("api",)) for n, env in enumerate(envs)]
+    try:
+
+        def statuses() -> list[int]:
+            headers = {"Authorization": f"Bearer {key}"}
+            return [httpx.get(f"{s.base}/v1/locations", headers=headers).status_code for s in services]
+
+        assert statuses() == [200, 200]  # each has the key cached now
+        _stocksync(envs[0], "keys", "revoke", key.split("_")[1])
+        deadline = time.monotonic() + 60
+        while (answers := statuses()) != [401, 401]:
+            assert time.monotonic() < deadline, answers
+            time.sleep(0.1)
+    finally:
+        assert [service.stop() for service in services] == [0, 0]
+
+
 async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and_the_out_stream(
     tmp_path: Path, fresh_database, nats_server
 ) -> None:

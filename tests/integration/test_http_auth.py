@@ -169,9 +169,11 @@ async def test_keys_are_stored_hashed_and_checked_by_role(engine: AsyncEngine) -
         assert refused.value.extra["field"] == field
 
 
-async def test_a_revoked_key_stops_working_once_its_cache_entry_expires(engine: AsyncEngine) -> None:
+async def test_without_its_listener_a_revoked_key_stops_working_once_its_cache_entry_expires(
+    engine: AsyncEngine,
+) -> None:
     now = [0.0]
-    verifier = KeyVerifier(engine, ttl_s=10, clock=lambda: now[0])
+    verifier = KeyVerifier(engine, fallback_ttl_s=10, clock=lambda: now[0])
     key = await create_key(engine, "ecommerce")
     await verifier.verify(key)
     async with engine.begin() as conn:
@@ -193,7 +195,7 @@ async def test_requests_finding_a_key_expired_at_once_share_one_read(engine: Asy
             return await super()._load(key_id)
 
     now = [0.0]
-    verifier = CountingVerifier(engine, ttl_s=10, clock=lambda: now[0])
+    verifier = CountingVerifier(engine, fallback_ttl_s=10, clock=lambda: now[0])
     key = await create_key(engine, "ecommerce")
     first = await asyncio.gather(*(verifier.verify(key) for _ in range(20)))
     now[0] = 11.0

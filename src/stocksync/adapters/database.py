@@ -56,6 +56,7 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,  # no pre-ping round trip per checkout: a dead connection fails once, as Unavailable
+        hide_parameters=True,  # an error message quoting bound values would log request content
         connect_args={"server_settings": {"application_name": "stocksync"}, **tls},
     )
 

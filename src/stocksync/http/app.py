@@ -33,10 +33,15 @@ def create_app(
     readiness: Mapping[str, health.Probe] = {},
     clock: Clock = utc_now,
     roles: Sequence[str] = ("api",),
+    key_verifier: KeyVerifier | None = None,
 ) -> Litestar:
     """The API over ``engine`` and ``ledger``; ``readiness`` adds checks (``"nats"``) to the database's, and
-    ``roles`` are the parts this process runs, which readiness reports on."""
+    ``roles`` are the parts this process runs, which readiness reports on.
+
+    The key verifier listens for revocations from the app's start-up to its shutdown (see `KeyVerifier`).
+    """
     queries = Queries(engine)
+    verifier = key_verifier or KeyVerifier(engine)
     services: dict[str, Any] = {
         "engine": engine,
         "ledger": ledger,
@@ -58,7 +63,9 @@ def create_app(
         dependencies={name: _constant(value) for name, value in services.items()},
         exception_handlers={Exception: errors.handle},
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"key_verifier": KeyVerifier(engine)}),
+        state=State({"key_verifier": verifier}),
+        on_startup=[verifier.start],
+        on_shutdown=[verifier.stop],
         openapi_config=OpenAPIConfig(
             title="stocksync",
             version=__version__,

@@ -9,7 +9,6 @@ status for every malformed input, query or body, so a client has one rule to fol
 from __future__ import annotations
 
 import re
-import traceback
 from http import HTTPStatus
 from typing import Any
 
@@ -33,8 +32,9 @@ from stocksync.domain.errors import (
     Unavailable,
 )
 from stocksync.domain.model import Outcome, Reservation
-from stocksync.service.ledger_service import passing_fault
 from stocksync.http.schemas import ErrorBody, ShortageError
+from stocksync.logs import outline
+from stocksync.service.ledger_service import passing_fault
 
 log = structlog.get_logger("stocksync.http")
 
@@ -106,8 +106,9 @@ def handle(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]
     """Litestar's handler for every exception (app-wide)."""
     status, body = answer(error)
     if status == 500:
-        # A plain traceback, not exc_info: a renderer that shows frame locals would print the request's key.
-        trace = "".join(traceback.format_exception(error))
+        # Frames and types only, not exc_info: a renderer that shows frame locals would print the request's
+        # key, and an exception's message may quote its body.
+        trace = outline(error)
         log.error("http_internal_error", method=request.method, path=request.url.path, exception=trace)
     metrics.HTTP_ERRORS.labels(body["error"]).inc()
     headers = error.headers if isinstance(error, HTTPException) else None

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stocksync import metrics
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.domain.events import decoder
+from stocksync.logs import outline
 from stocksync.messaging.topology import AVAILABILITY_BUCKET
 from stocksync.service.clock import utc_now
 
@@ -131,7 +132,8 @@ class OutboxRelay:
             except _PASSING as error:
                 log.warning("relay_interrupted", error=f"{type(error).__name__}: {error}")
             except Exception as error:  # a fault of ours must not stop the outbox for every position
-                log.error("relay_failed", error=f"{type(error).__name__}: {error}")
+                # frames and types, not the message: it may quote an outbox payload (request content)
+                log.error("relay_failed", exception=outline(error))
             await pause(stop, 1.0)
 
     async def _lead_if_free(self, session: AsyncConnection, stop: asyncio.Event) -> None:

@@ -219,7 +219,8 @@ class EventWorker:
         except (NatsError, OSError):
             raise
         except Exception as error:
-            log.error("batch_failed", events=len(msgs), error=f"{type(error).__name__}: {error}")
+            # the type only: an exception's message may quote a body
+            log.error("batch_failed", events=len(msgs), error=type(error).__name__)
             await asyncio.gather(*(quietly(msg.nak(delay=backoff)) for msg in msgs if not msg.is_acked))
             await pause(stop, backoff)
 
@@ -281,7 +282,7 @@ class EventWorker:
             else:
                 await msg.ack()
                 return
-        log.error("event_failed", event_id=event.event_id, error=repr(error))
+        log.error("event_failed", event_id=event.event_id, error=type(error).__name__)
         await self._dead_letter_or_retry(msg, Refused("apply_failed", f"{type(error).__name__}: {error}"))
 
     async def _dead_letter_or_retry(self, msg: Msg, refusal: Refused) -> None:
@@ -301,6 +302,6 @@ class EventWorker:
         )
         await msg.ack()
         metrics.DEAD_LETTERS.labels(refusal.error).inc()
-        log.warning(
-            "dead_lettered", subject=msg.subject, error=refusal.error, detail=_cut(refusal.detail, 200)
-        )
+        # The letter's detail may quote the body (an unknown field's name, a mismatched id): not logged.
+        sequence = letter.stream_sequence
+        log.warning("dead_lettered", subject=msg.subject, error=refusal.error, sequence=sequence)

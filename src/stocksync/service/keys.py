@@ -1,8 +1,10 @@
-"""API keys ``ssk_<key_id>_<secret>``: stored as sha256(secret) only, verified through a short-lived cache.
+"""API keys ``ssk_<key_id>_<secret>``: stored as sha256(secret) only, verified through a cache that revocation
+empties on every API process at once.
 
 The key id (12 hex characters) finds the row; the secret (32 random bytes, urlsafe base64) proves possession.
-A verified row is cached for ``ttl_s`` seconds so thousands of reads per second cost no database round trip,
-which also bounds how long a revoked key keeps working. The plain key exists only in `create_key`'s answer.
+The plain key exists only in the answer of `create_key` or `rotate_key`. `revoke_key` and `rotate_key` send
+``NOTIFY stocksync_keys, '<key_id>'`` in the transaction that revokes, so each `KeyVerifier` (one per API
+process, each LISTENing) forgets the key the moment the revocation commits.
 """
 
 from __future__ import annotations
@@ -10,25 +12,38 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Literal, NamedTuple, get_args
 
+import structlog
 from msgspec import Struct
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync.adapters import tables as t
-from stocksync.domain.errors import InvalidRequest, Unauthorized
+from stocksync.aio import cancel_and_wait
+from stocksync.domain.errors import InvalidRequest, NotFound, Unauthorized
 from stocksync.domain.events import ID_PATTERN
+
+log = structlog.get_logger("stocksync.keys")
 
 Role = Literal["admin", "ecommerce", "staff", "pos"]
 ROLES: tuple[str, ...] = get_args(Role)
 SCOPED_ROLES = frozenset({"staff", "pos"})  # act only at the locations the key names
+CHANNEL = "stocksync_keys"  # NOTIFY payload: the key id revoked
+
+# How long the listener waits for a confirmation before it starts again: a slow answer only lets the lease
+# lapse (entries then live fallback_ttl_s), so waiting long costs nothing, and starting over under load
+# would only add connections to a busy server.
+_PATIENCE_S = 10.0
 
 _KEY = re.compile(r"ssk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 _LOCATION = re.compile(ID_PATTERN)
 
 
@@ -38,6 +53,17 @@ class ApiKey(Struct, frozen=True, kw_only=True):
     key_id: str
     role: Role
     locations: frozenset[str] = frozenset()
+
+
+class KeyInfo(Struct, frozen=True, kw_only=True):
+    """What `stocksync keys list` shows of a key: never its secret or the secret's hash."""
+
+    key_id: str
+    role: Role
+    locations: tuple[str, ...]
+    label: str | None
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 def _digest(secret: str) -> bytes:
@@ -56,18 +82,85 @@ async def create_key(
         )
     if bad := [location for location in locations if not _LOCATION.fullmatch(location)]:
         raise InvalidRequest(f"not a location id: {bad[0]!r}", field="locations")
-    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     async with engine.begin() as conn:
-        await conn.execute(
-            insert(t.api_keys).values(
-                key_id=key_id,
-                secret_hash=_digest(secret),
-                role=role,
-                locations=sorted(set(locations)),
-                label=label,
-            )
+        return await _insert(conn, role, sorted(set(locations)), label)
+
+
+async def _insert(conn: AsyncConnection, role: str, locations: Sequence[str], label: str | None) -> str:
+    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    await conn.execute(
+        insert(t.api_keys).values(
+            key_id=key_id, secret_hash=_digest(secret), role=role, locations=list(locations), label=label
         )
+    )
     return f"ssk_{key_id}_{secret}"
+
+
+_INFO_COLUMNS = (
+    t.api_keys.c.key_id,
+    t.api_keys.c.role,
+    t.api_keys.c.locations,
+    t.api_keys.c.label,
+    t.api_keys.c.created_at,
+    t.api_keys.c.revoked_at,
+)
+
+
+def _info(row) -> KeyInfo:
+    return KeyInfo(
+        key_id=row.key_id,
+        role=row.role,
+        locations=tuple(row.locations),
+        label=row.label,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def list_keys(engine: AsyncEngine) -> list[KeyInfo]:
+    """Every key, oldest first, revoked ones included (their ``revoked_at`` set)."""
+    async with engine.connect() as conn:
+        query = select(*_INFO_COLUMNS).order_by(t.api_keys.c.created_at, t.api_keys.c.key_id)
+        rows = await conn.execute(query)
+        return [_info(row) for row in rows]
+
+
+async def revoke_key(engine: AsyncEngine, key_id: str) -> KeyInfo:
+    """Revoke ``key_id``: refused over HTTP from the commit on. Revoking twice keeps the first
+    ``revoked_at``."""
+    async with engine.begin() as conn:
+        info, _ = await _revoke(conn, key_id)
+        return info
+
+
+async def rotate_key(engine: AsyncEngine, key_id: str) -> tuple[str, KeyInfo]:
+    """A new key with the role, locations and label of ``key_id``, which is revoked at once (no grace: a
+    client switches to the new key before the rotation, or retries with it), in one transaction. Returns
+    the plain new key and the old key's row. A key revoked already is not rotated: create a new one."""
+    async with engine.begin() as conn:
+        old, revoked_now = await _revoke(conn, key_id)
+        if not revoked_now:
+            raise InvalidRequest(f"key {key_id} is revoked already; create a new one", field="key_id")
+        return await _insert(conn, old.role, old.locations, old.label), old
+
+
+async def _revoke(conn: AsyncConnection, key_id: str) -> tuple[KeyInfo, bool]:
+    """The key's row after revoking it, and whether this call did; the NOTIFY is delivered at commit."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise InvalidRequest(
+            "not a key id: a key id is the 12 hex characters after ssk_ (see stocksync keys list)",
+            field="key_id",
+        )
+    k = t.api_keys.c
+    row = (await conn.execute(select(*_INFO_COLUMNS).where(k.key_id == key_id).with_for_update())).first()
+    if row is None:
+        raise NotFound(f"no key {key_id}")
+    if row.revoked_at is not None:
+        return _info(row), False
+    revoke = update(t.api_keys).where(k.key_id == key_id).values(revoked_at=func.now())
+    row = (await conn.execute(revoke.returning(*_INFO_COLUMNS))).one()
+    await conn.execute(select(func.pg_notify(CHANNEL, key_id)))
+    return _info(row), True
 
 
 class _Entry(NamedTuple):
@@ -77,22 +170,38 @@ class _Entry(NamedTuple):
 
 
 class KeyVerifier:
-    """Turns a presented key into its `ApiKey`, or raises `Unauthorized`."""
+    """Turns a presented key into its `ApiKey`, or raises `Unauthorized`, with no database round trip for a
+    key it has seen.
+
+    A verified row is kept while it is exact: `listen` holds a connection of its own that LISTENs on
+    ``stocksync_keys`` and drops each revoked key id from the cache, and confirms every ``lease_s / 4``
+    that the connection still answers (a notification committed before a confirmation has arrived
+    before it). While the last confirmation is under ``lease_s`` old, an entry lives ``ttl_s``; without
+    one (no listener, its connection lost or slow) an entry lives ``fallback_ttl_s``. Either way a
+    revoked key is refused within about a second of the commit, on every process.
+    """
 
     def __init__(
         self,
         engine: AsyncEngine,
         *,
-        ttl_s: float = 15.0,
+        ttl_s: float = 60.0,
+        fallback_ttl_s: float = 1.0,
+        lease_s: float = 1.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
+        self._fallback_ttl_s = fallback_ttl_s
+        self._lease_s = lease_s
         self._max_entries = max_entries
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
+        self._epoch = 0  # moves on every notification and (re)listen: a load that spans one is not cached
+        self._confirmed_at = -math.inf
+        self._listener: asyncio.Task[None] | None = None
 
     async def verify(self, presented: str) -> ApiKey:
         match = _KEY.fullmatch(presented)
@@ -100,11 +209,20 @@ class KeyVerifier:
             raise Unauthorized("the API key is malformed")
         key_id, secret = match.groups()
         entry = self._cache.get(key_id)
-        if entry is None or self._clock() - entry.fetched_at > self._ttl_s:
+        if entry is None or not self._fresh(entry):
             entry = await self._load_once(key_id)
         if entry.key is None or not hmac.compare_digest(entry.secret_hash, _digest(secret)):
             raise Unauthorized("the API key is unknown or revoked")
         return entry.key
+
+    @property
+    def listening(self) -> bool:
+        """Whether every revocation committed more than ``lease_s`` ago has reached this cache."""
+        return self._clock() - self._confirmed_at < self._lease_s
+
+    def _fresh(self, entry: _Entry) -> bool:
+        age = self._clock() - entry.fetched_at
+        return age < (self._ttl_s if self.listening else self._fallback_ttl_s)
 
     async def _load_once(self, key_id: str) -> _Entry:
         """One read per key however many requests find its entry expired at once: each taking a pooled
@@ -116,16 +234,62 @@ class KeyVerifier:
         return await asyncio.shield(loading)
 
     async def _load(self, key_id: str) -> _Entry:
+        epoch, started = self._epoch, self._clock()  # an entry's age counts from before its read
         k = t.api_keys.c
         query = select(k.secret_hash, k.role, k.locations).where(k.key_id == key_id, k.revoked_at.is_(None))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
-            entry = _Entry(secret_hash=b"", key=None, fetched_at=self._clock())
+            entry = _Entry(secret_hash=b"", key=None, fetched_at=started)
         else:
             key = ApiKey(key_id=key_id, role=row.role, locations=frozenset(row.locations))
-            entry = _Entry(secret_hash=row.secret_hash, key=key, fetched_at=self._clock())
+            entry = _Entry(secret_hash=row.secret_hash, key=key, fetched_at=started)
+        if epoch != self._epoch:
+            return entry  # a revocation arrived while reading: the row read may predate it
         if len(self._cache) >= self._max_entries:
             self._cache.clear()  # only guessed key ids can fill it; starting over is cheap
         self._cache[key_id] = entry
         return entry
+
+    def forget(self, key_id: str) -> None:
+        """Drop ``key_id`` (revoked): the next request with it reads its row again."""
+        self._epoch += 1
+        self._cache.pop(key_id, None)
+
+    async def start(self) -> None:
+        """Start listening (the app's start-up): until it has, entries live ``fallback_ttl_s``."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self.listen(), name="key-revocations")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await cancel_and_wait(self._listener)
+            self._listener, self._confirmed_at = None, -math.inf
+
+    async def listen(self) -> None:
+        """LISTEN for revocations for ever, connecting again when the connection is lost. The connection
+        is the engine's (its TLS and credentials), taken out of the pool for good: it is discarded after."""
+        interval = self._lease_s / 4
+        while True:
+            try:
+                async with self._engine.connect() as pooled:
+                    try:
+                        await self._listen_on(pooled, interval)
+                    finally:
+                        await pooled.invalidate()  # never back in the pool with a LISTEN on it
+            except Exception as error:  # the connection lost, or anything else: listen again
+                self._confirmed_at = -math.inf
+                log.warning("key_listener_lost", error=type(error).__name__)
+                await asyncio.sleep(interval)
+
+    async def _listen_on(self, pooled: AsyncConnection, interval: float) -> None:
+        conn = (await pooled.get_raw_connection()).driver_connection
+        await conn.execute("SET application_name = 'stocksync-keys'")
+        await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id))
+        self._cache.clear()  # revocations while no one listened were missed
+        self._epoch += 1
+        while True:
+            sent = self._clock()
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=_PATIENCE_S)
+            self._confirmed_at = sent
+            await asyncio.sleep(interval)
