@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from sqlalchemy import ARRAY, Text, any_, bindparam
+from sqlalchemy import ARRAY, Text, any_, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 
@@ -69,3 +69,11 @@ def ids_param(name: str) -> BindParameter:
 def any_of(values: Iterable[str]) -> BinaryExpression:
     """``= ANY(:array)``: one bind parameter for a list of ids, where ``IN`` binds (and compiles) one per id."""
     return any_(bindparam(None, list(values), type_=ARRAY(Text)))
+
+
+async def answers(engine: AsyncEngine) -> bool:
+    """Whether the database runs a query now, through the engine's pool (so a pool with no free connection
+    does not answer either): the readiness probe and the worker's test of a failing event both ask this."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return True

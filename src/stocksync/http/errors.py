@@ -17,7 +17,6 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stocksync import metrics
 from stocksync.domain.errors import (
@@ -62,7 +61,7 @@ def answer(error: Exception) -> tuple[int, dict[str, Any]]:
         status = error.status_code
         code = _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
         return status, {"error": code, "detail": error.detail}
-    if isinstance(error, PoolTimeout) or passing_fault(error):  # as the ledger decides: retry later
+    if passing_fault(error):  # as the ledger decides (a pool timeout too): retry later
         return 503, {"error": Unavailable.code, "detail": "the database is unreachable; retry later"}
     return 500, {"error": "internal", "detail": "internal error"}
 

@@ -10,9 +10,9 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.database import answers
 from stocksync.http.schemas import Health
 
 Probe = Callable[[], Awaitable[bool]]
@@ -23,12 +23,7 @@ log = structlog.get_logger("stocksync.http")
 
 
 def database_probe(engine: AsyncEngine) -> Probe:
-    async def database() -> bool:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
-
-    return database
+    return lambda: answers(engine)
 
 
 @get("/health/live", sync_to_thread=False)

@@ -15,13 +15,13 @@ from datetime import datetime
 
 import msgspec
 import structlog
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters import ledger_store as store
+from stocksync.adapters.database import answers
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
 from stocksync.domain.ledger import Ledger, reservations_at_risk
@@ -128,11 +128,10 @@ class LedgerService:
         """Whether the database runs a query now (a pooled connection included): tells an event that fails
         from a database that fails, when the error's type does not say."""
         try:
-            async with asyncio.timeout(timeout_s), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(timeout_s):
+                return await answers(self.engine)
         except Exception:  # whatever stops the probe, the database does not answer
             return False
-        return True
 
     async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]) -> BatchResult:
         started = time.perf_counter()
