@@ -32,6 +32,7 @@ from stocksync.adapters import tables as t
 from stocksync.adapters.embedded import NATS_CONFIG
 from stocksync.domain.access import NatsPermissions, inbox_prefix, nats_permissions
 from stocksync.domain.errors import StocksyncError
+from stocksync.logs import outline
 from stocksync.service.keys import KeyVerifier
 from stocksync.settings import Settings
 
@@ -231,8 +232,8 @@ class AuthCallout:
         except StocksyncError as refused:  # never the token itself in the log: only why
             log.info("nats_key_refused", reason=str(refused))
             jwt, error = None, str(refused)
-        except Exception:  # database down: refuse now, the client retries
-            log.exception("nats_auth_failed")
+        except Exception as failure:  # database down: refuse now, the client retries
+            log.error("nats_auth_failed", exception=outline(failure))  # frames and types, as http.errors
             jwt, error = None, "the key could not be checked now"
         answer = authorization_response(
             user_nkey=user_nkey, server_id=server_id, issuer_seed=self.issuer_seed, jwt=jwt, error=error
