@@ -153,6 +153,27 @@ async def _recorded(database_url: str, loc: str, n: int) -> bool:
     return len(await outcomes(database_url, [loc])) >= n
 
 
+async def run_mixed(
+    rng: random.Random, database_url: str, nats_url: str, loc: str, good: list, bad: list[Bad]
+) -> tuple[dict[int, Any], list[DeadLetter], list[DeadLetter]]:
+    """Publish the good and the bad shuffled to a running worker until every good one is recorded; return
+    what was published by stream sequence, the dead letters, and those on ``stocksync.dlq._`` (no location),
+    once the consumer has nothing left (no message pending, unacknowledged or redelivered)."""
+    items: list = [*good, *bad]
+    rng.shuffle(items)
+    async with jetstream(nats_url) as (_, js):
+        await set_ack_wait(js, 3_600.0)
+        async with in_process(database_url, nats_url, roles=("worker",)):
+            published = await publish_all(js, items)
+            await wait_until(lambda: _recorded(database_url, loc, len(good)), what="the good events recorded")
+            await wait_until(lambda: consumer_settled(js), what="the consumer settled")
+        letters = await dead_letters(js)
+        info = await js.consumer_info(IN_STREAM, WORKER_CONSUMER)
+        unknown_location = await dead_letters(js, "stocksync.dlq._")
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+    return published, letters, unknown_location
+
+
 async def test_every_bad_message_is_dead_lettered_with_its_code_and_every_good_event_applies_once(
     fresh_database: Callable[[], str], nats_server_factory: Callable[[], NatsServer]
 ) -> None:
@@ -162,20 +183,7 @@ async def test_every_bad_message_is_dead_lettered_with_its_code_and_every_good_e
     await prepare(database_url, nats.url, [loc])
     good = good_events(rng, loc, skus, 300)
     bad = bad_messages(loc, skus[0])
-    items: list = [*good, *bad]
-    rng.shuffle(items)
-
-    async with jetstream(nats.url) as (_, js):
-        await set_ack_wait(js, 3_600.0)
-        async with in_process(database_url, nats.url, roles=("worker",)):
-            published = await publish_all(js, items)
-            await wait_until(lambda: _recorded(database_url, loc, len(good)), what="the good events recorded")
-            await wait_until(lambda: consumer_settled(js), what="the consumer settled")
-        letters = await dead_letters(js)
-        info = await js.consumer_info(IN_STREAM, WORKER_CONSUMER)
-        unknown_location = await dead_letters(js, "stocksync.dlq._")
-
-    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+    published, letters, unknown_location = await run_mixed(rng, database_url, nats.url, loc, good, bad)
     bad_by_seq = {seq: item for seq, item in published.items() if isinstance(item, Bad)}
     assert sorted(letter.stream_sequence for letter in letters) == sorted(bad_by_seq)  # each once
     assert {bad_by_seq[d.stream_sequence].what: d.error for d in letters} == {b.what: b.code for b in bad}
@@ -242,19 +250,7 @@ async def test_random_bytes_and_mangled_envelopes_are_dead_lettered_while_good_e
     on = f"stocksync.in.{loc}.sale"
     bad = [Bad("random bytes", on, body, "?") for body in raw]
     bad += [Bad("mangled", on, make(loc, skus[0]), "invalid_event") for make in envelopes]
-    items: list = [*good, *bad]
-    rng.shuffle(items)
-
-    async with jetstream(nats.url) as (_, js):
-        await set_ack_wait(js, 3_600.0)
-        async with in_process(database_url, nats.url, roles=("worker",)):
-            published = await publish_all(js, items)
-            await wait_until(lambda: _recorded(database_url, loc, len(good)), what="the good events recorded")
-            await wait_until(lambda: consumer_settled(js), what="the consumer settled")
-        letters = await dead_letters(js)
-        info = await js.consumer_info(IN_STREAM, WORKER_CONSUMER)
-
-    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+    published, letters, _ = await run_mixed(rng, database_url, nats.url, loc, good, bad)
     bad_by_seq = {seq: item for seq, item in published.items() if isinstance(item, Bad)}
     assert sorted(letter.stream_sequence for letter in letters) == sorted(bad_by_seq)
     for letter in letters:
