@@ -40,7 +40,11 @@ ASYNCAPI_FILE = "asyncapi.json"
 OPENAPI_FILE = "openapi.json"
 GENERATED_BY = "generated from the code by scripts/contracts; do not edit"
 
-EVENT_MSG_ID = "the event_id: JetStream drops repeats inside its duplicate window, the ledger for ever"
+EVENT_MSG_ID = (
+    "optional, and best left out; if sent, the event_id. The ledger drops repeats for ever by (location_id, "
+    "event_id); the stream de-duplicates by this header across every store for 100 ms, so a publisher that "
+    "sends it can have its message dropped by another store publishing the same id just before"
+)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +80,7 @@ MESSAGES: list[Message] = [
             summary=INBOUND_SUMMARIES[tag],
             action="receive",
             msg_id=EVENT_MSG_ID,
+            msg_id_always=False,
             address=f"stocksync.in.{{location_id}}.{tag}",
         )
         for tag, cls in INBOUND.items()
@@ -261,7 +266,7 @@ def _description() -> str:
     )
     return (
         "The NATS (JetStream) side of stocksync, spec section 3. Inbound events are published by tills, the "
-        "web shop and staff tools to `stocksync.in.<location_id>.<type>`, with `Nats-Msg-Id` = `event_id`; "
+        "web shop and staff tools to `stocksync.in.<location_id>.<type>`, without `Nats-Msg-Id` (see the header's description); "
         "the subject's location and type must equal the body's. Everything the service publishes goes "
         "through a transactional outbox: published if and only if its change committed, at least once, in "
         "commit order per position, with `Nats-Msg-Id` set so that repeats are dropped.\n\n"
@@ -302,7 +307,6 @@ def asyncapi(messages: Sequence[Message] = MESSAGES) -> dict[str, Any]:
                 {
                     "name": f"{message.name}-example",
                     "payload": example,
-                    "headers": {"Nats-Msg-Id": example["event_id"]},
                 }
             ]
         components_messages[message.name] = body

@@ -38,6 +38,7 @@ from stocksync.server import serve
 from stocksync.service.locations import upsert_locations
 from stocksync.settings import Settings
 from tests.support import NatsServer
+from tests.support_ledger import sale
 from tests.support_nats import fetch, wait_until
 
 DEADLINE_S = 60.0
@@ -245,6 +246,34 @@ async def test_a_till_restarted_before_its_outcomes_learns_them_and_sends_nothin
     assert seq_of(after_restart) == 6
     baskets[after_restart] = [QtyLine(sku="SKU-0", qty=1)]
     assert_applied_once_in_order(await movement_event_ids(migrated_database_url, loc), baskets)
+
+
+async def test_another_stores_till_sending_this_tills_next_id_first_does_not_hold_up_its_sale(
+    migrated_database_url: str, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Rule 10 at the stream: a till's event ids are predictable (location, till, sequence), and STOCKSYNC_IN
+    de-duplicates stream-wide by ``Nats-Msg-Id``. Store A publishing B's next id with that header just before B
+    must not make the stream drop B's sale: the client sends no ``Nats-Msg-Id``, so nothing it sends can match.
+    With resends an hour away, a dropped first send would leave the sale unanswered."""
+    store_a, store_b = unique("store"), unique("store")
+    async with running_service(migrated_database_url, nats_server.url, [store_a, store_b]):
+        async with await PosClient.open(
+            nats_server.url, store_b, "till-1", tmp_path / "b.sqlite3", resend_after_s=3600
+        ) as pos:
+            next_id = f"{store_b}:till-1:000001"
+            claim = sale(store_a, {"SKU-A": 1}, event_id=next_id)
+            nc = await connect(nats_server.url)
+            try:
+                ack = await nc.jetstream().publish(
+                    f"stocksync.in.{store_a}.sale", msgspec.json.encode(claim), headers={"Nats-Msg-Id": next_id}
+                )
+                sold = await pos.sell([QtyLine(sku="SKU-B", qty=2)])
+                await pos.wait_until_drained(DEADLINE_S)
+            finally:
+                await nc.close()
+
+    assert ack.duplicate is None and sold == next_id
+    assert await movement_event_ids(migrated_database_url, store_b) == [next_id]
 
 
 async def test_a_rejected_event_leaves_the_spool_and_is_kept_aside(

@@ -191,9 +191,7 @@ class EcommerceClient:
         await self._connected()
         sub = await self.nc.subscribe(f"stocksync.out.reservation.{event.reservation_id}")
         try:
-            await self.js.publish(
-                inbound_subject(event), body, headers={"Nats-Msg-Id": event.event_id}, timeout=timeout_s
-            )
+            await self.js.publish(inbound_subject(event), body, timeout=timeout_s)  # no Nats-Msg-Id: see PosClient
             while True:
                 answer = _decode_reservation((await sub.next_msg(timeout=deadline - time.monotonic())).data)
                 # Not an expiry, nor another request's answer, nor one for the same ids at another store (a

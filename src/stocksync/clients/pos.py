@@ -260,8 +260,9 @@ class PosClient:
     """One till. Selling never waits for NATS; a background forwarder sends the spool in order when it can.
 
     Open with `PosClient.open`; each till needs a spool of its own (it is locked while open). A re-send reaches
-    the ledger (STOCKSYNC_IN de-duplicates for only 100 ms), so an event whose outcome alone was lost is
-    answered ``duplicate``; a send the stream dropped as another's duplicate is sent again like any unanswered.
+    the ledger, so an event whose outcome alone was lost is answered ``duplicate``. Sends carry no
+    ``Nats-Msg-Id``: the stream de-duplicates by it across every store, and a till's ids are predictable, so
+    another store's till could otherwise have this till's next sale dropped (rule 10).
     """
 
     def __init__(
@@ -579,7 +580,7 @@ class PosClient:
                 continue
             if not (self._listening.is_set() and self._connected.is_set()):
                 break
-            await js.publish(row.subject, row.body, headers={"Nats-Msg-Id": row.event_id}, timeout=5.0)
+            await js.publish(row.subject, row.body, timeout=5.0)
             self._sent[row.seq] = time.monotonic()
             if last is None:
                 first_sends.append(row.seq)
