@@ -6,6 +6,10 @@ test makes its own locations and skus with `unique`, since all of them share one
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
 from stocksync.http.app import create_app
+from stocksync.http.protocol import uvicorn_config
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import GroupCommitLedger
 
@@ -135,3 +141,39 @@ def as_key(engine: AsyncEngine, client: httpx.AsyncClient):
         return Api(client, await create_key(engine, role, locations or ()))
 
     return make
+
+
+class LiveApi:
+    """`create_app` served as `stocksync serve` serves it, on a free loopback port, in a thread with its own
+    event loop."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: uvicorn.Server | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="live-api")
+
+    async def _serve(self) -> None:
+        engine = create_engine(self.database_url)
+        app = create_app(engine=engine, ledger=GroupCommitLedger(engine))
+        config = uvicorn_config(app, "127.0.0.1", self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        try:
+            await self._server.serve()
+        finally:
+            await engine.dispose()
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not (self._server is not None and self._server.started):
+            assert self._thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout=30)
