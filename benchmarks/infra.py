@@ -147,13 +147,8 @@ async def reset_nats(nats_url: str) -> None:
     """Empty streams, consumer and bucket: each scenario starts from a clean topology (``migrate`` makes it)."""
     import nats
 
-    from stocksync.messaging.topology import (
-        AVAILABILITY_BUCKET,
-        DLQ_STREAM,
-        IN_STREAM,
-        OUT_STREAM,
-        ensure_topology,
-    )
+    from stocksync.messaging.topology import ensure_topology
+    from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM
 
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
@@ -171,7 +166,7 @@ async def reset_nats(nats_url: str) -> None:
 async def stream_counts(nats_url: str) -> dict[str, int]:
     import nats
 
-    from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
+    from stocksync.wire import DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
 
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:

@@ -19,9 +19,9 @@ import nats
 
 from stocksync.adapters.database import create_engine
 from stocksync.domain.errors import Unavailable
-from stocksync.messaging.topology import IN_STREAM, WORKER_CONSUMER
 from stocksync.messaging.worker import Refused, decode_message
 from stocksync.service.ledger_service import LedgerService
+from stocksync.wire import IN_STREAM, WORKER_CONSUMER
 
 
 async def consume(js, ledger: LedgerService, stop: asyncio.Event, counts: dict[str, int]) -> None:

@@ -47,9 +47,10 @@ from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import EmbeddedPostgres, free_port, start_postgres
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
-from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, connect
+from stocksync.messaging.topology import connect
 from stocksync.service.keys import create_key
 from stocksync.service.locations import upsert_locations
+from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER
 from tests.support import run_sql, with_database
 from tests.support_cluster import NatsCluster
 from tests.support_ledger import (

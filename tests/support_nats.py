@@ -39,17 +39,12 @@ from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import Location, PositionKey
 from stocksync.messages import PositionBody
 from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
-from stocksync.messaging.topology import (
-    IN_STREAM,
-    WORKER_CONSUMER,
-    connect,
-    migrate_topology,
-    worker_consumer,
-)
+from stocksync.messaging.topology import connect, migrate_topology, worker_consumer
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.ledger_service import LedgerService, body_hash
 from stocksync.service.locations import upsert_locations
+from stocksync.wire import IN_STREAM, WORKER_CONSUMER
 from tests.support_ledger import T0, store
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from stocksync import __version__
+from stocksync import __version__, wire
 from stocksync.adapters.database import create_engine
 from stocksync.domain import events
 from stocksync.messages import (
@@ -32,7 +32,6 @@ from stocksync.messages import (
     ReservationMessage,
 )
 from stocksync.messaging import topology
-from stocksync.messaging.worker import DeadLetter
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = "schemas"
@@ -81,7 +80,7 @@ MESSAGES: list[Message] = [
             action="receive",
             msg_id=EVENT_MSG_ID,
             msg_id_always=False,
-            address=f"stocksync.in.{{location_id}}.{tag}",
+            address=wire.inbound_subject("{location_id}", tag),
         )
         for tag, cls in INBOUND.items()
     ),
@@ -93,37 +92,37 @@ MESSAGES: list[Message] = [
     Message(
         name="availability",
         type=AvailabilityMessage,
-        address="stocksync.out.availability.{location_id}.{sku}",
+        address=wire.availability_subject("{location_id}", "{sku}"),
         summary="The position after a committed change; consumers drop a `version` older than theirs.",
-        msg_id="availability:<location_id>:<sku>:<version>",
+        msg_id=wire.availability_msg_id("<location_id>", "<sku>", "<version>"),
     ),
     Message(
         name="reservation",
         type=ReservationMessage,
-        address="stocksync.out.reservation.{reservation_id}",
+        address=wire.reservation_subject("{reservation_id}"),
         summary="A reservation held, rejected (with shortages), collected, cancelled or expired.",
-        msg_id="reservation:<event_id>:<outcome>",
+        msg_id=wire.reservation_msg_id("<location_id>", "<event_id>", "<outcome>"),
     ),
     Message(
         name="alert",
         type=AlertMessage,
-        address="stocksync.out.alert.{location_id}",
+        address=wire.alert_subject("{location_id}"),
         summary="`negative_stock`, or `reservation_at_risk` naming the reservations no longer covered.",
-        msg_id="alert:<event_id>:<sku>:<kind>",
+        msg_id=wire.alert_msg_id("<location_id>", "<event_id>", "<sku>", "<kind>", "<on_hand>"),
     ),
     Message(
         name="outcome",
         type=OutcomeMessage,
-        address="stocksync.out.outcome.{location_id}",
+        address=wire.outcome_subject("{location_id}"),
         summary="What became of every recorded event: applied, duplicate or rejected (with its error).",
-        msg_id="outcome:<event_id>:<outcome>",
+        msg_id=wire.outcome_msg_id("<location_id>", "<event_id>", "<outcome>"),
     ),
     Message(
         name="dead_letter",
-        type=DeadLetter,
-        address="stocksync.dlq.{location_id}",
+        type=wire.DeadLetter,
+        address=wire.dlq_subject("{location_id}"),
         summary="A message that could not be decoded or validated: kept here, acknowledged inbound.",
-        msg_id="dlq:<inbound stream sequence>, when the refused message came from the stream",
+        msg_id=f"{wire.dlq_msg_id('<inbound stream sequence>')}, when the refused message came from the stream",
         msg_id_always=False,
     ),
 ]
@@ -256,8 +255,8 @@ def _camel(*words: str) -> str:
 
 def _headers(message: Message) -> dict[str, Any]:
     msg_id = {"type": "string", "description": message.msg_id}
-    headers = {"type": "object", "properties": {"Nats-Msg-Id": msg_id}}
-    return {**headers, "required": ["Nats-Msg-Id"]} if message.msg_id_always else headers
+    headers = {"type": "object", "properties": {wire.MSG_ID: msg_id}}
+    return {**headers, "required": [wire.MSG_ID]} if message.msg_id_always else headers
 
 
 def _description() -> str:
@@ -266,12 +265,12 @@ def _description() -> str:
     )
     return (
         "The NATS (JetStream) side of stocksync, spec section 3. Inbound events are published by tills, the "
-        "web shop and staff tools to `stocksync.in.<location_id>.<type>`, without `Nats-Msg-Id` (see the header's description); "
-        "the subject's location and type must equal the body's. Everything the service publishes goes "
+        "web shop and staff tools to `stocksync.in.<location_id>.<type>`, best without `Nats-Msg-Id` (see "
+        "the header's description); the subject's location and type must equal the body's. Everything the service publishes goes "
         "through a transactional outbox: published if and only if its change committed, at least once, in "
         "commit order per position, with `Nats-Msg-Id` set so that repeats are dropped.\n\n"
         f"Streams:\n{streams}\n\n"
-        f"Key-value bucket `{topology.AVAILABILITY_BUCKET}`: key `<location_id>.<sku>`, value the "
+        f"Key-value bucket `{wire.AVAILABILITY_BUCKET}`: key `<location_id>.<sku>`, value the "
         "availability message (schema `AvailabilityMessage`), the current availability of every position. "
         "It is written by compare-and-set, never replacing a newer `version` with an older; watch it with a "
         "KV watcher or on channel `availabilityBucket`."
@@ -327,7 +326,7 @@ def asyncapi(messages: Sequence[Message] = MESSAGES) -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{key}/messages/{message.name}"}],
         }
     channels["availabilityBucket"] = {
-        "address": f"$KV.{topology.AVAILABILITY_BUCKET}.{{location_id}}.{{sku}}",
+        "address": wire.AVAILABILITY_KV_SUBJECT + wire.availability_key("{location_id}", "{sku}"),
         "title": "availability bucket",
         "description": "The KV bucket's own subjects: one retained entry per position.",
         "messages": {"availability": {"$ref": "#/components/messages/availability"}},

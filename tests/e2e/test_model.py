@@ -26,12 +26,12 @@ from msgspec import structs
 from nats.js import JetStreamContext
 
 from stocksync.adapters.database import create_engine
+from stocksync.clock import ManualClock
 from stocksync.domain.events import Command, encode
 from stocksync.http.app import create_app
 from stocksync.messaging.topology import connect, migrate_topology
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
-from stocksync.service.clock import ManualClock
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
 from stocksync.service.sweeper import ExpirySweeper

@@ -15,10 +15,10 @@ import pytest
 
 from stocksync.adapters.database import create_engine
 from stocksync.clients import ApiError, EcommerceClient, PosClient, ReservationTimeout
+from stocksync.clock import utc_now
 from stocksync.domain.events import QtyLine, Receipt
 from stocksync.domain.model import ReservationLine, Shortage
 from stocksync.messaging.topology import migrate_topology
-from stocksync.service.clock import utc_now
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import LedgerService
 from tests.integration.test_pos_client import DEADLINE_S, running_service, unique

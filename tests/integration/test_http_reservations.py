@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.clock import ManualClock
 from stocksync.http.app import create_app
-from stocksync.service.clock import ManualClock
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import GroupCommitLedger
 from tests.support_http import Api, admin, as_key, client, ecommerce, engine, scalar, unique  # noqa: F401

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters.database import create_engine
+from stocksync.clock import ManualClock
 from stocksync.domain.events import Command
 from stocksync.domain.model import Position
-from stocksync.service.clock import ManualClock
 from stocksync.service.ledger_service import LedgerService, body_hash
 from stocksync.service.locations import upsert_locations
 from tests.support_ledger import (

@@ -27,7 +27,6 @@ import pytest
 from nats.aio.client import Client
 
 import stocksync
-
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import free_port, nats_server_binary
 from stocksync.aio import cancel_and_wait
@@ -36,13 +35,14 @@ from stocksync.clients.pos import PosClient
 from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.events import INBOUND_TYPES, QtyLine, encode
 from stocksync.domain.model import Location
-from stocksync.messaging.nats_auth import key_options, new_seed, server_config, service_options
-from stocksync.messaging.topology import IN_STREAM, connect, migrate_topology
+from stocksync.messaging.nats_auth import new_seed, server_config, service_options
+from stocksync.messaging.topology import connect, migrate_topology
 from stocksync.migrate import migrate_database_async
 from stocksync.server import serve
 from stocksync.service.keys import create_key
 from stocksync.service.locations import upsert_locations
 from stocksync.settings import Settings
+from stocksync.wire import IN_STREAM, key_options
 from tests.support import NatsServer
 from tests.support_ledger import receipt
 from tests.support_nats import fetch, wait_until
@@ -357,6 +357,7 @@ async def test_staff_receives_stock_and_the_web_shop_watches_it_from_the_bucket(
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a certificate for 127.0.0.1 signed by it (openssl): ca.pem, cert.pem, key.pem."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from stocksync.adapters.embedded import start_postgres
-from stocksync.messaging.topology import AVAILABILITY_BUCKET, DLQ_STREAM, OUT_STREAM
+from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, OUT_STREAM
 from tests.support import NatsServer
 from tests.support_ledger import adjust, receipt, return_, sale, unique
 from tests.support_nats import (

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stocksync.domain.events import encode
-from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER
-from stocksync.messaging.worker import DeadLetter
+from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, DeadLetter
 from tests.support import NatsServer
 from tests.support_ledger import receipt, sale, unique
 from tests.support_nats import (

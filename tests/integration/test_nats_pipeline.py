@@ -21,16 +21,8 @@ import pytest
 from stocksync.adapters.database import create_engine
 from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import BucketWriter, OutboxRelay
-from stocksync.messaging.topology import (
-    AVAILABILITY_BUCKET,
-    DLQ_STREAM,
-    IN_STREAM,
-    OUT_STREAM,
-    WORKER_CONSUMER,
-    migrate_topology,
-    worker_consumer,
-)
-from stocksync.messaging.worker import DeadLetter
+from stocksync.messaging.topology import migrate_topology, worker_consumer
+from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER, DeadLetter
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import adjust, cancel, collect, count, receipt, reserve, return_, sale, unique
 from tests.support_nats import (

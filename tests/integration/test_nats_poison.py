@@ -21,9 +21,10 @@ from stocksync.adapters.database import async_url
 from stocksync.adapters.embedded import free_port
 from stocksync.domain.events import encode
 from stocksync.messaging import worker as worker_module
-from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, connect
-from stocksync.messaging.worker import DeadLetter, EventWorker
+from stocksync.messaging.topology import connect
+from stocksync.messaging.worker import EventWorker
 from stocksync.service.ledger_service import LedgerService
+from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, DeadLetter
 from tests.support import NatsServer
 from tests.support_ledger import receipt, unique
 from tests.support_nats import (

@@ -32,11 +32,12 @@ from stocksync.clients.simulate import simulate
 from stocksync.domain.events import QtyLine, decode_inbound
 from stocksync.domain.model import Location
 from stocksync.messages import OutcomeMessage
-from stocksync.messaging.topology import IN_STREAM, OUT_STREAM, connect, migrate_topology, worker_consumer
+from stocksync.messaging.topology import connect, migrate_topology, worker_consumer
 from stocksync.migrate import migrate_database_async
 from stocksync.server import serve
 from stocksync.service.locations import upsert_locations
 from stocksync.settings import Settings
+from stocksync.wire import IN_STREAM, OUT_STREAM
 from tests.support import NatsServer
 from tests.support_ledger import sale
 from tests.support_nats import fetch, wait_until
@@ -265,7 +266,9 @@ async def test_another_stores_till_sending_this_tills_next_id_first_does_not_hol
             nc = await connect(nats_server.url)
             try:
                 ack = await nc.jetstream().publish(
-                    f"stocksync.in.{store_a}.sale", msgspec.json.encode(claim), headers={"Nats-Msg-Id": next_id}
+                    f"stocksync.in.{store_a}.sale",
+                    msgspec.json.encode(claim),
+                    headers={"Nats-Msg-Id": next_id},
                 )
                 sold = await pos.sell([QtyLine(sku="SKU-B", qty=2)])
                 await pos.wait_until_drained(DEADLINE_S)

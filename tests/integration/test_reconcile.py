@@ -26,9 +26,9 @@ from stocksync.adapters.database import create_engine
 from stocksync.cli import main
 from stocksync.domain.events import Command, encode
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import AVAILABILITY_BUCKET
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.reconciliation import seed_bulk
+from stocksync.wire import AVAILABILITY_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique
 from tests.support_nats import in_process, outcomes, prepare, subject_of, unrelayed, wait_until

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
 from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
-from stocksync.messaging.topology import AVAILABILITY_BUCKET, OUT_STREAM, connect, migrate_topology
+from stocksync.messaging.topology import connect, migrate_topology
+from stocksync.wire import AVAILABILITY_BUCKET, OUT_STREAM
 from tests.support import NatsServer
 from tests.support_ledger import receipt, unique
 from tests.support_nats import (
@@ -126,7 +127,14 @@ async def test_a_malformed_bucket_entry_is_overwritten_with_the_ledger_and_never
     loc, poisoned_sku, other_sku = unique("store"), unique("SKU"), unique("SKU")
     poisoned, other = f"{loc}.{poisoned_sku}", f"{loc}.{other_sku}"
     await prepare(database_url, nats_url, [loc])
-    garbage = [b"not json", b'{"on_hand": 3}', b'{"version": "7"}', b"[1, 2]", b'{"version": 1e400}', b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
+    garbage = [
+        b"not json",
+        b'{"on_hand": 3}',
+        b'{"version": "7"}',
+        b"[1, 2]",
+        b'{"version": 1e400}',
+        b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ]
     before = malformed_seen()
 
     async with jetstream(nats_url) as (_, js), in_process(database_url, nats_url) as running:
@@ -177,8 +185,9 @@ async def test_a_relay_that_cannot_open_the_bucket_lets_the_lock_go_and_another_
             assert await lock_holders(database_url) == []
 
             await migrate_topology(nats_url)  # the bucket back
-            async with relays(database_url, nats_url, 1) as (b,), in_process(
-                database_url, nats_url, roles=("worker",)
+            async with (
+                relays(database_url, nats_url, 1) as (b,),
+                in_process(database_url, nats_url, roles=("worker",)),
             ):
                 await publish_events(js, [receipt(loc, {sku: 4})])
                 kv = await js.key_value(AVAILABILITY_BUCKET)
@@ -221,9 +230,11 @@ async def test_a_leader_whose_lock_session_is_killed_stops_and_one_relay_leads_o
             published.extend(chunk)
             await asyncio.sleep(0.02)
 
-    async with jetstream(nats_url) as (_, js), in_process(
-        database_url, nats_url, roles=("worker",)
-    ), relays(database_url, nats_url, 2) as both:
+    async with (
+        jetstream(nats_url) as (_, js),
+        in_process(database_url, nats_url, roles=("worker",)),
+        relays(database_url, nats_url, 2) as both,
+    ):
         publishing = asyncio.create_task(publisher(js))
         try:
             old = await wait_until(lambda: _leader(both), what="a relay leading")

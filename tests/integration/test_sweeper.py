@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import create_engine
-from stocksync.service.clock import ManualClock
+from stocksync.clock import ManualClock
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.locations import upsert_locations
 from stocksync.service.sweeper import ExpirySweeper

@@ -11,14 +11,9 @@ from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
 from stocksync.domain.events import TooDeep, decode_inbound
-from stocksync.messaging.worker import (
-    LETTER_MAX_BYTES,
-    DeadLetter,
-    Refused,
-    dead_letter_of,
-    decode_message,
-)
+from stocksync.messaging.worker import LETTER_MAX_BYTES, Refused, dead_letter_of, decode_message
 from stocksync.service.reconciliation.inbound import _body_id
+from stocksync.wire import DeadLetter
 
 DLQ_MESSAGE_LIMIT = 512 * 1024
 

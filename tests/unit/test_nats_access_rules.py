@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nkeys
 
-from stocksync.domain.access import nats_permissions
 from stocksync.domain.events import INBOUND_TYPES
 from stocksync.messaging.nats_auth import (
     authorization_response,
@@ -20,6 +19,7 @@ from stocksync.messaging.nats_auth import (
     user_jwt,
 )
 from stocksync.settings import Settings
+from stocksync.wire import nats_permissions
 
 SERVICE_ONLY = ("stocksync.out.availability.a.x", "stocksync.dlq.a", "$KV.stocksync_availability.a.x")
 

@@ -39,11 +39,10 @@ from stocksync.domain.reconciliation import (
     kv_finding,
     ledger_numbers,
     lost_event_finding,
-    outbox_target,
     overdue_finding,
     parse_count_row,
-    split_key,
 )
+from stocksync.wire import outbound_target, split_availability_key, subject_location
 
 NOW = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
 STORE, SKU = "store-001", "SKU-1"
@@ -144,8 +143,10 @@ def test_an_overdue_reservation_names_its_sku_when_it_has_one() -> None:
 
 
 def test_a_lost_event_names_the_location_of_its_subject_and_its_sku() -> None:
+    subject = f"stocksync.in.{STORE}.sale"
     finding = lost_event_finding(
-        subject=f"stocksync.in.{STORE}.sale",
+        subject=subject,
+        location_id=subject_location(subject),
         sequence=7,
         event_id="e-1",
         skus=[SKU],
@@ -170,7 +171,7 @@ def test_a_lost_event_names_the_location_of_its_subject_and_its_sku() -> None:
     ],
 )
 def test_outbox_subjects_name_what_they_are_about(subject: str, target: tuple) -> None:
-    assert outbox_target(subject) == target
+    assert outbound_target(subject) == target
 
 
 LEDGER = ledger_numbers(on_hand=10, reserved=2, damaged=0, safety_stock=1, version=4)
@@ -209,8 +210,8 @@ def test_an_entry_for_no_position_or_one_that_cannot_be_trusted_is_reported() ->
 
 
 def test_bucket_keys_split_into_location_and_sku() -> None:
-    assert split_key(f"{STORE}.{SKU}") == (STORE, SKU)
-    assert split_key("no-dot") is None and split_key("a.b.c") is None
+    assert split_availability_key(f"{STORE}.{SKU}") == (STORE, SKU)
+    assert split_availability_key("no-dot") is None and split_availability_key("a.b.c") is None
 
 
 def _fields(numbers: Numbers) -> dict:

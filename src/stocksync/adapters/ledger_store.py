@@ -331,7 +331,7 @@ def _statement(shape: tuple[str, ...], notify: bool) -> TextClause:
     ctes = ",\n".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
     counts = [f"(SELECT count(*) FROM w{i})" for i in range(len(parts))]
     if notify:
-        counts.append("pg_notify('stocksync_outbox', '') IS NULL")
+        counts.append(f"pg_notify('{t.OUTBOX_CHANNEL}', '') IS NULL")
     return text(f"WITH {ctes}\nSELECT {', '.join(counts)}")
 
 

@@ -17,13 +17,19 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from stocksync.aio import quietly
-from stocksync.clients.pos import inbound_subject, wire_body
+from stocksync.clock import utc_now
 from stocksync.domain.events import DEFAULT_TTL_S, Cancel, Channel, Collect, QtyLine, Reserve
 from stocksync.domain.pickup import PickupStore
 from stocksync.messages import AvailabilityMessage, ReservationMessage
-from stocksync.messaging.nats_auth import key_options
-from stocksync.messaging.topology import AVAILABILITY_BUCKET, connect
-from stocksync.service.clock import utc_now
+from stocksync.messaging.topology import connect
+from stocksync.wire import (
+    AVAILABILITY_BUCKET,
+    availability_key,
+    event_body,
+    event_subject,
+    key_options,
+    reservation_subject,
+)
 
 _decode_reservation = msgspec.json.Decoder(ReservationMessage).decode
 _decode_availability = msgspec.json.Decoder(AvailabilityMessage).decode
@@ -187,11 +193,13 @@ class EcommerceClient:
         """Publish the event and wait for the reservation message that answers this very event."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
-        body = wire_body(event)
+        body = event_body(event)
         await self._connected()
-        sub = await self.nc.subscribe(f"stocksync.out.reservation.{event.reservation_id}")
+        sub = await self.nc.subscribe(reservation_subject(event.reservation_id))
         try:
-            await self.js.publish(inbound_subject(event), body, timeout=timeout_s)  # no Nats-Msg-Id: see PosClient
+            await self.js.publish(
+                event_subject(event), body, timeout=timeout_s
+            )  # no Nats-Msg-Id: see PosClient
             while True:
                 answer = _decode_reservation((await sub.next_msg(timeout=deadline - time.monotonic())).data)
                 # Not an expiry, nor another request's answer, nor one for the same ids at another store (a
@@ -214,7 +222,7 @@ class EcommerceClient:
         """
         await self._connected()
         kv = await self.js.key_value(AVAILABILITY_BUCKET)
-        watcher = await kv.watch(f"{location_id or '*'}.{sku or '*'}")
+        watcher = await kv.watch(availability_key(location_id or "*", sku or "*"))
         latest: dict[str, int] = {}
         try:
             async for entry in watcher:

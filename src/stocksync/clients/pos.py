@@ -31,21 +31,19 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from stocksync.aio import cancel_and_wait, pause, quietly
+from stocksync.clock import utc_now
 from stocksync.domain.events import (
     ID_PATTERN,
-    MAX_BODY_BYTES,
     InboundEvent,
     QtyLine,
     Return,
     ReturnLine,
     Sale,
     decode_inbound,
-    encode,
 )
 from stocksync.messages import OutcomeMessage
-from stocksync.messaging.nats_auth import key_options
-from stocksync.messaging.topology import OUT_STREAM, connect
-from stocksync.service.clock import utc_now
+from stocksync.messaging.topology import connect
+from stocksync.wire import OUT_STREAM, event_body, event_subject, key_options, outcome_subject
 
 log = structlog.get_logger("stocksync.pos")
 T = TypeVar("T")
@@ -81,19 +79,6 @@ def export_journal(spool_path: str | Path, out: TextIO) -> int:
         return written
     finally:
         db.close()
-
-
-def inbound_subject(event: InboundEvent) -> str:
-    return f"stocksync.in.{event.location_id}.{event.type}"
-
-
-def wire_body(event: InboundEvent) -> bytes:
-    """The JSON body, refused here if the worker would dead-letter it: such an event never gets an outcome."""
-    body = encode(event)
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError(f"the event is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
-    decode_inbound(body)  # raises msgspec.ValidationError naming the field
-    return body
 
 
 class SpoolInUse(RuntimeError):
@@ -184,10 +169,10 @@ class Spool:
         with self._transaction():
             seq = int(self._meta("last_seq") or 0) + 1
             event = build(f"{self.location_id}:{self.till_id}:{seq:06d}")
-            body, spooled_at = wire_body(event), utc_now().isoformat()
+            body, spooled_at = event_body(event), utc_now().isoformat()
             self._db.execute(
                 "INSERT INTO spool (seq, event_id, subject, body, spooled_at) VALUES (?, ?, ?, ?, ?)",
-                (seq, event.event_id, inbound_subject(event), body, spooled_at),
+                (seq, event.event_id, event_subject(event), body, spooled_at),
             )
             self._db.execute(
                 "INSERT INTO journal (seq, body, spooled_at) VALUES (?, ?, ?)", (seq, body, spooled_at)
@@ -528,7 +513,7 @@ class PosClient:
             inactive_threshold=60.0,
             description=f"outcomes for {self.source}",
         )
-        subject = f"stocksync.out.outcome.{self.location_id}"
+        subject = outcome_subject(self.location_id)
         return await js.pull_subscribe(subject, stream=OUT_STREAM, config=config)
 
     async def _settle(self, msgs: Sequence[Msg]) -> None:

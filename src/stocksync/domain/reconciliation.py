@@ -190,12 +190,6 @@ def at_risk_findings(
 # -- 3. no event lost ---------------------------------------------------------------------------------------------
 
 
-def inbound_location(subject: str) -> str | None:
-    """``stocksync.in.<location_id>.<type>`` (or ``stocksync.dlq.<location_id>``): the location token."""
-    tokens = subject.split(".")
-    return tokens[2] if len(tokens) > 2 and _ID.match(tokens[2]) else None
-
-
 def single_sku(skus: Sequence[str]) -> str | None:
     distinct = set(skus)
     return next(iter(distinct)) if len(distinct) == 1 else None
@@ -204,6 +198,7 @@ def single_sku(skus: Sequence[str]) -> str | None:
 def lost_event_finding(
     *,
     subject: str,
+    location_id: str | None,
     sequence: int,
     event_id: str | None,
     skus: Sequence[str],
@@ -219,19 +214,19 @@ def lost_event_finding(
     lines = f" ({describe_lines(skus, qtys)})" if skus else ""
     return Finding(
         kind=EVENT_WITHOUT_OUTCOME,
-        location_id=inbound_location(subject),
+        location_id=location_id,
         sku=single_sku(skus),
         detail=f"stream sequence {sequence}, event {event_id or '(no event_id)'} on {subject}{lines}: {state}",
     )
 
 
 def dead_letter_finding(
-    *, dlq_subject: str, sequence: int, original_subject: str, error: str, detail: str
+    *, location_id: str | None, sequence: int, original_subject: str, error: str, detail: str
 ) -> Finding:
     """A message dead-lettered since the last run: a producer sent something the ledger could not take."""
     return Finding(
         kind=DEAD_LETTER,
-        location_id=inbound_location(dlq_subject),
+        location_id=location_id,
         detail=f"DLQ sequence {sequence}: {error} on {original_subject}: {detail}"[:500],
     )
 
@@ -248,21 +243,15 @@ def journal_finding(*, line: int, event_id: str, location_id: str | None, dead_l
 # -- 4. outbox and read models ---------------------------------------------------------------------------------
 
 
-def outbox_target(subject: str) -> tuple[str | None, str | None, str | None]:
-    """(location_id, sku, reservation_id) an outbound subject names (spec section 3)."""
-    tokens = subject.split(".")
-    kind, rest = (tokens[2], tokens[3:]) if len(tokens) > 3 else ("", [])
-    if kind == "availability" and len(rest) == 2:
-        return rest[0], rest[1], None
-    if kind in ("alert", "outcome") and len(rest) == 1:
-        return rest[0], None, None
-    if kind == "reservation" and len(rest) == 1:
-        return None, None, rest[0]
-    return None, None, None
-
-
-def outbox_finding(*, row_id: int, subject: str, msg_id: str, created_at: datetime) -> Finding:
-    location_id, sku, reservation_id = outbox_target(subject)
+def outbox_finding(
+    *,
+    row_id: int,
+    msg_id: str,
+    created_at: datetime,
+    target: tuple[str | None, str | None, str | None],
+) -> Finding:
+    """An outbox row unrelayed too long; ``target``: the (location_id, sku, reservation_id) its subject names."""
+    location_id, sku, reservation_id = target
     return Finding(
         kind=OUTBOX_STUCK,
         location_id=location_id,
@@ -302,12 +291,6 @@ def ledger_numbers(on_hand: int, reserved: int, damaged: int, safety_stock: int,
         available=available(on_hand, reserved, safety_stock),
         version=version,
     )
-
-
-def split_key(key: str) -> tuple[str, str] | None:
-    """``<location_id>.<sku>``; ids cannot hold a dot, so the split is unambiguous."""
-    location_id, dot, sku = key.partition(".")
-    return (location_id, sku) if dot and _ID.match(location_id) and _ID.match(sku) else None
 
 
 def entry_problem(entry: Numbers | None) -> str | None:

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import __version__
+from stocksync.clock import Clock, utc_now
 from stocksync.domain.events import MAX_BODY_BYTES
 from stocksync.http import errors, health
 from stocksync.http.auth import SECURITY, SECURITY_SCHEME, Access, ApiKeyMiddleware, provide_key
@@ -20,7 +21,6 @@ from stocksync.http.events import EventController
 from stocksync.http.locations import LocationController
 from stocksync.http.reservations import ReservationController
 from stocksync.http.stock import StockController
-from stocksync.service.clock import Clock, utc_now
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.queries import Queries

@@ -9,6 +9,7 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.clock import Clock
 from stocksync.domain.events import SetSafetyStock, decoder
 from stocksync.domain.model import Location
 from stocksync.http.auth import Access, admin_only
@@ -23,7 +24,6 @@ from stocksync.http.schemas import (
     read_body,
 )
 from stocksync.messages import PositionBody
-from stocksync.service.clock import Clock
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.locations import list_locations, upsert_locations
 

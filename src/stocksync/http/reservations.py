@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
+from stocksync.clock import Clock
 from stocksync.domain.errors import EventIdConflict, UnknownReservation
 from stocksync.domain.events import Cancel, Collect, decoder
 from stocksync.domain.model import Reservation, ReservationStatus
@@ -25,7 +26,6 @@ from stocksync.http.schemas import (
     read_body,
 )
 from stocksync.messages import ReservationBody
-from stocksync.service.clock import Clock
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.queries import Queries

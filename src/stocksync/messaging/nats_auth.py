@@ -3,7 +3,7 @@ configuration (``stocksync nats config``) that sends every connection to it.
 
 A client connects with its API key as the token. nats-server asks on ``$SYS.REQ.USER.AUTH``; the callout
 verifies the key and answers with a user JWT, signed by the issuer account key, that carries the key's
-subjects (`domain.access.nats_permissions`) and expires after ``nats_auth_ttl_s``. The server drops a
+subjects (`wire.nats_permissions`) and expires after ``nats_auth_ttl_s``. The server drops a
 connection whose JWT expired; its reconnect is authorised again, so a revoked key loses its connection within
 that time. The service's own processes connect as an NKey user listed in ``auth_users``: never asked about.
 """
@@ -30,11 +30,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.embedded import NATS_CONFIG
-from stocksync.domain.access import NatsPermissions, inbox_prefix, nats_permissions
 from stocksync.domain.errors import StocksyncError
 from stocksync.logs import outline
 from stocksync.service.keys import KeyVerifier
 from stocksync.settings import Settings
+from stocksync.wire import NatsPermissions, nats_permissions
 
 log = structlog.get_logger("stocksync.nats_auth")
 
@@ -146,15 +146,6 @@ def service_options(settings: Settings) -> dict[str, Any]:
             context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
         options["tls"] = context
     return options
-
-
-def key_options(api_key: str | None) -> dict[str, Any]:
-    """nats-py ``connect`` options of a client that connects with its API key: the key as the token, and
-    the key's own inbox (the only one its connection may read replies on)."""
-    if not api_key:
-        return {}
-    key_id = api_key.split("_")[1] if api_key.count("_") >= 2 else ""
-    return {"token": api_key, "inbox_prefix": inbox_prefix(key_id)} if key_id else {"token": api_key}
 
 
 # --- the server configuration -------------------------------------------------------------------------------

@@ -36,16 +36,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
+from stocksync.adapters.tables import OUTBOX_CHANNEL
 from stocksync.aio import cancel_and_wait, pause
+from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
 from stocksync.logs import outline
-from stocksync.messaging.topology import AVAILABILITY_BUCKET
-from stocksync.service.clock import utc_now
+from stocksync.wire import AVAILABILITY_BUCKET, AVAILABILITY_KV_SUBJECT, MSG_ID
 
 log = structlog.get_logger("stocksync.relay")
 
 LEADER_LOCK = 0x5707C6
-NOTIFY_CHANNEL = "stocksync_outbox"
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:key)")
 # The lock as PostgreSQL shows it for this session (a bigint key: its high half in classid, low in objid).
@@ -75,7 +75,6 @@ _MARK = text(
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
 _PASSING = (SQLAlchemyError, OSError, NatsError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # the bucket's stream subject for a key
 # A slice at a time by the index on relayed_at: no statement runs long or scans the table.
 _PRUNE = text(
     """
@@ -157,7 +156,7 @@ class OutboxRelay:
         try:
             raw = (await session.get_raw_connection()).driver_connection
             raw.add_termination_listener(closed)
-            await raw.add_listener(NOTIFY_CHANNEL, self._notified)
+            await raw.add_listener(OUTBOX_CHANNEL, self._notified)
             kv = await self.js.key_value(AVAILABILITY_BUCKET)
             await self._relay_while_leading(session, kv, stop, lost)
         finally:
@@ -173,7 +172,7 @@ class OutboxRelay:
                 raw.remove_termination_listener(closed)
             await session.execute(_UNLOCK, {"key": LEADER_LOCK})
             if raw is not None:
-                await raw.remove_listener(NOTIFY_CHANNEL, self._notified)
+                await raw.remove_listener(OUTBOX_CHANNEL, self._notified)
         except BaseException as error:
             await session.invalidate()
             if not isinstance(error, Exception):
@@ -260,9 +259,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence) -> None:
-        sent = [
-            await self.js.publish_async(r.subject, r.payload, headers={"Nats-Msg-Id": r.msg_id}) for r in rows
-        ]
+        sent = [await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows]
         for ack in await acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
@@ -312,7 +309,9 @@ class BucketWriter:
                 slow.append(key)
             elif known[0] < version:  # else already there: a pass sent again after a failure
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
-                sent = await self.js.publish_async(f"{_KV_SUBJECT}{key}", payload, headers=headers)
+                sent = await self.js.publish_async(
+                    f"{AVAILABILITY_KV_SUBJECT}{key}", payload, headers=headers
+                )
                 fast.append((key, version, sent))
         acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
         for (key, version, _), ack in zip(fast, acks, strict=True):

@@ -27,12 +27,21 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from stocksync.domain.access import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM
+from stocksync.wire import (
+    AVAILABILITY_KV_STREAM,
+    AVAILABILITY_KV_SUBJECT,
+    DLQ_ALL,
+    DLQ_STREAM,
+    IN_ALL,
+    IN_STREAM,
+    OUT_ALL,
+    OUT_STREAM,
+    WORKER_CONSUMER,
+)
 
 log = structlog.get_logger("stocksync.nats")
 
 DAY = 86_400.0
-WORKER_CONSUMER = "stocksync-worker"
 DUPLICATE_WINDOW_S = 120.0  # where only stocksync writes the message ids (outbound, DLQ, KV)
 # Inbound: nats-server refuses less than 100 ms, and takes 0 for its default of two minutes.
 IN_DUPLICATE_WINDOW_S = 0.1
@@ -49,7 +58,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=IN_STREAM,
-            subjects=["stocksync.in.>"],
+            subjects=[IN_ALL],
             max_age=7 * DAY,
             description="events from tills, the web shop and staff",
             duplicate_window=IN_DUPLICATE_WINDOW_S,
@@ -57,7 +66,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=OUT_STREAM,
-            subjects=["stocksync.out.>"],
+            subjects=[OUT_ALL],
             max_age=3 * DAY,
             description="availability, reservations, alerts and outcomes",
             duplicate_window=DUPLICATE_WINDOW_S,
@@ -65,7 +74,7 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=DLQ_STREAM,
-            subjects=["stocksync.dlq.>"],
+            subjects=[DLQ_ALL],
             max_age=30 * DAY,
             description="messages that could not be decoded or validated",
             duplicate_window=DUPLICATE_WINDOW_S,
@@ -77,8 +86,8 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
 def availability_bucket(replicas: int = 1) -> StreamConfig:
     """The stream behind the KV bucket, as ``create_key_value`` makes it (history 1); migrate updates it."""
     return StreamConfig(
-        name=f"KV_{AVAILABILITY_BUCKET}",
-        subjects=[f"$KV.{AVAILABILITY_BUCKET}.>"],
+        name=AVAILABILITY_KV_STREAM,
+        subjects=[f"{AVAILABILITY_KV_SUBJECT}>"],
         description="current availability per <location_id>.<sku>",
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -107,7 +116,7 @@ def worker_consumer() -> ConsumerConfig:
         max_deliver=-1,
         max_ack_pending=20_000,
         max_waiting=512,
-        filter_subject="stocksync.in.>",
+        filter_subject=IN_ALL,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -24,38 +23,28 @@ from nats.errors import Error as NatsError
 from stocksync import metrics
 from stocksync.aio import pause, quietly
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, TooDeep, decode_inbound
-from stocksync.messaging.topology import IN_STREAM, WORKER_CONSUMER
+from stocksync.domain.events import MAX_BODY_BYTES, InboundEvent, TooDeep, decode_inbound
 from stocksync.service.ledger_service import LedgerService
+from stocksync.wire import (
+    IN_STREAM,
+    MSG_ID,
+    WORKER_CONSUMER,
+    DeadLetter,
+    dlq_msg_id,
+    dlq_subject,
+    header_event_id,
+    inbound_parts,
+    inbound_subject,
+    subject_location,
+)
 
 log = structlog.get_logger("stocksync.worker")
-_LOCATION = re.compile(ID_PATTERN)
 _encoder = msgspec.json.Encoder()
 
 # The DLQ stream takes 512 KiB a message, NATS headers included: a letter stays well below, whatever it copies.
 LETTER_MAX_BYTES = 448 * 1024
 MAX_HEADERS, HEADER_MAX_CHARS, DETAIL_MAX_CHARS = 32, 256, 2048
 ISOLATED_RETRIES = 3  # tries of one failing event, each after the database answered, before its dead letter
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """``stocksync.dlq.<location_id or _>``: the original message and why it was refused.
-
-    ``body`` is a copy, cut (``body_truncated``) when the whole would not fit the DLQ's message limit;
-    ``body_bytes`` is the original's size and ``stream_sequence`` finds it in ``STOCKSYNC_IN``.
-    """
-
-    subject: str
-    headers: dict[str, str]
-    body: str
-    body_encoding: str  # "utf-8", or "base64" when the body is not UTF-8
-    error: str
-    detail: str
-    stream_sequence: int | None
-    dead_lettered_at: datetime
-    body_bytes: int | None = None  # None in letters written before it was recorded
-    body_truncated: bool = False
-    headers_truncated: bool = False  # some headers left out, or a name or value cut
 
 
 class Refused(Exception):
@@ -81,13 +70,12 @@ def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) ->
         raise Refused("too_deep", str(error)) from None
     except msgspec.DecodeError as error:
         raise Refused("undecodable", f"the body is not valid JSON: {error}") from None
-    tokens = subject.split(".")
-    if len(tokens) != 4 or tokens[2] != event.location_id or tokens[3] != event.type:
+    if inbound_parts(subject) != (event.location_id, event.type):
         raise Refused(
             "subject_mismatch",
-            f"subject {subject!r} does not match the body (stocksync.in.{event.location_id}.{event.type})",
+            f"subject {subject!r} does not match the body ({inbound_subject(event.location_id, event.type)})",
         )
-    msg_id = (headers or {}).get("Nats-Msg-Id")
+    msg_id = header_event_id(headers)
     if msg_id is not None and msg_id != event.event_id:
         raise Refused("msg_id_mismatch", f"Nats-Msg-Id {msg_id!r} is not the event_id {event.event_id!r}")
     return event
@@ -106,8 +94,6 @@ def _refusal_of(msg: Msg) -> InboundEvent | Refused:
 def dead_letter_of(msg: Msg, refusal: Refused) -> tuple[str, DeadLetter]:
     """The letter for ``msg``, at most `LETTER_MAX_BYTES` encoded: headers and detail are capped, and the body
     copy is cut to what room is left (the original stays in the inbound stream, at ``stream_sequence``)."""
-    tokens = msg.subject.split(".")
-    location = tokens[2] if len(tokens) > 2 and _LOCATION.match(tokens[2]) else "_"
     headers, headers_cut = _capped_headers(msg.headers or {})
     detail = _cut(refusal.detail, DETAIL_MAX_CHARS)
     try:
@@ -130,7 +116,7 @@ def dead_letter_of(msg: Msg, refusal: Refused) -> tuple[str, DeadLetter]:
     room = LETTER_MAX_BYTES - len(_encoder.encode(letter))
     body, kept = _body_copy(msg.data, encoding, room)
     letter = msgspec.structs.replace(letter, body=body, body_truncated=kept < len(msg.data))
-    return f"stocksync.dlq.{location}", letter
+    return dlq_subject(subject_location(msg.subject)), letter
 
 
 def _body_copy(data: bytes, encoding: str, room: int) -> tuple[str, int]:
@@ -296,10 +282,8 @@ class EventWorker:
     async def dead_letter(self, msg: Msg, refusal: Refused) -> None:
         """Publish to the DLQ (de-duplicated by the inbound sequence), then acknowledge the original."""
         subject, letter = dead_letter_of(msg, refusal)
-        msg_id = f"dlq:{letter.stream_sequence}" if letter.stream_sequence is not None else None
-        await self.js.publish(
-            subject, _encoder.encode(letter), headers={"Nats-Msg-Id": msg_id} if msg_id else None
-        )
+        msg_id = dlq_msg_id(letter.stream_sequence) if letter.stream_sequence is not None else None
+        await self.js.publish(subject, _encoder.encode(letter), headers={MSG_ID: msg_id} if msg_id else None)
         await msg.ack()
         metrics.DEAD_LETTERS.labels(refusal.error).inc()
         # The letter's detail may quote the body (an unknown field's name, a mismatched id): not logged.

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stocksync import metrics
 from stocksync.adapters import ledger_store as store
 from stocksync.adapters.database import answers
+from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
 from stocksync.domain.ledger import Ledger, reservations_at_risk
@@ -34,7 +35,6 @@ from stocksync.domain.model import (
     Reservation,
     ReservationKey,
 )
-from stocksync.service.clock import Clock, utc_now
 from stocksync.service.outbox import outbox_rows
 
 log = structlog.get_logger("stocksync.ledger")

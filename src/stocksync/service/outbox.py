@@ -16,12 +16,19 @@ from stocksync.messages import (
     OutcomeMessage,
     ReservationMessage,
 )
+from stocksync.wire import (
+    alert_msg_id,
+    alert_subject,
+    availability_key,
+    availability_msg_id,
+    availability_subject,
+    outcome_msg_id,
+    outcome_subject,
+    reservation_msg_id,
+    reservation_subject,
+)
 
 _encode = msgspec.json.encode
-
-
-def availability_subject(location_id: str, sku: str) -> str:
-    return f"stocksync.out.availability.{location_id}.{sku}"
 
 
 def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[dict]:
@@ -37,25 +44,25 @@ def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[
         rows.append(
             _row(
                 availability_subject(*key),
-                f"availability:{key[0]}:{key[1]}:{position.version}",
+                availability_msg_id(*key, position.version),
                 body,
-                kv_key=f"{key[0]}.{key[1]}",
+                kv_key=availability_key(*key),
                 version=position.version,
             )
         )
     rows.extend(_reservation_row(ledger, outcome) for outcome in ledger.outcomes if outcome.reservation_id)
     rows.extend(
         _row(
-            f"stocksync.out.alert.{a.location_id}",
-            f"alert:{a.location_id}:{a.event_id}:{a.sku}:{a.kind}:{a.on_hand}",
+            alert_subject(a.location_id),
+            alert_msg_id(a.location_id, a.event_id, a.sku, a.kind, a.on_hand),
             AlertMessage.of(a),
         )
         for a in alerts
     )
     rows.extend(
         _row(
-            f"stocksync.out.outcome.{o.location_id}",
-            f"outcome:{o.location_id}:{o.event_id}:{o.outcome}",
+            outcome_subject(o.location_id),
+            outcome_msg_id(o.location_id, o.event_id, o.outcome),
             OutcomeMessage.of(o),
         )
         for o in ledger.outcomes
@@ -91,8 +98,8 @@ def _reservation_row(ledger: Ledger, outcome: Outcome) -> dict:
             shortages=(),
             event_id=outcome.event_id,
         )
-    subject = f"stocksync.out.reservation.{outcome.reservation_id}"
-    return _row(subject, f"reservation:{outcome.location_id}:{outcome.event_id}:{outcome.outcome}", body)
+    msg_id = reservation_msg_id(outcome.location_id, outcome.event_id, outcome.outcome)
+    return _row(reservation_subject(outcome.reservation_id), msg_id, body)
 
 
 def _row(

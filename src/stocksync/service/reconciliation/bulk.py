@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
-from stocksync.service.clock import utc_now
+from stocksync.clock import utc_now
 
 
 def _location(i: str) -> str:

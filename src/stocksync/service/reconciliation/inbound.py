@@ -33,9 +33,18 @@ from stocksync.domain.reconciliation import (
     journal_finding,
     lost_event_finding,
 )
-from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER
-from stocksync.messaging.worker import DeadLetter
 from stocksync.service.reconciliation.context import BATCH, Context, Findings, chunks, open_input
+from stocksync.wire import (
+    DLQ_ALL,
+    DLQ_STREAM,
+    IN_ALL,
+    IN_STREAM,
+    WORKER_CONSUMER,
+    DeadLetter,
+    header_event_id,
+    inbound_parts,
+    subject_location,
+)
 
 
 class _EventIdOnly(msgspec.Struct):
@@ -85,10 +94,6 @@ async def read_batches(
         await quietly(js.delete_consumer(stream, name))
 
 
-def _header_id(headers: dict[str, str] | None) -> str | None:
-    return (headers or {}).get("Nats-Msg-Id") or None
-
-
 def _body_id(body: bytes) -> str | None:
     try:
         return msgspec.json.decode(body, type=_EventIdOnly).event_id
@@ -97,8 +102,8 @@ def _body_id(body: bytes) -> str | None:
 
 
 def _event_id(headers: dict[str, str] | None, body: bytes) -> str | None:
-    """``Nats-Msg-Id`` is the event_id (the worker refuses a message where it is not); else the body says."""
-    return _header_id(headers) or _body_id(body)
+    """``Nats-Msg-Id`` where sent is the event_id (the worker refuses a message where it is not); else the body."""
+    return header_event_id(headers) or _body_id(body)
 
 
 @dataclass
@@ -123,7 +128,7 @@ class DeadLetters:
         if letter.stream_sequence is not None:
             self.sequences.add(letter.stream_sequence)
         body = base64.b64decode(letter.body) if letter.body_encoding == "base64" else letter.body.encode()
-        for event_id in {_header_id(letter.headers), _body_id(body)} - {None}:
+        for event_id in {header_event_id(letter.headers), _body_id(body)} - {None}:
             self.keys.add((letter.subject, event_id))  # type: ignore[arg-type]
             self.event_ids.add(event_id)  # type: ignore[arg-type]
 
@@ -154,7 +159,7 @@ async def scan_dead_letters(ctx: Context, dead: DeadLetters, since: tuple[str | 
     dead.last_seq = info.state.last_seq
     after = since[1] if since[0] == dead.stream_created else 0  # a re-created stream restarts its sequences
     ctx.progress.phase("dead-letter queue", info.state.messages)
-    async for msgs in read_batches(ctx.js, DLQ_STREAM, "stocksync.dlq.>"):
+    async for msgs in read_batches(ctx.js, DLQ_STREAM, DLQ_ALL):
         findings = []
         for msg in msgs:
             letter, sequence = _letter(msg.data), msg.metadata.sequence.stream
@@ -164,7 +169,7 @@ async def scan_dead_letters(ctx: Context, dead: DeadLetters, since: tuple[str | 
                 dead.new_codes[letter.error] += 1
                 findings.append(
                     dead_letter_finding(
-                        dlq_subject=msg.subject,
+                        location_id=subject_location(msg.subject),
                         sequence=sequence,
                         original_subject=letter.subject,
                         error=letter.error,
@@ -181,7 +186,7 @@ async def check_inbound(ctx: Context, dead: DeadLetters) -> Findings:
     info = await ctx.js.stream_info(IN_STREAM)
     acked = await _ack_floor(ctx.js)
     ctx.progress.phase("inbound stream", info.state.messages)
-    async for msgs in read_batches(ctx.js, IN_STREAM, "stocksync.in.>"):
+    async for msgs in read_batches(ctx.js, IN_STREAM, IN_ALL):
         settled = [m for m in msgs if m.metadata.timestamp <= ctx.cutoff]
         ids = [_event_id(m.headers, m.data) for m in settled]
         recorded = await _recorded(ctx, {i for i in ids if i is not None})
@@ -210,6 +215,7 @@ def _lost(msg: Msg, event_id: str | None, ack_floor: int) -> Finding:
     sequence = msg.metadata.sequence.stream
     return lost_event_finding(
         subject=msg.subject,
+        location_id=subject_location(msg.subject),
         sequence=sequence,
         event_id=event_id,
         skus=[ln.sku for ln in lines],
@@ -227,9 +233,9 @@ def _quantity(line: msgspec.Struct) -> int:
 
 
 def _subject_location(subject: str) -> str | None:
-    """``stocksync.in.<location_id>.<type>``: the worker applies a message only where body and subject agree."""
-    tokens = subject.split(".")
-    return tokens[2] if len(tokens) == 4 else None
+    """The worker applies a message only where body and subject agree: the subject's location is the event's."""
+    parts = inbound_parts(subject)
+    return parts[0] if parts else None
 
 
 async def _recorded(ctx: Context, event_ids: set[str]) -> set[EventKey]:

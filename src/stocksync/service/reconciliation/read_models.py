@@ -34,13 +34,18 @@ from stocksync.domain.reconciliation import (
     kv_finding,
     ledger_numbers,
     outbox_finding,
-    split_key,
 )
 from stocksync.messages import AvailabilityMessage
 from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay, put_if_newer
-from stocksync.messaging.topology import AVAILABILITY_BUCKET
 from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired, stream_rows
 from stocksync.service.reconciliation.inbound import read_batches
+from stocksync.wire import (
+    AVAILABILITY_BUCKET,
+    AVAILABILITY_KV_STREAM,
+    AVAILABILITY_KV_SUBJECT,
+    outbound_target,
+    split_availability_key,
+)
 
 # -- the outbox --------------------------------------------------------------------------------------------------
 
@@ -57,7 +62,9 @@ async def check_outbox(ctx: Context) -> Findings:
     async with ctx.engine.connect() as conn:
         async for rows in stream_rows(conn, stuck):
             findings = [
-                outbox_finding(row_id=r.id, subject=r.subject, msg_id=r.msg_id, created_at=r.created_at)
+                outbox_finding(
+                    row_id=r.id, msg_id=r.msg_id, created_at=r.created_at, target=outbound_target(r.subject)
+                )
                 for r in rows
             ]
             yield await _relay(ctx, rows, findings) if ctx.options.repair else findings
@@ -131,12 +138,13 @@ _KV_DIFFERENCES = text(
 
 async def check_bucket(ctx: Context) -> Findings:
     """Every bucket entry against its position, and every position against its entry."""
-    bucket = f"KV_{AVAILABILITY_BUCKET}"
-    info = await ctx.js.stream_info(bucket)
+    info = await ctx.js.stream_info(AVAILABILITY_KV_STREAM)
     ctx.progress.phase("availability bucket", info.state.messages)
     async with ctx.engine.begin() as conn:
         await conn.execute(_KV_TABLE)
-        async for msgs in read_batches(ctx.js, bucket, f"$KV.{AVAILABILITY_BUCKET}.>", last_per_subject=True):
+        async for msgs in read_batches(
+            ctx.js, AVAILABILITY_KV_STREAM, f"{AVAILABILITY_KV_SUBJECT}>", last_per_subject=True
+        ):
             yield await _load_entries(conn, msgs)
             ctx.advance("bucket_entries", len(msgs))
         await conn.execute(text("ANALYZE reconcile_kv"))
@@ -147,7 +155,7 @@ async def check_bucket(ctx: Context) -> Findings:
 
 async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Finding]:
     """Copy a batch of entries into the temporary table; a key that names no position is reported at once."""
-    prefix = len(f"$KV.{AVAILABILITY_BUCKET}.")
+    prefix = len(AVAILABILITY_KV_SUBJECT)
     columns: dict[str, list] = {
         name: [] for name in ("location_id", "sku", "problem", *_NUMBERS, "available")
     }
@@ -156,7 +164,7 @@ async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Find
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
             continue
         key = msg.subject[prefix:]
-        position = split_key(key)
+        position = split_availability_key(key)
         if position is None:
             unknown.append(Finding(kind=KV_UNKNOWN, detail=f"bucket key {key!r} is not <location_id>.<sku>"))
             continue

@@ -19,10 +19,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
+from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import StocksyncError
 from stocksync.domain.reconciliation import COUNT_DIFFERENCE, exit_code
-from stocksync.messaging.topology import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM
-from stocksync.service.clock import Clock, utc_now
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.reconciliation import counts as count_file
 from stocksync.service.reconciliation import inbound, integrity, read_models
@@ -36,6 +35,7 @@ from stocksync.service.reconciliation.report import (
     read_state,
     write_state,
 )
+from stocksync.wire import AVAILABILITY_KV_STREAM, DLQ_STREAM, IN_STREAM
 
 log = structlog.get_logger("stocksync.reconcile")
 
@@ -111,7 +111,7 @@ async def _connect(nats_url: str, options: dict[str, Any]) -> Client:
     except (TimeoutError, OSError, NatsError) as error:
         raise CouldNotRun(f"NATS is unreachable at {nats_url}: {type(error).__name__}: {error}") from error
     try:
-        for stream in (IN_STREAM, DLQ_STREAM, f"KV_{AVAILABILITY_BUCKET}"):
+        for stream in (IN_STREAM, DLQ_STREAM, AVAILABILITY_KV_STREAM):
             await nc.jetstream().stream_info(stream)
     except NotFoundError:
         await nc.close()

@@ -1,0 +1,222 @@
+"""Everything stocksync puts on NATS, in one place (spec section 3): stream, consumer and bucket names, every
+subject built and parsed, the message ids, and the dead letter.
+
+Contracts, the worker, the relay, the clients and reconciliation import this module and nothing of each other.
+It does no I/O: a subject is a string, and ids cannot hold a dot (`ID_PATTERN`), so every split is unambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+import msgspec
+
+from stocksync.domain.access import EVENT_GRANTS
+from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, decode_inbound, encode
+
+IN_STREAM = "STOCKSYNC_IN"
+OUT_STREAM = "STOCKSYNC_OUT"
+DLQ_STREAM = "STOCKSYNC_DLQ"
+AVAILABILITY_BUCKET = "stocksync_availability"
+AVAILABILITY_KV_STREAM = f"KV_{AVAILABILITY_BUCKET}"
+AVAILABILITY_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # + the key: the bucket's stream subject for it
+WORKER_CONSUMER = "stocksync-worker"
+
+IN_ALL, OUT_ALL, DLQ_ALL = "stocksync.in.>", "stocksync.out.>", "stocksync.dlq.>"
+AVAILABILITY_ALL = "stocksync.out.availability.>"
+MSG_ID = "Nats-Msg-Id"
+NO_LOCATION = "_"  # the dead-letter subject's token when the refused subject names no valid location
+
+_ID = re.compile(ID_PATTERN)
+
+
+# -- subjects -----------------------------------------------------------------------------------------------------
+
+
+def inbound_subject(location_id: str, event_type: str) -> str:
+    return f"stocksync.in.{location_id}.{event_type}"
+
+
+def event_subject(event: InboundEvent) -> str:
+    return inbound_subject(event.location_id, event.type)
+
+
+def availability_subject(location_id: str, sku: str) -> str:
+    return f"stocksync.out.availability.{location_id}.{sku}"
+
+
+def reservation_subject(reservation_id: str) -> str:
+    return f"stocksync.out.reservation.{reservation_id}"
+
+
+def alert_subject(location_id: str) -> str:
+    return f"stocksync.out.alert.{location_id}"
+
+
+def outcome_subject(location_id: str) -> str:
+    return f"stocksync.out.outcome.{location_id}"
+
+
+def dlq_subject(location_id: str | None) -> str:
+    return f"stocksync.dlq.{location_id or NO_LOCATION}"
+
+
+def inbound_parts(subject: str) -> tuple[str, str] | None:
+    """(location_id, type) of ``stocksync.in.<location_id>.<type>``; None for any other shape."""
+    tokens = subject.split(".")
+    if len(tokens) == 4 and tokens[:2] == ["stocksync", "in"]:
+        return tokens[2], tokens[3]
+    return None
+
+
+def subject_location(subject: str) -> str | None:
+    """The location an inbound or dead-letter subject names (``stocksync.in|dlq.<location_id>…``), if valid."""
+    tokens = subject.split(".")
+    return tokens[2] if len(tokens) > 2 and _ID.match(tokens[2]) else None
+
+
+def outbound_target(subject: str) -> tuple[str | None, str | None, str | None]:
+    """(location_id, sku, reservation_id) an outbound subject names."""
+    tokens = subject.split(".")
+    kind, rest = (tokens[2], tokens[3:]) if len(tokens) > 3 else ("", [])
+    if kind == "availability" and len(rest) == 2:
+        return rest[0], rest[1], None
+    if kind in ("alert", "outcome") and len(rest) == 1:
+        return rest[0], None, None
+    if kind == "reservation" and len(rest) == 1:
+        return None, None, rest[0]
+    return None, None, None
+
+
+def event_body(event: InboundEvent) -> bytes:
+    """The JSON body, refused here if the worker would dead-letter it: such an event never gets an outcome."""
+    body = encode(event)
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"the event is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    decode_inbound(body)  # raises msgspec.ValidationError naming the field
+    return body
+
+
+# -- the availability bucket --------------------------------------------------------------------------------------
+
+
+def availability_key(location_id: str, sku: str) -> str:
+    return f"{location_id}.{sku}"
+
+
+def split_availability_key(key: str) -> tuple[str, str] | None:
+    """``<location_id>.<sku>``, or None for a key that is not two valid ids."""
+    location_id, dot, sku = key.partition(".")
+    return (location_id, sku) if dot and _ID.match(location_id) and _ID.match(sku) else None
+
+
+# -- message ids: each names the location where it names an event, since an event is both (rule 10) ----------
+
+
+def availability_msg_id(location_id: str, sku: str, version: int) -> str:
+    return f"availability:{location_id}:{sku}:{version}"
+
+
+def reservation_msg_id(location_id: str, event_id: str, outcome: str) -> str:
+    return f"reservation:{location_id}:{event_id}:{outcome}"
+
+
+def alert_msg_id(location_id: str, event_id: str, sku: str, kind: str, on_hand: int) -> str:
+    return f"alert:{location_id}:{event_id}:{sku}:{kind}:{on_hand}"
+
+
+def outcome_msg_id(location_id: str, event_id: str, outcome: str) -> str:
+    return f"outcome:{location_id}:{event_id}:{outcome}"
+
+
+def dlq_msg_id(stream_sequence: int) -> str:
+    return f"dlq:{stream_sequence}"
+
+
+def header_event_id(headers: dict[str, str] | None) -> str | None:
+    """The ``Nats-Msg-Id`` of an inbound message: its event_id where a publisher sent one (it is optional)."""
+    return (headers or {}).get(MSG_ID) or None
+
+
+# -- who may use which subjects ---------------------------------------------------------------------------------
+
+_JS = "$JS.API"
+
+
+class NatsPermissions(msgspec.Struct, frozen=True, kw_only=True):
+    """Allow lists of subjects; whatever is not listed is refused by the server."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def inbox_prefix(key_id: str) -> str:
+    """The inbox a key's connections must use (nats-py: ``connect(inbox_prefix=...)``) to get any reply."""
+    return f"_INBOX_{key_id}"
+
+
+def key_options(api_key: str | None) -> dict[str, str]:
+    """nats-py ``connect`` options of a client that connects with its API key: the key as the token, and
+    the key's own inbox (the only one its connection may read replies on)."""
+    if not api_key:
+        return {}
+    key_id = api_key.split("_")[1] if api_key.count("_") >= 2 else ""
+    return {"token": api_key, "inbox_prefix": inbox_prefix(key_id)} if key_id else {"token": api_key}
+
+
+def nats_permissions(
+    role: str, locations: Iterable[str], *, key_id: str, pickup_locations: Iterable[str] = ()
+) -> NatsPermissions:
+    """The subjects a connection of this key may use. ``pickup_locations`` are read at connect time: NATS
+    cannot look a location up per message, so an ecommerce key gets the pickup stores of that moment."""
+    if role == "admin":
+        return NatsPermissions(publish=(">",), subscribe=(">",))
+    types, where = EVENT_GRANTS[role]
+    places = sorted(set(pickup_locations if where == "pickup" else locations))
+    publish = [inbound_subject(location, kind) for location in places for kind in sorted(types)]
+    subscribe = [inbox_prefix(key_id) + ".>"]
+    subscribe += [outcome_subject(location) for location in places]
+    publish += [f"{_JS}.STREAM.INFO.{OUT_STREAM}"]
+    # a consumer only on its own outcomes: the server checks that the filter in the subject is the config's
+    publish += [f"{_JS}.CONSUMER.CREATE.{OUT_STREAM}.*.{outcome_subject(loc)}" for loc in places]
+    publish += [f"{_JS}.CONSUMER.{verb}.{OUT_STREAM}.*" for verb in ("INFO", "MSG.NEXT")]
+    if where == "own":
+        subscribe += [alert_subject(location) for location in places]
+        subscribe += [availability_subject(location, ">") for location in places]
+    else:  # the web shop reads every store's availability (also from the bucket) and every reservation
+        subscribe += [AVAILABILITY_ALL, reservation_subject(">")]
+        publish += [
+            f"{_JS}.STREAM.INFO.{AVAILABILITY_KV_STREAM}",
+            f"{_JS}.STREAM.MSG.GET.{AVAILABILITY_KV_STREAM}",
+            f"{_JS}.CONSUMER.CREATE.{AVAILABILITY_KV_STREAM}",
+            f"{_JS}.CONSUMER.CREATE.{AVAILABILITY_KV_STREAM}.>",
+            f"{_JS}.CONSUMER.INFO.{AVAILABILITY_KV_STREAM}.*",
+            f"{_JS}.CONSUMER.DELETE.{AVAILABILITY_KV_STREAM}.*",
+            f"$JS.FC.{AVAILABILITY_KV_STREAM}.>",
+        ]
+    return NatsPermissions(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+# -- the dead letter ----------------------------------------------------------------------------------------------
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """``stocksync.dlq.<location_id or _>``: the original message and why it was refused.
+
+    ``body`` is a copy, cut (``body_truncated``) when the whole would not fit the DLQ's message limit;
+    ``body_bytes`` is the original's size and ``stream_sequence`` finds it in ``STOCKSYNC_IN``.
+    """
+
+    subject: str
+    headers: dict[str, str]
+    body: str
+    body_encoding: str  # "utf-8", or "base64" when the body is not UTF-8
+    error: str
+    detail: str
+    stream_sequence: int | None
+    dead_lettered_at: datetime
+    body_bytes: int | None = None  # None in letters written before it was recorded
+    body_truncated: bool = False
+    headers_truncated: bool = False  # some headers left out, or a name or value cut
