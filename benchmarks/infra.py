@@ -29,7 +29,7 @@ import asyncpg
 import psutil
 
 import stocksync
-from stocksync.adapters.embedded import terminate
+from stocksync.embedded.processes import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = Path(stocksync.__file__).resolve().parents[1]
@@ -77,7 +77,8 @@ class Infra:
 
     @classmethod
     def start(cls, postgres_url: str | None = None, keep: bool = False) -> Infra:
-        from stocksync.adapters.embedded import start_nats, start_postgres
+        from stocksync.embedded.nats import start_nats
+        from stocksync.embedded.postgres import start_postgres
 
         workdir = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
         stoppers: list = []

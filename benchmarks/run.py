@@ -163,7 +163,7 @@ async def build_template(infra: Infra, plan: Plan, stock: dict) -> dict:
     from stocksync.domain.model import Location
     from stocksync.migrate import migrate_database_async
     from stocksync.service.ledger_service import LedgerService
-    from stocksync.service.locations import upsert_locations
+    from stocksync.adapters.locations import upsert_locations
 
     started = time.perf_counter()
     url = await infra.create_database(TEMPLATE)
@@ -666,7 +666,7 @@ async def finish_profiler(profiler, results: Results) -> None:
 async def http_scenarios(
     infra: Infra, plan: Plan, results: Results, keys: dict, log_dir: Path, profile: bool = False
 ) -> None:
-    from stocksync.adapters.embedded import free_port
+    from stocksync.embedded.processes import free_port
 
     if not keys or not (inf.SRC / "stocksync" / "http" / "app.py").exists():
         results.notes.append("HTTP API not available yet: the HTTP measures were skipped")
@@ -1068,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _nats_version() -> str:
-    from stocksync.adapters.embedded import nats_server_binary
+    from stocksync.embedded.nats import nats_server_binary
 
     try:
         return subprocess.run(

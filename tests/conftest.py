@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stocksync.adapters.embedded import start_postgres
+from stocksync.embedded.postgres import start_postgres
 from tests.support import NatsServer, drop_database, make_database, postgres_answers
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -44,12 +44,13 @@ import httpx
 import nats
 
 from stocksync.adapters.database import create_engine
-from stocksync.adapters.embedded import EmbeddedPostgres, free_port, start_postgres
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
+from stocksync.embedded.postgres import EmbeddedPostgres, start_postgres
+from stocksync.embedded.processes import free_port
 from stocksync.messaging.topology import connect
 from stocksync.service.keys import create_key
-from stocksync.service.locations import upsert_locations
+from stocksync.adapters.locations import upsert_locations
 from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER
 from tests.support import run_sql, with_database
 from tests.support_cluster import NatsCluster

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from stocksync.adapters.embedded import EmbeddedNats, start_nats
+from stocksync.embedded.nats import EmbeddedNats, start_nats
 from stocksync.messaging.nats_auth import server_config
 from stocksync.settings import Settings
 

@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stocksync.adapters.embedded import free_port, nats_server_binary, terminate
+from stocksync.embedded.nats import nats_server_binary
+from stocksync.embedded.processes import free_port, terminate
 
 CLUSTER_NAME = "stocksync-soak"
 

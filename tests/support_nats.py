@@ -32,18 +32,19 @@ from nats.js.api import DeliverPolicy, PubAck
 
 import stocksync
 from stocksync.adapters.database import create_engine
-from stocksync.adapters.embedded import terminate
+from stocksync.adapters.locations import upsert_locations
+from stocksync.adapters.outbox import LEADER_LOCK
 from stocksync.aio import cancel_and_wait
 from stocksync.domain.events import Command, InboundEvent, encode
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import Location, PositionKey
+from stocksync.embedded.processes import terminate
 from stocksync.messages import PositionBody
-from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
+from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect, migrate_topology, worker_consumer
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.ledger_service import LedgerService, body_hash
-from stocksync.service.locations import upsert_locations
 from stocksync.wire import IN_STREAM, WORKER_CONSUMER
 from tests.support_ledger import T0, store
 

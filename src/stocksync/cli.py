@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from stocksync.adapters.database import create_engine
-from stocksync.adapters.embedded import embedded_services
+from stocksync.embedded import embedded_services
 from stocksync.logs import configure_logging
 from stocksync.settings import SERVICE_ROLES, Settings
 
@@ -241,7 +241,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _nats_config(settings: Settings) -> int:
     """From the settings alone; for the embedded NATS (no ``STOCKSYNC_NATS_URL``) its secrets in the home."""
-    from stocksync.adapters.embedded import with_nats_secrets
+    from stocksync.embedded import with_nats_secrets
     from stocksync.messaging.nats_auth import server_config
 
     if settings.nats_url is None:
@@ -259,6 +259,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     from stocksync.domain.reconciliation import BadInput
     from stocksync.messaging.nats_auth import service_options
+    from stocksync.messaging.relay import relay_all
     from stocksync.service.reconciliation import CouldNotRun, ReconcileOptions, reconcile
     from stocksync.service.reconciliation.terminal import RichProgress, render
 
@@ -282,6 +283,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
                 options,
                 progress=progress,
                 nats_options=service_options(settings),
+                relay_all=relay_all,
             )
     except (BadInput, CouldNotRun) as error:
         console.print(f"[red]reconcile could not run:[/red] {escape(str(error))}")
@@ -321,7 +323,7 @@ def _pos_simulate_arguments(pos: argparse._SubParsersAction) -> None:
 
 
 async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from stocksync.clients.simulate import simulate
+    from stocksync.simulate import simulate
 
     return await simulate(
         settings,
@@ -338,7 +340,7 @@ async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _pos_journal(args: argparse.Namespace) -> int:
-    from stocksync.clients.pos import export_journal
+    from stocksync.clients.spool import export_journal
 
     if args.out is None:
         export_journal(args.spool, sys.stdout)

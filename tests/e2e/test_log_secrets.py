@@ -20,7 +20,7 @@ import httpx
 import nats
 import pytest
 
-from stocksync.adapters.embedded import free_port
+from stocksync.embedded.processes import free_port
 from tests.support_nats import ServiceProcess, stop_service_processes
 
 MARKER = "zq" + uuid.uuid4().hex[:12]  # in every bad body; must never be logged

@@ -18,7 +18,7 @@ import msgspec
 import nats
 import psutil
 
-from stocksync.adapters.embedded import free_port
+from stocksync.embedded.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

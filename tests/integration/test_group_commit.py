@@ -14,7 +14,7 @@ from stocksync.adapters.database import create_engine
 from stocksync.domain.errors import InsufficientStock
 from stocksync.domain.events import Command
 from stocksync.service.ledger_service import GroupCommitLedger
-from stocksync.service.locations import upsert_locations
+from stocksync.adapters.locations import upsert_locations
 from tests.support_ledger import receipt, reserve, sale, store, unique
 
 

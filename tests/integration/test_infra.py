@@ -21,7 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stocksync
-from stocksync.adapters.embedded import embedded_services, free_port
+from stocksync.embedded import embedded_services
+from stocksync.embedded.processes import free_port
 from stocksync.messaging.nats_auth import service_options
 from stocksync.settings import Settings
 from tests.support import NatsServer, drop_database, make_database, run_sql
@@ -187,7 +188,7 @@ async def test_embedded_database_url_suits_asyncpg_sqlalchemy_and_psql(tmp_path:
 
 CHILD = """
 import sys, time
-from stocksync.adapters.embedded import embedded_services
+from stocksync.embedded import embedded_services
 from stocksync.settings import Settings
 with embedded_services(Settings(home=sys.argv[1])) as running:
     print(running.database_url, running.nats_url, flush=True)

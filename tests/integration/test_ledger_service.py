@@ -24,7 +24,7 @@ from stocksync.clock import ManualClock
 from stocksync.domain.events import Command
 from stocksync.domain.model import Position
 from stocksync.service.ledger_service import LedgerService, body_hash
-from stocksync.service.locations import upsert_locations
+from stocksync.adapters.locations import upsert_locations
 from tests.support_ledger import (
     T0,
     adjust,

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from stocksync.adapters.embedded import start_postgres
+from stocksync.embedded.postgres import start_postgres
 from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, OUT_STREAM
 from tests.support import NatsServer
 from tests.support_ledger import adjust, receipt, return_, sale, unique

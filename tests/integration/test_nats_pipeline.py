@@ -18,9 +18,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from stocksync.adapters.bucket import BucketWriter
 from stocksync.adapters.database import create_engine
 from stocksync.domain.events import decode_inbound, encode
-from stocksync.messaging.relay import BucketWriter, OutboxRelay
+from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import migrate_topology, worker_consumer
 from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER, DeadLetter
 from tests.support import NatsServer, run_sql

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stocksync.adapters.database import async_url
-from stocksync.adapters.embedded import free_port
 from stocksync.domain.events import encode
+from stocksync.embedded.processes import free_port
 from stocksync.messaging import worker as worker_module
 from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker

@@ -21,8 +21,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.outbox import LEADER_LOCK
 from stocksync.aio import cancel_and_wait
-from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay
+from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect, migrate_topology
 from stocksync.wire import AVAILABILITY_BUCKET, OUT_STREAM
 from tests.support import NatsServer

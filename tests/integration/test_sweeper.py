@@ -13,7 +13,7 @@ from stocksync.adapters import tables as t
 from stocksync.adapters.database import create_engine
 from stocksync.clock import ManualClock
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.locations import upsert_locations
+from stocksync.adapters.locations import upsert_locations
 from stocksync.service.sweeper import ExpirySweeper
 from tests.support_ledger import receipt, reserve, store, unique
 

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import ids_param
+from stocksync.adapters.outbox import OUTBOX_CHANNEL
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import (
     EventKey,
@@ -331,7 +332,7 @@ def _statement(shape: tuple[str, ...], notify: bool) -> TextClause:
     ctes = ",\n".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
     counts = [f"(SELECT count(*) FROM w{i})" for i in range(len(parts))]
     if notify:
-        counts.append(f"pg_notify('{t.OUTBOX_CHANNEL}', '') IS NULL")
+        counts.append(f"pg_notify('{OUTBOX_CHANNEL}', '') IS NULL")
     return text(f"WITH {ctes}\nSELECT {', '.join(counts)}")
 
 

@@ -171,8 +171,6 @@ api_keys = Table(
     CheckConstraint("role IN ('admin', 'ecommerce', 'staff', 'pos')", name="api_keys_role"),
 )
 
-OUTBOX_CHANNEL = "stocksync_outbox"  # NOTIFY after a commit that wrote outbox rows: the relay wakes
-
 outbox = Table(
     "outbox",
     metadata,

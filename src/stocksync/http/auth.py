@@ -24,8 +24,8 @@ from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.openapi.spec import Reference, SecurityScheme
 
-from stocksync.domain.errors import Forbidden, Unauthorized
 from stocksync.domain.access import EVENT_GRANTS
+from stocksync.domain.errors import Forbidden, Unauthorized
 from stocksync.domain.model import Location
 from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
 from stocksync.service.queries import Queries
@@ -39,7 +39,6 @@ SECURITY: dict[str, SecurityScheme | Reference] = {
         description="An API key from `stocksync keys create`",
     )
 }
-
 
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):

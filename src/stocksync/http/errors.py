@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 
 from stocksync import metrics
+from stocksync.adapters.faults import passing_fault
 from stocksync.domain.errors import (
     REFUSALS,
     Forbidden,
@@ -33,7 +34,6 @@ from stocksync.domain.errors import (
 from stocksync.domain.model import Outcome, Reservation
 from stocksync.http.schemas import ErrorBody, ShortageError
 from stocksync.logs import outline
-from stocksync.service.ledger_service import passing_fault
 
 log = structlog.get_logger("stocksync.http")
 

@@ -9,6 +9,7 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.locations import list_locations, upsert_locations
 from stocksync.clock import Clock
 from stocksync.domain.events import SetSafetyStock, decoder
 from stocksync.domain.model import Location
@@ -25,7 +26,6 @@ from stocksync.http.schemas import (
 )
 from stocksync.messages import PositionBody
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.locations import list_locations, upsert_locations
 
 _decode_location = decoder(LocationRequest)
 _decode_safety_stock = decoder(SafetyStockRequest)

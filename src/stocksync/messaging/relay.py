@@ -1,7 +1,7 @@
 """The outbox relay: publishes every committed change, at least once, in commit order per position.
 
-Rows are picked by their unrelayed flag, never by ``id > last_seen`` (ids are taken before commit, so a
-late-committing transaction would be skipped). One relay leads at a time, by a PostgreSQL advisory lock
+Rows are read and marked through `adapters.outbox`, the bucket written through `adapters.bucket`. One relay
+leads at a time, by a PostgreSQL advisory lock
 held on its own session; the others wait to take over, so several may run without reordering a position's
 updates. The lock is let go on every way out of leading (or its session closed), and the leader watches that
 session beside its passes: when it dies (a standby may hold the lock by then) the leader stops at once. The
@@ -23,73 +23,26 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
-from stocksync.adapters.tables import OUTBOX_CHANNEL
+from stocksync.adapters import outbox
+from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
-from stocksync.domain.events import decoder
 from stocksync.logs import outline
-from stocksync.wire import AVAILABILITY_BUCKET, AVAILABILITY_KV_SUBJECT, MSG_ID
+from stocksync.wire import AVAILABILITY_BUCKET, MSG_ID
 
 log = structlog.get_logger("stocksync.relay")
 
-LEADER_LOCK = 0x5707C6
-_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
-_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
-# The lock as PostgreSQL shows it for this session (a bigint key: its high half in classid, low in objid).
-_HOLDS_LOCK = text(
-    """
-    SELECT EXISTS (
-        SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-        AND classid = CAST(CAST(:key AS bigint) >> 32 AS oid)
-        AND objid = CAST(CAST(:key AS bigint) & 4294967295 AS oid) AND objsubid = 1
-    )
-    """
-)
-_PENDING = text(
-    "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox"
-    " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
-)
-# A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in
-# the bucket): the mark's commit need not wait for the WAL flush (``synchronous_commit`` off for its own
-# transaction), and the next pass starts that much sooner.
-_MARK = text(
-    """
-    UPDATE outbox SET relayed_at = :now
-    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
-    WHERE id = ANY(CAST(:ids AS bigint[]))
-    """
-)
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
 _PASSING = (SQLAlchemyError, OSError, NatsError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-# A slice at a time by the index on relayed_at: no statement runs long or scans the table.
-_PRUNE = text(
-    """
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox WHERE relayed_at < :before ORDER BY relayed_at LIMIT :n
-    )
-    """
-)
-
-
-class _Version(msgspec.Struct):
-    version: int
-
-
-_decode_version = decoder(_Version)
 
 
 class OutboxRelay:
@@ -141,7 +94,7 @@ class OutboxRelay:
         Everything after the lock is taken is inside the ``try``: the lock is let go on every way out, so a
         pooled connection never goes back to the pool holding it (standbys would never take over)."""
         try:
-            leading = await session.scalar(_TRY_LOCK, {"key": LEADER_LOCK})
+            leading = await outbox.try_lead(session)
         except BaseException:
             await session.invalidate()  # granted, perhaps, with the answer lost on the way
             raise
@@ -156,7 +109,7 @@ class OutboxRelay:
         try:
             raw = (await session.get_raw_connection()).driver_connection
             raw.add_termination_listener(closed)
-            await raw.add_listener(OUTBOX_CHANNEL, self._notified)
+            await raw.add_listener(outbox.OUTBOX_CHANNEL, self._notified)
             kv = await self.js.key_value(AVAILABILITY_BUCKET)
             await self._relay_while_leading(session, kv, stop, lost)
         finally:
@@ -170,9 +123,9 @@ class OutboxRelay:
         try:
             if raw is not None:
                 raw.remove_termination_listener(closed)
-            await session.execute(_UNLOCK, {"key": LEADER_LOCK})
+            await outbox.let_go(session)
             if raw is not None:
-                await raw.remove_listener(OUTBOX_CHANNEL, self._notified)
+                await raw.remove_listener(outbox.OUTBOX_CHANNEL, self._notified)
         except BaseException as error:
             await session.invalidate()
             if not isinstance(error, Exception):
@@ -223,7 +176,7 @@ class OutboxRelay:
     async def _holds_lock(self, session: AsyncConnection) -> bool:
         try:
             async with asyncio.timeout(self.lead_check_timeout_s):
-                return bool(await session.scalar(_HOLDS_LOCK, {"key": LEADER_LOCK}))
+                return await outbox.holds_lead(session)
         except (SQLAlchemyError, OSError, TimeoutError) as error:
             log.warning("relay_lock_check_failed", error=f"{type(error).__name__}: {error}")
             return False
@@ -244,7 +197,7 @@ class OutboxRelay:
         """Publish the oldest unrelayed rows in order and update the bucket, both pipelined at once; then mark
         the rows relayed. Two statements, each its own transaction: only the leader marks rows."""
         async with self._autocommit.connect() as conn:
-            rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
+            rows = await outbox.pending(conn, self.batch)
             metrics.OUTBOX_LAG.set(len(rows))
             if not rows:
                 return 0
@@ -254,7 +207,7 @@ class OutboxRelay:
             for error in (published, written):
                 if isinstance(error, BaseException):
                     raise error
-            await conn.execute(_MARK, {"now": utc_now(), "ids": [r.id for r in rows]})
+            await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
         metrics.RELAYED.inc(len(rows))
         return len(rows)
 
@@ -276,92 +229,20 @@ class OutboxRelay:
         (the rows stay a while for `reconcile` and for an operator tracing a message)."""
         pruned = 0
         while True:
-            async with self.engine.begin() as conn:
-                params = {"before": utc_now() - self.retention, "n": self.prune_slice}
-                deleted = (await conn.execute(_PRUNE, params)).rowcount
+            deleted = await outbox.prune(self.engine, utc_now() - self.retention, self.prune_slice)
             pruned += deleted
             if deleted < self.prune_slice:
                 return pruned
 
 
-class BucketWriter:
-    """Writes availability to the bucket by compare-and-set, remembering each key's (version, revision).
-
-    The leading relay is nearly the only writer, so the revision it wrote last is usually still the latest:
-    one pipelined publish with ``Nats-Expected-Last-Subject-Sequence`` replaces a read and a write. A key it
-    has not seen, or whose check fails (a reconcile repair or a former leader wrote meanwhile), goes the slow
-    way, `put_if_newer`. The memory is bounded: past ``max_keys`` it starts again from empty.
-    """
-
-    def __init__(self, js: JetStreamContext, ack_timeout_s: float, max_keys: int = 500_000) -> None:
-        self.js = js
-        self.ack_timeout_s = ack_timeout_s
-        self.max_keys = max_keys
-        self._known: dict[str, tuple[int, int]] = {}
-
-    async def write(self, kv: KeyValue, newest: dict[str, tuple[int, bytes]]) -> None:
-        if len(self._known) > self.max_keys:
-            self._known.clear()
-        fast, slow = [], []
-        for key, (version, payload) in newest.items():
-            known = self._known.get(key)
-            if known is None:
-                slow.append(key)
-            elif known[0] < version:  # else already there: a pass sent again after a failure
-                headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
-                sent = await self.js.publish_async(
-                    f"{AVAILABILITY_KV_SUBJECT}{key}", payload, headers=headers
-                )
-                fast.append((key, version, sent))
-        acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
-        for (key, version, _), ack in zip(fast, acks, strict=True):
-            if isinstance(ack, PubAck):
-                self._known[key] = (version, ack.seq)
-            else:
-                slow.append(key)
-        for known in await asyncio.gather(*(put_if_newer(kv, key, *newest[key]) for key in slow)):
-            self._known.update([known])
-
-
-async def acknowledged(sent: list[asyncio.Future], timeout_s: float) -> list[PubAck | BaseException]:
-    """Await pipelined publishes' acknowledgements together; those not in within ``timeout_s`` as errors."""
-    if not sent:
-        return []
-    done, pending = await asyncio.wait(sent, timeout=timeout_s)
-    for future in pending:
-        future.cancel()  # frees nats-py's slot for it
-    late = TimeoutError(f"no acknowledgement within {timeout_s}s")
-    return [f.exception() or f.result() if f in done else late for f in sent]
-
-
-def held_version(key: str, value: bytes | None) -> int:
-    """The ``version`` a bucket entry holds. An entry that is not an availability body (written by hand, or
-    by something else) counts as older than any version: the relay writes over it, and never stops for it."""
-    if not value:
-        return -1
-    try:
-        return _decode_version(value).version
-    except msgspec.DecodeError as error:  # not JSON, nested too deep, no integer ``version``
-        metrics.BUCKET_MALFORMED.inc()
-        log.warning("bucket_entry_malformed", key=key, error=str(error))
-        return -1
-
-
-async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> tuple[str, tuple[int, int]]:
-    """Compare-and-set: write only over an older version, retrying when another writer got in between.
-    Returns the key with the (version, revision) it holds now."""
-    while True:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            try:
-                return key, (version, await kv.create(key, payload))
-            except KeyWrongLastSequenceError:
-                continue
-        held = held_version(key, entry.value)
-        if held >= version:
-            return key, (held, entry.revision)
-        try:
-            return key, (version, await kv.update(key, payload, last=entry.revision))
-        except KeyWrongLastSequenceError:
-            continue
+async def relay_all(engine: AsyncEngine, nc: Client) -> bool:
+    """Publish every unrelayed row now under the leader lock (`reconcile --repair`); False when a running
+    relay holds the lock, which it then does itself."""
+    async with outbox.leading(engine) as lead:
+        if not lead:
+            return False
+        relay = OutboxRelay(engine, nc)
+        kv = await relay.js.key_value(AVAILABILITY_BUCKET)
+        while await relay.relay_once(kv) == relay.batch:
+            pass
+        return True

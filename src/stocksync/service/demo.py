@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.locations import upsert_locations
 from stocksync.domain.events import QtyLine, Receipt
 from stocksync.domain.model import Location
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.locations import upsert_locations
 
 STORES = (
     ("store-ams-centraal", "Amsterdam Centraal", 52.3791, 4.9003),

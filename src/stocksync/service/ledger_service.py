@@ -15,13 +15,12 @@ from datetime import datetime
 
 import msgspec
 import structlog
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters import ledger_store as store
 from stocksync.adapters.database import answers
+from stocksync.adapters.faults import DATABASE_ERRORS, collided, passing_fault
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
@@ -38,8 +37,6 @@ from stocksync.domain.model import (
 from stocksync.service.outbox import outbox_rows
 
 log = structlog.get_logger("stocksync.ledger")
-
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 
 class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,24 +72,6 @@ def _touched_keys(
     return keys
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    orig = getattr(error, "orig", None)
-    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-
-
-def passing_fault(error: BaseException) -> bool:
-    """A database error a retry outlives, whatever the events: no connection (refused, dropped, no pooled
-    connection free in time), the connection died under the transaction (shutdown, restart, failover,
-    terminated backend), or the server refused the work for now (SQLSTATE classes 08 connection, 53
-    resources, 57 operator intervention)."""
-    if isinstance(error, (OSError, OperationalError, InterfaceError, PoolTimeout)):
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    state = _sqlstate(error)
-    return isinstance(state, str) and state[:2] in ("08", "53", "57")
-
-
 class LedgerService:
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now, retries: int = 10) -> None:
         self.engine = engine
@@ -114,8 +93,8 @@ class LedgerService:
                 return await self._apply_once(events, hashes)
             except store.ConcurrentWrite:
                 metrics.RETRIES.labels("concurrent_write").inc()
-            except (DBAPIError, PoolTimeout, OSError) as error:
-                if _sqlstate(error) in _RETRYABLE_SQLSTATES:
+            except DATABASE_ERRORS as error:
+                if collided(error):
                     metrics.RETRIES.labels("deadlock").inc()
                 elif passing_fault(error):
                     raise Unavailable(f"the database is unreachable: {type(error).__name__}") from error

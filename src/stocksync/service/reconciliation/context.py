@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,6 +68,7 @@ class Context:
     options: ReconcileOptions
     now: datetime
     progress: Progress
+    relay_all: Callable[[], Awaitable[bool]] | None = None  # publish the outbox under the relay's lock
     seen: Counter[str] = field(default_factory=Counter)
 
     @property

@@ -22,6 +22,7 @@ from sqlalchemy import Row, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stocksync.adapters import tables as t
+from stocksync.adapters.bucket import put_if_newer
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.domain.reconciliation import (
@@ -36,7 +37,6 @@ from stocksync.domain.reconciliation import (
     outbox_finding,
 )
 from stocksync.messages import AvailabilityMessage
-from stocksync.messaging.relay import LEADER_LOCK, OutboxRelay, put_if_newer
 from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired, stream_rows
 from stocksync.service.reconciliation.inbound import read_batches
 from stocksync.wire import (
@@ -72,17 +72,8 @@ async def check_outbox(ctx: Context) -> Findings:
 
 async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> list[Finding]:
     """Publish through the relay itself, holding its leader lock so no running relay is overtaken."""
-    async with ctx.engine.connect() as session:
-        if not await session.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}):
-            return [not_repaired(f, "a running relay holds the leader lock; restart it") for f in findings]
-        try:
-            relay = OutboxRelay(ctx.engine, ctx.nc)
-            kv = await ctx.js.key_value(AVAILABILITY_BUCKET)
-            while await relay.relay_once(kv) == relay.batch:
-                pass
-        finally:
-            await session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
-            await session.commit()
+    if ctx.relay_all is None or not await ctx.relay_all():
+        return [not_repaired(f, "a running relay holds the leader lock; restart it") for f in findings]
     o = t.outbox.c
     async with ctx.engine.connect() as conn:
         pending = set(

@@ -7,6 +7,8 @@ check that found its kind, and the count file comes last so its events do not di
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -54,9 +56,11 @@ async def reconcile(
     progress: Progress | None = None,
     clock: Clock = utc_now,
     nats_options: dict[str, Any] | None = None,
+    relay_all: Callable[[AsyncEngine, Client], Awaitable[bool]] | None = None,
 ) -> Summary:
     """Run every check; raises BadInput for a bad file and CouldNotRun when a server cannot be used.
-    ``nats_options``: the service's NATS credentials and TLS (`nats_auth.service_options`)."""
+    ``nats_options``: the service's NATS credentials and TLS (`nats_auth.service_options`); ``relay_all``:
+    how ``--repair`` publishes stuck outbox rows (`messaging.relay.relay_all`, given by the CLI)."""
     engine = create_engine(database_url, pool_size=4)
     try:
         await _ping(engine)
@@ -69,6 +73,7 @@ async def reconcile(
                 options=options,
                 now=clock(),
                 progress=progress or Quiet(),
+                relay_all=functools.partial(relay_all, engine, nc) if relay_all else None,
             )
             return await _run(ctx)
         finally:

@@ -1,4 +1,4 @@
-"""Locations: where stock is held. Not ledger changes themselves, so no movement is written."""
+"""Locations, where stock is held, as rows: not ledger changes themselves, so no movement is written."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ async def list_locations(engine: AsyncEngine) -> list[Location]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(*columns).order_by(t.locations.c.location_id))
         return [Location(**row._asdict()) for row in rows]
+
+
+async def pickup_location_ids(engine: AsyncEngine) -> list[str]:
+    """The locations where customers may collect (what an ecommerce key may reserve at)."""
+    query = select(t.locations.c.location_id).where(t.locations.c.pickup_enabled)
+    async with engine.connect() as conn:
+        return list((await conn.execute(query)).scalars())

@@ -1,0 +1,95 @@
+"""The outbox table as the relay reads it, and the relay's leader lock (a PostgreSQL advisory lock).
+
+Rows are picked by their unrelayed flag in id order, never by ``id > last_seen``: ids are taken before commit,
+so a late-committing transaction would be skipped. `leading` is how the relay and `reconcile --repair` both
+take the lock, so no repair overtakes a running relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+LEADER_LOCK = 0x5707C6
+OUTBOX_CHANNEL = "stocksync_outbox"  # NOTIFY after a commit that wrote outbox rows: the leader wakes
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+# The lock as PostgreSQL shows it for this session (a bigint key: its high half in classid, low in objid).
+_HOLDS_LOCK = text(
+    """
+    SELECT EXISTS (
+        SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+        AND classid = CAST(CAST(:key AS bigint) >> 32 AS oid)
+        AND objid = CAST(CAST(:key AS bigint) & 4294967295 AS oid) AND objsubid = 1
+    )
+    """
+)
+_PENDING = text(
+    "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox"
+    " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
+)
+# A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in
+# the bucket): the mark's commit need not wait for the WAL flush (``synchronous_commit`` off for its own
+# transaction), and the next pass starts that much sooner.
+_MARK = text(
+    """
+    UPDATE outbox SET relayed_at = :now
+    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
+    WHERE id = ANY(CAST(:ids AS bigint[]))
+    """
+)
+# A slice at a time by the index on relayed_at: no statement runs long or scans the table.
+_PRUNE = text(
+    """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE relayed_at < :before ORDER BY relayed_at LIMIT :n
+    )
+    """
+)
+
+
+async def try_lead(session: AsyncConnection) -> bool:
+    """Take the leader lock on this session if no one holds it."""
+    return bool(await session.scalar(_TRY_LOCK, {"key": LEADER_LOCK}))
+
+
+async def let_go(session: AsyncConnection) -> None:
+    await session.execute(_UNLOCK, {"key": LEADER_LOCK})
+
+
+async def holds_lead(session: AsyncConnection) -> bool:
+    """Whether this session still holds the lock, as PostgreSQL sees it."""
+    return bool(await session.scalar(_HOLDS_LOCK, {"key": LEADER_LOCK}))
+
+
+@asynccontextmanager
+async def leading(engine: AsyncEngine) -> AsyncIterator[bool]:
+    """The leader lock for the block if it is free (True), else False at once; let go on the way out."""
+    async with engine.connect() as session:
+        if not await try_lead(session):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await let_go(session)
+            await session.commit()
+
+
+async def pending(conn: AsyncConnection, n: int) -> Sequence[Row]:
+    """The oldest ``n`` unrelayed rows, in id order."""
+    return (await conn.execute(_PENDING, {"n": n})).all()
+
+
+async def mark_relayed(conn: AsyncConnection, ids: list[int], now: datetime) -> None:
+    await conn.execute(_MARK, {"now": now, "ids": ids})
+
+
+async def prune(engine: AsyncEngine, before: datetime, slice_rows: int) -> int:
+    """Delete up to ``slice_rows`` rows relayed before ``before``, in a transaction; returns how many."""
+    async with engine.begin() as conn:
+        return (await conn.execute(_PRUNE, {"before": before, "n": slice_rows})).rowcount
