@@ -36,13 +36,8 @@ from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import (
     EventKey,
     Location,
-    Movement,
     Outcome,
     Position,
-    PositionKey,
-    RecordedEvent,
-    Reservation,
-    ReservationKey,
 )
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -226,41 +221,3 @@ def numbers(
         "available": available,
         "version": version,
     }
-
-
-class MemoryStore:
-    """What the database keeps between transactions, for running the pure core over several of them.
-
-    ``begin(now)`` hands out a Ledger loaded as `LedgerService._load` does (positions, reservations, recorded
-    events, stored on_hand after an instant); ``commit(ledger)`` keeps what `ledger_store.write` would write.
-    """
-
-    def __init__(self, locations: Iterable[Location]) -> None:
-        self.locations = {location.location_id: location for location in locations}
-        self.positions: dict[PositionKey, Position] = {}
-        self.reservations: dict[ReservationKey, Reservation] = {}
-        self.recorded: dict[EventKey, RecordedEvent] = {}
-        self.movements: list[Movement] = []
-
-    def on_hand_after(self, key: PositionKey, when: datetime) -> int:
-        return sum(
-            m.on_hand_delta for m in self.movements if (m.location_id, m.sku) == key and m.occurred_at >= when
-        )
-
-    def begin(self, now: datetime) -> Ledger:
-        return Ledger(
-            now=now,
-            locations=self.locations,
-            positions=self.positions,
-            reservations=self.reservations,
-            recorded=self.recorded,
-            stored_on_hand_after=self.on_hand_after,
-        )
-
-    def commit(self, ledger: Ledger) -> None:
-        for key in ledger.changed_positions:
-            self.positions[key] = ledger.positions[key]
-        for key in ledger.changed_reservations:
-            self.reservations[key] = ledger.reservations[key]
-        self.recorded.update(ledger.new_records)
-        self.movements.extend(ledger.movements)

@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
 from stocksync.domain.errors import InsufficientStock
 from stocksync.domain.events import Command
 from stocksync.service.ledger_service import GroupCommitLedger
-from stocksync.adapters.locations import upsert_locations
 from tests.support_ledger import receipt, reserve, sale, store, unique
 
 
@@ -25,11 +25,11 @@ class CountingLedger(GroupCommitLedger):
         super().__init__(engine)
         self.transactions = 0
 
-    async def _load(self, conn: AsyncConnection, events: Sequence[Command], now):
+    async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]):
         self.transactions += 1
         if any(getattr(event, "reference", None) == "poison" for event in events):
             raise RuntimeError("a transaction this event is in cannot commit")
-        return await super()._load(conn, events, now)
+        return await super()._apply_once(events, hashes)
 
 
 @pytest.fixture

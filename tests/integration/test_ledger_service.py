@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
+from stocksync.adapters.memory_store import MemoryLedgerStore
 from stocksync.clock import ManualClock
 from stocksync.domain.events import Command
 from stocksync.domain.model import Position
 from stocksync.service.ledger_service import LedgerService, body_hash
-from stocksync.adapters.locations import upsert_locations
 from tests.support_ledger import (
     T0,
     adjust,
@@ -291,6 +292,31 @@ class ServiceBackend(LedgerScenarios):
             positions=await stored_positions(engine, *location_ids),
             outcomes=[(o.outcome, o.error) for o in outcomes],
             statuses=dict(statuses),  # type: ignore[arg-type]
+        )
+
+
+class TestServiceInMemory(LedgerScenarios):
+    """(d) the application's own path (load, apply, one write per transaction) over the in-memory store:
+    every event its own transaction, as (b), with no database."""
+
+    @pytest.fixture
+    def engine(self) -> None:
+        return None
+
+    async def run(self, engine, steps):
+        location_ids = {step.location_id for step in steps if not isinstance(step, Advance)}
+        known = [store(lid) for lid in location_ids if not lid.startswith("nowhere")]
+        memory, clock = MemoryLedgerStore(known), ManualClock(T0)
+        ledger, outcomes = LedgerService(store=memory, clock=clock), []
+        for step in steps:
+            if isinstance(step, Advance):
+                clock.advance(seconds=step.seconds)
+            else:
+                outcomes.extend((await ledger.apply([step])).outcomes)
+        return Result(
+            positions={key: position_numbers(p) for key, p in memory.positions.items()},
+            outcomes=[(o.outcome, o.error) for o in outcomes],
+            statuses={rid: r.status for (_, rid), r in memory.reservations.items()},
         )
 
 

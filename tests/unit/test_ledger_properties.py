@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec import structs
 
+from stocksync.adapters.memory_store import MemoryLedgerStore
 from stocksync.domain.events import INBOUND_TYPES, Command, Count
 from stocksync.domain.ledger import Ledger
 from stocksync.domain.model import Movement, PositionKey, available
 from tests.support_ledger import (
     T0,
-    MemoryStore,
     adjust,
     cancel,
     collect,
@@ -106,12 +106,13 @@ def with_redeliveries(data: st.DataObject, events: list[Command]) -> list[Comman
 
 
 class History:
-    """Applies deliveries through Ledgers over a MemoryStore, split into transactions, checking every step."""
+    """Applies deliveries through Ledgers over the in-memory store, split into transactions, checking every
+    step: each transaction's working set is the whole ledger, and its record is kept as the application would."""
 
     def __init__(self) -> None:
-        self.db = MemoryStore([store(location_id) for location_id in LOCATIONS])
+        self.db = MemoryLedgerStore([store(location_id) for location_id in LOCATIONS])
         self.now = T0
-        self.ledger = self.db.begin(self.now)
+        self.ledger = Ledger.of(self.db.load_now(None, self.now))
         self.step = 0
         self.applications: dict[str, set[int]] = defaultdict(set)  # event_id -> steps that moved stock
         self.statuses: dict[str, str] = {}
@@ -144,9 +145,9 @@ class History:
         self.check(event)
 
     def commit(self, advance_seconds: int) -> None:
-        self.db.commit(self.ledger)
+        self.db.keep(self.ledger.changes(self.db.held_now(self.ledger.positions_at_risk())))
         self.now += timedelta(seconds=advance_seconds)
-        self.ledger = self.db.begin(self.now)
+        self.ledger = Ledger.of(self.db.load_now(None, self.now))
 
     def _note_counts(self, event: Count, moved: list[Movement], first_index: int) -> None:
         for i, (line, movement) in enumerate(zip(event.lines, moved, strict=True)):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from stocksync.domain.ledger import reservations_at_risk
+from stocksync.domain.ledger import HeldLine, reservations_at_risk
 from stocksync.domain.model import Position, RecordedEvent, Shortage, available
 from tests.support_ledger import (
     T0,
@@ -181,6 +181,37 @@ def test_receipt_while_negative_raises_no_alert():
 )
 def test_reservations_at_risk_are_named_oldest_first(on_hand, held, at_risk):
     assert reservations_at_risk(on_hand, held) == at_risk
+
+
+def test_an_at_risk_alert_names_the_holds_as_the_batch_leaves_them():
+    """Stored holds the batch never loaded, ones it settled and ones it made, in rule 4's order (oldest first):
+    the record names exactly the holds on_hand no longer covers."""
+    ledger = stocked((A, 6))
+    first, second = reserve(STORE, {A: 2}), reserve(STORE, {A: 2})
+    apply(ledger, first)
+    ledger.now += timedelta(minutes=1)
+    apply(ledger, second)
+    stored = [
+        HeldLine(
+            reservation_id=r.reservation_id,
+            qty=2,
+            created_at=ledger.reservations[(STORE, r.reservation_id)].created_at,
+        )
+        for r in (first, second)
+    ]
+    ledger = stocked(
+        (A, 6),
+        reservations={(STORE, first.reservation_id): ledger.reservations[(STORE, first.reservation_id)]},
+    )
+    ledger.positions[(STORE, A)] = Position(location_id=STORE, sku=A, on_hand=6, reserved=4, version=3)
+    ledger.now += timedelta(minutes=2)
+    newest = reserve(STORE, {A: 1})
+    apply(ledger, cancel(STORE, first.reservation_id), newest, sale(STORE, {A: 4}))  # on_hand 2, reserved 3
+
+    assert ledger.positions_at_risk() == {(STORE, A)}
+    (alert,) = ledger.changes({(STORE, A): list(reversed(stored))}).alerts  # in any stored order
+    assert (alert.kind, alert.on_hand, alert.reserved) == ("reservation_at_risk", 2, 3)
+    assert alert.reservation_ids == (newest.reservation_id,)  # second (older) is covered; first is cancelled
 
 
 # -- rule 5: a reservation is a request, all or nothing ---------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from stocksync.service.outbox import outbox_rows
-from tests.support_ledger import apply, at, new_ledger, receipt, reserve, sale
+from tests.support_ledger import apply, new_ledger, receipt, reserve, sale
 
 STORE, SKU = "store-1", "SKU-1"
 
@@ -16,7 +16,7 @@ def test_a_batch_publishes_each_position_once_at_its_final_version() -> None:
     ledger = new_ledger(STORE)
     events = [receipt(STORE, {SKU: 5}), sale(STORE, {SKU: 2}), reserve(STORE, {SKU: 1}, reservation_id="res-1")]
     apply(ledger, *events)
-    rows = outbox_rows(ledger, ledger.alerts, at(0))
+    rows = outbox_rows(ledger.changes({}))
 
     availability = [r for r in rows if r["kv_key"] is not None]
     assert [(r["subject"], r["kv_key"], r["version"]) for r in availability] == [
@@ -37,7 +37,7 @@ def test_a_reserve_refused_for_want_of_stock_is_published_rejected_with_its_shor
     ledger = new_ledger(STORE)
     refused = reserve(STORE, {SKU: 4}, reservation_id="res-2")
     apply(ledger, refused)
-    (row,) = [r for r in outbox_rows(ledger, ledger.alerts, at(0)) if "reservation" in r["subject"]]
+    (row,) = [r for r in outbox_rows(ledger.changes({})) if "reservation" in r["subject"]]
     body = msgspec.json.decode(row["payload"])
     assert body["status"] == "rejected"
     assert body["shortages"] == [{"sku": SKU, "requested": 4, "available": 0}]

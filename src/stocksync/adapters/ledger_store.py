@@ -1,4 +1,4 @@
-"""Loads and writes the ledger's working set inside one transaction (the unit of work's SQL).
+"""The ledger's tables for one batch in one transaction: what it loads and locks, and its one write.
 
 Locks are taken in one global order, reservations by (reservation_id, location_id), then positions by
 (location_id, sku), so
@@ -8,7 +8,8 @@ concurrent batches wait for each other but never deadlock.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import msgspec
@@ -16,13 +17,21 @@ from msgspec import structs
 from sqlalchemy import Table, any_, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
 from stocksync.adapters import tables as t
-from stocksync.adapters.database import ids_param
+from stocksync.adapters.database import answers, ids_param
 from stocksync.adapters.outbox import OUTBOX_CHANNEL
-from stocksync.domain.ledger import Ledger
+from stocksync.domain.events import INBOUND_TYPES, Command
+from stocksync.domain.ledger import (
+    Changes,
+    HeldLine,
+    Loaded,
+    count_probes,
+    position_keys,
+    reservation_keys,
+)
 from stocksync.domain.model import (
     EventKey,
     Location,
@@ -216,41 +225,59 @@ async def on_hand_after(
     return {probe: int(sums[i]) for i, probe in enumerate(probes, start=1)}
 
 
-async def held_by_position(
-    conn: AsyncConnection, keys: Iterable[PositionKey]
-) -> dict[PositionKey, list[tuple[str, int]]]:
-    """Held reservation lines per position, oldest reservation first."""
+async def held_lines(conn: AsyncConnection, keys: Iterable[PositionKey]) -> dict[PositionKey, list[HeldLine]]:
+    """The held reservation lines of these positions, as stored (the core puts them in rule 4's order)."""
     keys = sorted(set(keys))
     if not keys:
         return {}
     r, line = t.reservations.c, t.reservation_lines.c
     rows = await conn.execute(
-        select(r.location_id, line.sku, r.reservation_id, line.qty)
+        select(r.location_id, line.sku, r.reservation_id, line.qty, r.created_at)
         .join_from(t.reservations, t.reservation_lines)
         .where(r.status == "held", func.row(r.location_id, line.sku).in_([func.row(*k) for k in keys]))
-        .order_by(r.created_at, r.reservation_id)
     )
-    held: dict[PositionKey, list[tuple[str, int]]] = {}
+    held: dict[PositionKey, list[HeldLine]] = {}
     for row in rows:
-        held.setdefault((row.location_id, row.sku), []).append((row.reservation_id, row.qty))
+        held.setdefault((row.location_id, row.sku), []).append(
+            HeldLine(reservation_id=row.reservation_id, qty=row.qty, created_at=row.created_at)
+        )
     return held
 
 
-def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Changes:
-    """Everything the batch changed in the ledger's tables, ready to be written in one statement."""
-    stored = set(stored)
-    changed = [ledger.positions[key] for key in ledger.changed_positions]
-    existing = [p for p in changed if p.key in stored]
-    batch = Changes()
-    batch.create(t.positions, [_position_row(p, now) for p in changed if p.key not in stored])
+async def load(
+    conn: AsyncConnection, events: Sequence[Command], now: datetime, locations: dict[str, Location]
+) -> Loaded:
+    """Lock and read what the batch may change, in the global lock order: reservations, then positions; the
+    recorded events after the locks, so a concurrent batch with the same event has committed by then."""
+    reservations = await lock_reservations(conn, reservation_keys(events))
+    positions = await lock_positions(conn, position_keys(events, reservations))
+    recorded = await load_recorded(
+        conn, [(e.location_id, e.event_id) for e in events if e.type in INBOUND_TYPES]
+    )
+    return Loaded(
+        now=now,
+        locations=locations,
+        positions=positions,
+        reservations=reservations,
+        recorded=recorded,
+        on_hand_since=await on_hand_after(conn, count_probes(events)),
+    )
+
+
+async def write(conn: AsyncConnection, changes: Changes, outbox: list[dict]) -> None:
+    """Everything the batch changed and the messages it publishes, in one statement."""
+    await _statement_of(changes, outbox).write(conn)
+
+
+def _statement_of(changes: Changes, outbox: list[dict]) -> _Writes:
+    now, batch = changes.now, _Writes()
+    created = [p for p in changes.positions if p.key in changes.new_positions]
+    existing = [p for p in changes.positions if p.key not in changes.new_positions]
+    batch.create(t.positions, [_position_row(p, now) for p in created])
     if existing:
         batch.add(_UPDATE_POSITIONS, {**_columns(existing), "now": now})
-    batch.insert(t.movements, [{**structs.asdict(m), "recorded_at": now} for m in ledger.movements])
-    reservations = [ledger.reservations[key] for key in ledger.changed_reservations]
-    # New when the reserve that made it was first applied in this batch, even if the batch already settled it.
-    created = [r for r in reservations if (r.location_id, r.event_id) in ledger.new_records]
-    settled = [r for r in reservations if (r.location_id, r.event_id) not in ledger.new_records]
-    batch.create(t.reservations, [_reservation_row(r, now) for r in created])
+    batch.insert(t.movements, [{**structs.asdict(m), "recorded_at": now} for m in changes.movements])
+    batch.create(t.reservations, [_reservation_row(r, now) for r in changes.new_reservations])
     batch.create(
         t.reservation_lines,
         [
@@ -261,11 +288,11 @@ def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Cha
                 "line_no": n,
                 "qty": line.qty,
             }
-            for r in created
+            for r in changes.new_reservations
             for n, line in enumerate(r.lines)
         ],
     )
-    if settled:
+    if settled := changes.settled_reservations:
         batch.add(
             _SETTLE_RESERVATIONS,
             {
@@ -275,11 +302,51 @@ def changes(ledger: Ledger, stored: Iterable[PositionKey], now: datetime) -> Cha
                 "now": now,
             },
         )
-    batch.create(t.processed_events, [_record_row(r) for r in ledger.new_records.values()])
+    batch.create(t.processed_events, [_record_row(r) for r in changes.records])
+    batch.outbox(outbox)
     return batch
 
 
-class Changes:
+class PostgresLedgerStore:
+    """The ledger's tables, a batch at a time: `transaction` opens one, whose `load` locks and reads what the
+    batch may change, `held` reads the holds the core asks for, and `write` writes the batch's record.
+
+    Locations are never deleted, so once read one is known for good: a batch reads only those it has not
+    seen (usually none)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._locations: dict[str, Location] = {}
+
+    async def answers(self) -> bool:
+        return await answers(self.engine)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresBatch]:
+        async with self.engine.begin() as conn:
+            yield PostgresBatch(conn, self._locations)
+
+
+class PostgresBatch:
+    def __init__(self, conn: AsyncConnection, locations: dict[str, Location]) -> None:
+        self.conn = conn
+        self._locations = locations
+
+    async def load(self, events: Sequence[Command], now: datetime) -> Loaded:
+        wanted = {e.location_id for e in events}
+        if unseen := wanted - self._locations.keys():
+            self._locations.update(await load_locations(self.conn, unseen))
+        known = {lid: self._locations[lid] for lid in wanted if lid in self._locations}
+        return await load(self.conn, events, now, known)
+
+    async def held(self, keys: set[PositionKey]) -> dict[PositionKey, list[HeldLine]]:
+        return await held_lines(self.conn, keys)
+
+    async def write(self, changes: Changes, outbox: list[dict]) -> None:
+        await write(self.conn, changes, outbox)
+
+
+class _Writes:
     """A batch's writes as one statement of data-modifying CTEs: one round trip for every table it touches
     (positions, movements, reservations and their lines, processed events, outbox), where one statement per
     table took seven. The statement text depends only on which parts and columns are there, so it is built

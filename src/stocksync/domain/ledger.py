@@ -1,8 +1,9 @@
 """The ledger rules (spec section 2), applied in memory to the working set of one transaction.
 
-The application layer loads and locks what a batch touches, hands it to a `Ledger`, applies the events in
-order, then writes back what the ledger reports changed. Nothing here does I/O, so every rule can be tested
-as a plain function and the same rule serves HTTP, NATS and the sweeper.
+The application layer loads and locks what a batch touches (`Loaded`), applies the events to a `Ledger` (the
+working set), and writes once the frozen record of everything the batch changed (`Ledger.changes`). Nothing
+here does I/O, so every rule can be tested as a plain function and the same rule serves HTTP, NATS and the
+sweeper.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from msgspec import structs
+from msgspec import Struct, structs
 
 from .errors import (
     EventIdConflict,
@@ -87,6 +88,82 @@ def reservations_at_risk(on_hand: int, held: Sequence[tuple[str, int]]) -> tuple
     return tuple(at_risk)
 
 
+class HeldLine(Struct, frozen=True, kw_only=True):
+    """A held reservation's line at one position, as stored before the batch."""
+
+    reservation_id: str
+    qty: int
+    created_at: datetime
+
+
+def oldest_first(lines: Iterable[HeldLine]) -> list[HeldLine]:
+    """Rule 4's order of claim on a position's stock: the oldest hold first (ties by id, so it is total)."""
+    return sorted(lines, key=lambda line: (line.created_at, line.reservation_id))
+
+
+def on_hand_since(movements: Iterable[Movement], key: PositionKey, when: datetime) -> int:
+    """On-hand deltas of a position's movements that occurred at or after ``when`` (what a count at ``when``
+    did not see, rule 9). `ledger_store`'s SQL sums the stored movements the same way."""
+    return sum(m.on_hand_delta for m in movements if (m.location_id, m.sku) == key and m.occurred_at >= when)
+
+
+def reservation_keys(events: Iterable[Command]) -> set[ReservationKey]:
+    """The reservations a batch names, each at its event's location (a reservation is both)."""
+    return {(e.location_id, e.reservation_id) for e in events if hasattr(e, "reservation_id")}
+
+
+def position_keys(
+    events: Iterable[Command], reservations: Mapping[ReservationKey, Reservation]
+) -> set[PositionKey]:
+    """The positions a batch may move: its lines, and the lines of the reservations it names."""
+    keys: set[PositionKey] = set()
+    for event in events:
+        if isinstance(event, SetSafetyStock):
+            keys.add((event.location_id, event.sku))
+        for line in getattr(event, "lines", ()):
+            keys.add((event.location_id, line.sku))
+        reservation = reservations.get((event.location_id, getattr(event, "reservation_id", "")))
+        if reservation is not None:
+            keys.update((reservation.location_id, line.sku) for line in reservation.lines)
+    return keys
+
+
+def count_probes(events: Iterable[Command]) -> list[tuple[PositionKey, datetime]]:
+    """The (position, instant) pairs whose stored on-hand-since the batch's counts need (rule 9)."""
+    return [
+        ((e.location_id, ln.sku), e.occurred_at) for e in events if isinstance(e, Count) for ln in e.lines
+    ]
+
+
+class Loaded(Struct, frozen=True, kw_only=True):
+    """What a batch found, locked, before it applies: every position and reservation it may change."""
+
+    now: datetime
+    locations: Mapping[str, Location]
+    positions: Mapping[PositionKey, Position]
+    reservations: Mapping[ReservationKey, Reservation]
+    recorded: Mapping[EventKey, RecordedEvent]
+    on_hand_since: Mapping[tuple[PositionKey, datetime], int]  # stored, for each of `count_probes`
+
+
+class Changes(Struct, frozen=True, kw_only=True):
+    """Everything one batch changes, to be written once: positions (each in its final state, in the order it
+    first changed), movements, the first records of events, reservations made and settled, the outcomes in
+    event order, and the alerts, ``reservation_at_risk`` naming the holds as the batch leaves them."""
+
+    now: datetime
+    positions: tuple[Position, ...]
+    new_positions: frozenset[PositionKey]  # of `positions`, those never stored before
+    movements: tuple[Movement, ...]
+    records: tuple[RecordedEvent, ...]
+    new_reservations: tuple[Reservation, ...]
+    settled_reservations: tuple[Reservation, ...]
+    reservations: Mapping[ReservationKey, Reservation]  # every one the batch read or made, as it leaves them
+    all_positions: Mapping[PositionKey, Position]  # every one the batch read or made, as it leaves them
+    outcomes: tuple[Outcome, ...]
+    alerts: tuple[Alert, ...]
+
+
 def stock_alerts(position: Position, event_id: str) -> list[Alert]:
     """Rule 4: a fact that leaves stock below zero or below what is promised raises alerts."""
     kinds = []
@@ -122,6 +199,7 @@ class Ledger:
     ) -> None:
         self.now = now
         self._locations = locations
+        self._stored = frozenset(positions)
         self.positions: dict[PositionKey, Position] = dict(positions)
         self.reservations: dict[ReservationKey, Reservation] = dict(reservations)
         self._recorded: dict[EventKey, RecordedEvent] = dict(recorded)
@@ -133,7 +211,60 @@ class Ledger:
         self.changed_positions: dict[PositionKey, None] = {}
         self.changed_reservations: dict[ReservationKey, None] = {}
 
+    @classmethod
+    def of(cls, loaded: Loaded) -> Ledger:
+        return cls(
+            now=loaded.now,
+            locations=loaded.locations,
+            positions=loaded.positions,
+            reservations=loaded.reservations,
+            recorded=loaded.recorded,
+            stored_on_hand_after=lambda key, when: loaded.on_hand_since.get((key, when), 0),
+        )
+
     # -- the batch ---------------------------------------------------------------------------------------
+
+    def positions_at_risk(self) -> set[PositionKey]:
+        """Positions where a fact left held reservations short (rule 4): naming them needs their holds."""
+        return {(a.location_id, a.sku) for a in self.alerts if a.kind == "reservation_at_risk"}
+
+    def changes(self, held: Mapping[PositionKey, Sequence[HeldLine]]) -> Changes:
+        """The frozen record of the batch; ``held``: the stored holds of `positions_at_risk`."""
+        reservations = [self.reservations[key] for key in self.changed_reservations]
+        # New when the reserve that made it was first applied in this batch, even if the batch settled it.
+        made = [r for r in reservations if (r.location_id, r.event_id) in self.new_records]
+        return Changes(
+            now=self.now,
+            positions=tuple(self.positions[key] for key in self.changed_positions),
+            new_positions=frozenset(self.changed_positions) - self._stored,
+            movements=tuple(self.movements),
+            records=tuple(self.new_records.values()),
+            new_reservations=tuple(made),
+            settled_reservations=tuple(r for r in reservations if r not in made),
+            reservations=dict(self.reservations),
+            all_positions=dict(self.positions),
+            outcomes=tuple(self.outcomes),
+            alerts=tuple(self._named(alert, held) for alert in self.alerts),
+        )
+
+    def _named(self, alert: Alert, held: Mapping[PositionKey, Sequence[HeldLine]]) -> Alert:
+        if alert.kind != "reservation_at_risk":
+            return alert
+        key = (alert.location_id, alert.sku)
+        lines = oldest_first(self._held_after(key, held.get(key, ())))
+        at_risk = reservations_at_risk(alert.on_hand, [(line.reservation_id, line.qty) for line in lines])
+        return structs.replace(alert, reservation_ids=at_risk)
+
+    def _held_after(self, key: PositionKey, stored: Sequence[HeldLine]) -> Iterable[HeldLine]:
+        """The position's holds as the batch leaves them: stored ones it did not touch, and its own held."""
+        for line in stored:
+            if (key[0], line.reservation_id) not in self.reservations:
+                yield line
+        for r in self.reservations.values():
+            if r.location_id == key[0] and r.status == "held":
+                for line in r.lines:
+                    if line.sku == key[1]:
+                        yield HeldLine(reservation_id=r.reservation_id, qty=line.qty, created_at=r.created_at)
 
     def apply(self, event: Command, body_hash: bytes) -> Outcome:
         """Apply one event exactly once (rule 10); a refusal moves nothing and is recorded (rule 11).
@@ -264,10 +395,7 @@ class Ledger:
         A change at the count's very instant is not earlier than it, so it is not superseded when it arrives
         later (rule 9); it is kept here too, so the result does not depend on which arrived first.
         """
-        in_batch = sum(
-            m.on_hand_delta for m in self.movements if (m.location_id, m.sku) == key and m.occurred_at >= when
-        )
-        return self._stored_on_hand_after(key, when) + in_batch
+        return self._stored_on_hand_after(key, when) + on_hand_since(self.movements, key, when)
 
     def set_reservation(self, reservation: Reservation) -> None:
         self.reservations[reservation.key] = reservation

@@ -10,24 +10,23 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from typing import Protocol
 
 import msgspec
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
-from stocksync.adapters import ledger_store as store
-from stocksync.adapters.database import answers
 from stocksync.adapters.faults import DATABASE_ERRORS, collided, passing_fault
+from stocksync.adapters.ledger_store import ConcurrentWrite, PostgresLedgerStore
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import INBOUND_TYPES, Command, Count, SetSafetyStock, encode
-from stocksync.domain.ledger import Ledger, reservations_at_risk
+from stocksync.domain.events import Command, encode
+from stocksync.domain.ledger import Changes, HeldLine, Ledger, Loaded
 from stocksync.domain.model import (
-    Alert,
-    Location,
     Outcome,
     Position,
     PositionKey,
@@ -52,34 +51,48 @@ def body_hash(event: Command) -> bytes:
     return hashlib.sha256(encode(event)).digest()
 
 
-def _reservation_keys(events: Sequence[Command]) -> set[ReservationKey]:
-    """The reservations a batch names, each at its event's location (a reservation is both)."""
-    return {(e.location_id, e.reservation_id) for e in events if hasattr(e, "reservation_id")}
+class LedgerBatch(Protocol):
+    """One batch's transaction on a ledger store."""
+
+    async def load(self, events: Sequence[Command], now: datetime) -> Loaded:
+        """Lock (in the global order) and read every position and reservation the batch may change."""
+
+    async def held(self, keys: set[PositionKey]) -> Mapping[PositionKey, Sequence[HeldLine]]:
+        """The stored holds of these positions, for naming the reservations a batch put at risk."""
+
+    async def write(self, changes: Changes, outbox: list[dict]) -> None:
+        """The batch's record and its outbox rows, together (nothing is published unless this commits)."""
 
 
-def _touched_keys(
-    events: Sequence[Command], reservations: dict[ReservationKey, Reservation]
-) -> set[PositionKey]:
-    keys: set[PositionKey] = set()
-    for event in events:
-        if isinstance(event, SetSafetyStock):
-            keys.add((event.location_id, event.sku))
-        for line in getattr(event, "lines", ()):
-            keys.add((event.location_id, line.sku))
-        reservation = reservations.get((event.location_id, getattr(event, "reservation_id", "")))
-        if reservation is not None:
-            keys.update((reservation.location_id, line.sku) for line in reservation.lines)
-    return keys
+class LedgerStore(Protocol):
+    """Where the ledger lives: `PostgresLedgerStore`, or `MemoryLedgerStore` for the core's scenarios."""
+
+    def transaction(self) -> AbstractAsyncContextManager[LedgerBatch]: ...
+
+    async def answers(self) -> bool: ...
 
 
 class LedgerService:
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now, retries: int = 10) -> None:
+    """One batch, one transaction: load and lock, apply in the core, write the core's record once.
+
+    ``store``: where the ledger lives (`PostgresLedgerStore` over ``engine`` by default; `MemoryLedgerStore`
+    runs the same path with no database)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None = None,
+        *,
+        store: LedgerStore | None = None,
+        clock: Clock = utc_now,
+        retries: int = 10,
+    ) -> None:
+        if store is None:
+            assert engine is not None, "a LedgerService needs an engine or a store"
+            store = PostgresLedgerStore(engine)
         self.engine = engine
+        self.store = store
         self.clock = clock
         self.retries = retries
-        # The rules only ask whether a location exists, and locations are never deleted: once read, one is
-        # known for good, and a batch reads only the locations it has not seen (usually none).
-        self._locations: dict[str, Location] = {}
 
     async def apply(self, events: Sequence[Command]) -> BatchResult:
         """Apply the batch exactly once per event; retried whole when a concurrent create or deadlock hits it.
@@ -91,7 +104,7 @@ class LedgerService:
         for attempt in range(self.retries):
             try:
                 return await self._apply_once(events, hashes)
-            except store.ConcurrentWrite:
+            except ConcurrentWrite:
                 metrics.RETRIES.labels("concurrent_write").inc()
             except DATABASE_ERRORS as error:
                 if collided(error):
@@ -104,80 +117,33 @@ class LedgerService:
         raise Unavailable("the batch kept colliding with concurrent writers; retry later")
 
     async def database_answers(self, timeout_s: float = 2.0) -> bool:
-        """Whether the database runs a query now (a pooled connection included): tells an event that fails
+        """Whether the store runs a query now (a pooled connection included): tells an event that fails
         from a database that fails, when the error's type does not say."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await answers(self.engine)
+                return await self.store.answers()
         except Exception:  # whatever stops the probe, the database does not answer
             return False
 
     async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]) -> BatchResult:
         started = time.perf_counter()
         now = self.clock()
-        async with self.engine.begin() as conn:
-            ledger, stored = await self._load(conn, events, now)
+        async with self.store.transaction() as batch:
+            ledger = Ledger.of(await batch.load(events, now))
             for event, digest in zip(events, hashes, strict=True):
                 ledger.apply(event, digest)
-            changes = store.changes(ledger, stored, now)
-            if any(alert.kind == "reservation_at_risk" for alert in ledger.alerts):
-                await changes.write(conn)  # the alert names the held reservations as the batch leaves them
-                changes = store.Changes()
-            changes.outbox(outbox_rows(ledger, await self._alerts(conn, ledger), now))
-            await changes.write(conn)  # usually the batch's one write: every table and the outbox at once
-        self._observe(ledger, len(events), time.perf_counter() - started)
+            at_risk = ledger.positions_at_risk()  # naming the holds needs them: read only then
+            changes = ledger.changes(await batch.held(at_risk) if at_risk else {})
+            await batch.write(changes, outbox_rows(changes))  # the batch's one write: every table, the outbox
+        self._observe(changes, len(events), time.perf_counter() - started)
         return BatchResult(
-            outcomes=ledger.outcomes, reservations=ledger.reservations, positions=ledger.positions
+            outcomes=list(changes.outcomes),
+            reservations=changes.reservations,
+            positions=changes.all_positions,
         )
 
-    async def _load(
-        self, conn: AsyncConnection, events: Sequence[Command], now: datetime
-    ) -> tuple[Ledger, set[PositionKey]]:
-        reservations = await store.lock_reservations(conn, _reservation_keys(events))
-        locations = await self._known_locations(conn, {e.location_id for e in events})
-        positions = await store.lock_positions(conn, _touched_keys(events, reservations))
-        recorded = await store.load_recorded(
-            conn, [(e.location_id, e.event_id) for e in events if e.type in INBOUND_TYPES]
-        )
-        probes = [
-            ((e.location_id, ln.sku), e.occurred_at) for e in events if isinstance(e, Count) for ln in e.lines
-        ]
-        after = await store.on_hand_after(conn, probes)
-        ledger = Ledger(
-            now=now,
-            locations=locations,
-            positions=positions,
-            reservations=reservations,
-            recorded=recorded,
-            stored_on_hand_after=lambda key, when: after.get((key, when), 0),
-        )
-        return ledger, set(positions)
-
-    async def _known_locations(self, conn: AsyncConnection, location_ids: set[str]) -> dict[str, Location]:
-        if unseen := location_ids - self._locations.keys():
-            self._locations.update(await store.load_locations(conn, unseen))
-        return {lid: self._locations[lid] for lid in location_ids if lid in self._locations}
-
-    async def _alerts(self, conn: AsyncConnection, ledger: Ledger) -> list[Alert]:
-        """Name the reservations a fact put at risk (rule 4), from the held lines as the batch leaves them."""
-        at_risk = [a for a in ledger.alerts if a.kind == "reservation_at_risk"]
-        if not at_risk:
-            return ledger.alerts
-        held = await store.held_by_position(conn, [(a.location_id, a.sku) for a in at_risk])
-        return [
-            msgspec.structs.replace(
-                alert,
-                reservation_ids=reservations_at_risk(
-                    alert.on_hand, held.get((alert.location_id, alert.sku), [])
-                ),
-            )
-            if alert.kind == "reservation_at_risk"
-            else alert
-            for alert in ledger.alerts
-        ]
-
-    def _observe(self, ledger: Ledger, size: int, seconds: float) -> None:
-        by_type = Counter((outcome.type, outcome.outcome) for outcome in ledger.outcomes)
+    def _observe(self, changes: Changes, size: int, seconds: float) -> None:
+        by_type = Counter((outcome.type, outcome.outcome) for outcome in changes.outcomes)
         counts: dict[str, int] = {"applied": 0, "duplicate": 0, "rejected": 0}
         for (type_, kind), n in by_type.items():  # one metric update per kind, not per event
             counts[kind] += n
@@ -187,7 +153,7 @@ class LedgerService:
         log.info(
             "batch_applied",
             events=size,
-            movements=len(ledger.movements),
+            movements=len(changes.movements),
             ms=round(seconds * 1000, 2),
             **counts,
         )

@@ -1,15 +1,12 @@
-"""Turns what a batch changed into outbox rows: the messages published once the transaction commits."""
+"""Turns a batch's record of changes into outbox rows: the messages published once its transaction commits."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from datetime import datetime
 
 import msgspec
 
 from stocksync.domain.events import INBOUND_TYPES
-from stocksync.domain.ledger import Ledger
-from stocksync.domain.model import Alert, Outcome
+from stocksync.domain.ledger import Changes
+from stocksync.domain.model import Outcome
 from stocksync.messages import (
     AlertMessage,
     AvailabilityMessage,
@@ -31,33 +28,32 @@ from stocksync.wire import (
 _encode = msgspec.json.encode
 
 
-def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[dict]:
+def outbox_rows(changes: Changes) -> list[dict]:
     """Availability per changed position (its final version), reservation changes, alerts and outcomes.
 
     A message id that names an event names its location too: an event is both (rule 10), and JetStream
     would drop one store's message as a duplicate of another store's under the same event id.
     """
     rows = []
-    for key in ledger.changed_positions:
-        position = ledger.positions[key]
-        body = AvailabilityMessage.of(position, now)
+    for position in changes.positions:
+        key = position.key
         rows.append(
             _row(
                 availability_subject(*key),
                 availability_msg_id(*key, position.version),
-                body,
+                AvailabilityMessage.of(position, changes.now),
                 kv_key=availability_key(*key),
                 version=position.version,
             )
         )
-    rows.extend(_reservation_row(ledger, outcome) for outcome in ledger.outcomes if outcome.reservation_id)
+    rows.extend(_reservation_row(changes, o) for o in changes.outcomes if o.reservation_id)
     rows.extend(
         _row(
             alert_subject(a.location_id),
             alert_msg_id(a.location_id, a.event_id, a.sku, a.kind, a.on_hand),
             AlertMessage.of(a),
         )
-        for a in alerts
+        for a in changes.alerts
     )
     rows.extend(
         _row(
@@ -65,19 +61,19 @@ def outbox_rows(ledger: Ledger, alerts: Iterable[Alert], now: datetime) -> list[
             outcome_msg_id(o.location_id, o.event_id, o.outcome),
             OutcomeMessage.of(o),
         )
-        for o in ledger.outcomes
+        for o in changes.outcomes
         if o.type in INBOUND_TYPES  # internal commands (expiry, safety stock) have no channel waiting
     )
     return rows
 
 
-def _reservation_row(ledger: Ledger, outcome: Outcome) -> dict:
+def _reservation_row(changes: Changes, outcome: Outcome) -> dict:
     """The reservation as this event left it; a reserve refused for want of stock is published ``rejected``.
 
     A refused reserve naming a reservation that exists (a conflict) publishes that reservation's real state.
     """
     assert outcome.reservation_id is not None
-    reservation = ledger.reservations.get((outcome.location_id, outcome.reservation_id))
+    reservation = changes.reservations.get((outcome.location_id, outcome.reservation_id))
     if reservation is None:
         body = ReservationMessage(
             reservation_id=outcome.reservation_id,
