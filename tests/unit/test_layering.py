@@ -29,7 +29,6 @@ SQL_OUTSIDE_ADAPTERS = {
     "stocksync.service.reconciliation.integrity",
     "stocksync.service.reconciliation.read_models",
     "stocksync.service.reconciliation.run",
-    "stocksync.service.sweeper",
     "stocksync.simulate",
 }
 

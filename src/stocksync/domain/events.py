@@ -18,6 +18,7 @@ EVENT_ID_PATTERN = r"^[\x20-\x7e]{1,128}$"
 # A reservation id is also a NATS subject token and an HTTP path segment: no '.', '*', '>', '/' or spaces.
 RESERVATION_ID_PATTERN = r"^[!-)+,\-0-=?-~]{1,128}$"
 MAX_LINES = 500
+MAX_QUANTITY = 10_000_000  # a counted quantity or a safety stock: beyond any one position's stock
 MAX_BODY_BYTES = 256 * 1024
 
 LocationId = Annotated[str, Meta(pattern=ID_PATTERN, description="location id")]
@@ -56,7 +57,7 @@ class AdjustLine(Struct, frozen=True, kw_only=True):
 
 class CountLine(Struct, frozen=True, kw_only=True):
     sku: Sku
-    counted: Annotated[int, Meta(ge=0, le=10_000_000)]
+    counted: Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 
 
 def _lines(kind: type) -> type:
@@ -124,7 +125,7 @@ class SetSafetyStock(Event, frozen=True, kw_only=True, tag="safety_stock"):
     """Internal: a new safety-stock buffer for one position."""
 
     sku: Sku
-    qty: Annotated[int, Meta(ge=0, le=10_000_000)]
+    qty: Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 
 
 InboundEvent = Sale | Return | Receipt | Adjust | Count | Reserve | Collect | Cancel

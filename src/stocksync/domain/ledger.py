@@ -59,6 +59,11 @@ def is_superseded(position: Position, occurred_at: datetime) -> bool:
     return position.last_count_at is not None and occurred_at < position.last_count_at
 
 
+def count_is_stale(counted_at: datetime, last_count_at: datetime | None) -> bool:
+    """Rule 9: a count no newer than the position's latest applied count moves nothing (recorded superseded)."""
+    return last_count_at is not None and counted_at <= last_count_at
+
+
 def merge_lines(lines: Iterable[ReservationLine]) -> tuple[ReservationLine, ...]:
     """One line per sku, quantities summed, in first-seen order."""
     totals: dict[str, int] = {}
@@ -446,7 +451,7 @@ def count(ledger: Ledger, event: Count) -> OutcomeKind:
     ledger.location(event.location_id)
     for line in event.lines:
         position = ledger.position(event.location_id, line.sku)
-        if position.last_count_at is not None and event.occurred_at <= position.last_count_at:
+        if count_is_stale(event.occurred_at, position.last_count_at):
             ledger.move(event, event.location_id, line.sku, reason="count", superseded=True)
             continue
         as_of = position.on_hand - ledger.on_hand_after(position.key, event.occurred_at)

@@ -15,8 +15,8 @@ from typing import Final
 from msgspec import Struct
 
 from .errors import StocksyncError
-from .events import ID_PATTERN, Count, CountLine
-from .ledger import reservations_at_risk
+from .events import ID_PATTERN, MAX_QUANTITY, Count, CountLine
+from .ledger import count_is_stale, reservations_at_risk
 from .model import available
 
 _ID = re.compile(ID_PATTERN)
@@ -348,7 +348,6 @@ def kv_finding(
 
 COUNT_COLUMNS: Final = ("location_id", "sku", "counted", "counted_at")
 COST_COLUMN: Final = "cost"
-MAX_COUNTED: Final = 10_000_000
 
 
 class CountRow(Struct, frozen=True, kw_only=True):
@@ -412,8 +411,8 @@ def _counted(raw: str, line: int) -> int:
         raise BadInput(f"counted must be a whole number, got {raw!r}", line=line) from None
     if counted < 0:
         raise BadInput(f"counted must not be negative, got {counted}", line=line)
-    if counted > MAX_COUNTED:
-        raise BadInput(f"counted {counted} is more than {MAX_COUNTED}", line=line)
+    if counted > MAX_QUANTITY:
+        raise BadInput(f"counted {counted} is more than {MAX_QUANTITY}", line=line)
     return counted
 
 
@@ -461,8 +460,8 @@ def count_finding(row: CountRow, as_of: int, last_count_at: datetime | None) -> 
 
 
 def superseded_count(row: CountRow, last_count_at: datetime | None) -> bool:
-    """Rule 9: a count no newer than the position's latest applied count would move nothing."""
-    return last_count_at is not None and row.counted_at <= last_count_at
+    """Rule 9, as the ledger applies it: the file's count would move nothing."""
+    return count_is_stale(row.counted_at, last_count_at)
 
 
 def count_event_id(file_digest: str, line: int) -> str:

@@ -23,6 +23,7 @@ from stocksync.domain.events import (
     DEFAULT_TTL_S,
     ID_PATTERN,
     MAX_LINES,
+    MAX_QUANTITY,
     NO_CONTROL_CHARACTERS,
     RESERVATION_ID_PATTERN,
     Channel,
@@ -108,7 +109,7 @@ class LocationRequest(Struct, frozen=True, kw_only=True):
 class SafetyStockRequest(Struct, frozen=True, kw_only=True):
     """``PUT /v1/locations/{location_id}/safety-stock/{sku}``."""
 
-    qty: Annotated[int, Meta(ge=0, le=10_000_000)]
+    qty: Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 
 
 # -- answers -------------------------------------------------------------------------------------------------

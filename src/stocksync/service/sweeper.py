@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
-from stocksync.adapters import tables as t
+from stocksync.adapters.reservations import count_by_status, due_reservations
 from stocksync.aio import pause
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.ledger import expiry
@@ -36,19 +35,11 @@ class ExpirySweeper:
     async def sweep_once(self) -> int:
         """Expire what is due now; returns how many reservations this pass expired."""
         now = self.ledger.clock()
-        r = t.reservations.c
         async with self.engine.connect() as conn:
-            due = (
-                await conn.execute(
-                    select(r.reservation_id, r.location_id)
-                    .where(r.status == "held", r.expires_at <= now)  # as `is_due` says
-                    .order_by(r.expires_at)
-                    .limit(self.batch)
-                )
-            ).all()
+            due = await due_reservations(conn, now, self.batch)
         if not due:
             return 0
-        result = await self.ledger.apply([expiry(rid, loc, now) for rid, loc in due])
+        result = await self.ledger.apply([expiry(rid, loc, now) for loc, rid in due])
         expired = sum(1 for outcome in result.outcomes if outcome.outcome == "applied")
         metrics.EXPIRED.inc(expired)
         log.info("reservations_expired", expired=expired, due=len(due))
@@ -56,10 +47,7 @@ class ExpirySweeper:
 
     async def count_by_status(self) -> None:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(t.reservations.c.status, func.count()).group_by(t.reservations.c.status)
-            )
-            for status, n in rows:
+            for status, n in (await count_by_status(conn)).items():
                 metrics.RESERVATIONS.labels(status).set(n)
 
     async def run(self, stop: asyncio.Event) -> None:
