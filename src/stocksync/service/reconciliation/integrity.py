@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from sqlalchemy import Row, func, select, text, tuple_
 
 from stocksync.adapters import tables as t
+from stocksync.domain.ledger import HeldLine, oldest_first
 from stocksync.domain.reconciliation import (
     Finding,
     PositionTotals,
@@ -65,8 +66,7 @@ _OVERDUE = text(
     """
 )
 
-# Held lines per position, oldest reservation first (as the ledger names them in alerts), where they add up
-# to more than on_hand.
+# Held lines per position where they add up to more than on_hand (grouped by position; the core orders them).
 _AT_RISK = text(
     """
     WITH held AS (
@@ -75,10 +75,10 @@ _AT_RISK = text(
         FROM reservations r JOIN reservation_lines l USING (reservation_id, location_id)
         WHERE r.status = 'held'
     )
-    SELECT h.location_id, h.sku, coalesce(p.on_hand, 0) AS on_hand, h.reservation_id, h.qty
+    SELECT h.location_id, h.sku, coalesce(p.on_hand, 0) AS on_hand, h.reservation_id, h.qty, h.created_at
     FROM held h LEFT JOIN positions p ON p.location_id = h.location_id AND p.sku = h.sku
     WHERE h.total > coalesce(p.on_hand, 0)
-    ORDER BY h.location_id, h.sku, h.created_at, h.reservation_id
+    ORDER BY h.location_id, h.sku
     """
 )
 
@@ -147,7 +147,10 @@ async def check_at_risk(ctx: Context) -> Findings:
     async with ctx.engine.connect() as conn:
         async for group in _by_position(stream_rows(conn, _AT_RISK)):
             first = group[0]
-            held = [(row.reservation_id, row.qty) for row in group]
+            lines = (
+                HeldLine(reservation_id=r.reservation_id, qty=r.qty, created_at=r.created_at) for r in group
+            )
+            held = [(line.reservation_id, line.qty) for line in oldest_first(lines)]
             yield at_risk_findings(first.location_id, first.sku, first.on_hand, held)
 
 
