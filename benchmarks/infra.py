@@ -11,6 +11,7 @@ bench at another server instead (pgbench then comes from PATH).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -251,6 +252,23 @@ class Service:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+async def run_module(module: str, args: Sequence[str], log: Path | None = None) -> int:
+    """``python -m module ARGS`` (a load generator), with the bench's PYTHONPATH, from the repository; its exit
+    code. Its output goes to ``log``, else to the bench's own."""
+    with log.open("wb") if log else contextlib.nullcontext() as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            env={**os.environ, "PYTHONPATH": python_path()},
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
+        return await process.wait()
+
+
 async def wait_for_log(service: Service, needle: str, timeout: float = 60) -> None:
     """Until the service's log shows ``needle`` (for instance ``"serving"``); fail early if it died."""
     deadline = time.monotonic() + timeout
@@ -341,6 +359,13 @@ class ProcessSampler:
         totals["other processes"] = round(max(0.0, self.machine_cpu - sum(totals.values())), 2)
         totals["wall seconds"] = round(self.wall, 2)
         return totals
+
+    def cpu_seconds_with(self, name: str, seconds: float) -> dict[str, float]:
+        """``cpu_seconds()`` with a process sampled by itself (the load generator) as ``name``, out of "other
+        processes"."""
+        totals = self.cpu_seconds()
+        other = round(max(0.0, totals["other processes"] - seconds), 2)
+        return {**totals, name: round(seconds, 2), "other processes": other}
 
 
 def _busy(times) -> float:
