@@ -62,6 +62,14 @@ async def fetchval(url: str, query: str, *args):
     return rows[0][0] if rows else None
 
 
+async def execute(url: str, statements: str) -> None:
+    connection = await asyncpg.connect(asyncpg_url(url), timeout=30)
+    try:
+        await connection.execute(statements)
+    finally:
+        await connection.close()
+
+
 @dataclass
 class Infra:
     """PostgreSQL (admin URL), a nats-server, and a scratch directory; `close()` stops what it started."""
@@ -110,20 +118,12 @@ class Infra:
     async def create_database(self, name: str, template: str | None = None) -> str:
         await self.drop_database(name)
         clause = f' TEMPLATE "{template}"' if template else ""
-        connection = await asyncpg.connect(asyncpg_url(self.admin_url), timeout=30)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"{clause}')
-        finally:
-            await connection.close()
+        await execute(self.admin_url, f'CREATE DATABASE "{name}"{clause}')
         self.databases.append(name)
         return self.url(name)
 
     async def drop_database(self, name: str) -> None:
-        connection = await asyncpg.connect(asyncpg_url(self.admin_url), timeout=30)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        await execute(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
         if not self.embedded_pg:  # a shared server: leave no scratch database behind
@@ -190,6 +190,16 @@ async def stream_counts(nats_url: str) -> dict[str, int]:
 # --- the service under test --------------------------------------------------------------------------------------
 
 
+def stocksync_env(database_url: str, nats_url: str, log_dir: Path) -> dict[str, str]:
+    """The settings of a stocksync process of the bench: its database and NATS, JSON logs, a home in the logs."""
+    return {
+        "STOCKSYNC_DATABASE_URL": database_url,
+        "STOCKSYNC_NATS_URL": nats_url,
+        "STOCKSYNC_LOG_FORMAT": "json",
+        "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
+    }
+
+
 class Service:
     """``python -m stocksync.cli serve --role ...`` (or any module) as a child process, logging to a file."""
 
@@ -210,15 +220,10 @@ class Service:
         *,
         name: str | None = None,
         http_port: int | None = None,
-        extra_env: dict[str, str] | None = None,
     ) -> Service:
         env = {
-            "STOCKSYNC_DATABASE_URL": database_url,
-            "STOCKSYNC_NATS_URL": nats_url,
-            "STOCKSYNC_LOG_FORMAT": "json",
-            "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
+            **stocksync_env(database_url, nats_url, log_dir),
             **({"STOCKSYNC_HTTP_PORT": str(http_port)} if http_port else {}),
-            **(extra_env or {}),
         }
         args = ["-m", "stocksync.cli", "serve", *(a for role in roles for a in ("--role", role))]
         return cls(name or "-".join(roles), args, env, log_dir)
@@ -252,16 +257,18 @@ class Service:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
-async def run_module(module: str, args: Sequence[str], log: Path | None = None) -> int:
-    """``python -m module ARGS`` (a load generator), with the bench's PYTHONPATH, from the repository; its exit
-    code. Its output goes to ``log``, else to the bench's own."""
+async def run_module(
+    module: str, args: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None
+) -> int:
+    """``python -m module ARGS`` to its end (a load generator, a command), with the bench's PYTHONPATH and
+    ``env``, from the repository; its exit code. Its output goes to ``log``, else to the bench's own."""
     with log.open("wb") if log else contextlib.nullcontext() as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             module,
             *args,
-            env={**os.environ, "PYTHONPATH": python_path()},
+            env={**os.environ, "PYTHONPATH": python_path(), **(env or {})},
             cwd=REPO,
             stdout=out,
             stderr=out,
