@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,49 +42,7 @@ class Plan:
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
-        if quick:
-            return cls(
-                quick=True,
-                stores=6,
-                skus=1_000,
-                mixed_events=20_000,
-                naive_events=1_500,
-                hot_events=8_000,
-                naive_hot_events=1_000,
-                sweep_rates=[1_000, 3_000],
-                sweep_seconds=4,
-                hot_latency_rate=1_000,
-                hot_latency_seconds=3,
-                pgbench_scale=4,
-                pgbench_seconds=5,
-                http_seconds=3,
-                http_concurrency=16,
-                reservation_rate=1_000,
-                availability_rate=3_000,
-                recon_positions=10_000,
-                recon_movements=100_000,
-            )
-        return cls(
-            quick=False,
-            stores=20,
-            skus=5_000,
-            mixed_events=150_000,
-            naive_events=6_000,
-            hot_events=60_000,
-            naive_hot_events=4_000,
-            sweep_rates=[250, 500, 1_000, 2_000, 4_000, 8_000],
-            sweep_seconds=10,
-            hot_latency_rate=1_000,
-            hot_latency_seconds=10,
-            pgbench_scale=10,
-            pgbench_seconds=20,
-            http_seconds=10,
-            http_concurrency=16,
-            reservation_rate=1_000,
-            availability_rate=3_000,
-            recon_positions=100_000,
-            recon_movements=1_000_000,
-        )
+        return cls(quick=quick, **{name: copy(sizes[0 if quick else 1]) for name, sizes in SIZES.items()})
 
     def spec(self, **overrides) -> WorkloadSpec:
         return replace(WorkloadSpec(stores=self.stores, skus=self.skus), **overrides)
@@ -91,6 +50,29 @@ class Plan:
     def timeout_for(self, events: int) -> float:
         """How long to wait for the ledger to catch up: generous, as a stuck event is itself a finding."""
         return (30 if self.quick else 60) + events / 500
+
+
+# each size of the plan: (quick, full)
+SIZES = {
+    "stores": (6, 20),
+    "skus": (1_000, 5_000),
+    "mixed_events": (20_000, 150_000),
+    "naive_events": (1_500, 6_000),
+    "hot_events": (8_000, 60_000),
+    "naive_hot_events": (1_000, 4_000),
+    "sweep_rates": ([1_000, 3_000], [250, 500, 1_000, 2_000, 4_000, 8_000]),
+    "sweep_seconds": (4, 10),
+    "hot_latency_rate": (1_000, 1_000),
+    "hot_latency_seconds": (3, 10),
+    "pgbench_scale": (4, 10),
+    "pgbench_seconds": (5, 20),
+    "http_seconds": (3, 10),
+    "http_concurrency": (16, 16),
+    "reservation_rate": (1_000, 1_000),
+    "availability_rate": (3_000, 3_000),
+    "recon_positions": (10_000, 100_000),
+    "recon_movements": (100_000, 1_000_000),
+}
 
 
 @dataclass
