@@ -16,9 +16,14 @@ terminal action after its hold was answered), so the pure core run over the same
 were sent (tests/support_nats.py ``ReferenceLedger``) gives the numbers the ledger must hold.
 
 ``scripts/soak --minutes N`` runs it and writes the report as JSON; tests/e2e/test_soak_short.py runs a short
-one. Credentials hook: ``service_env`` goes to every service process (and to ``migrate`` and ``reconcile``),
-``nats_options`` to the campaign's own NATS clients (for instance ``{"token": key}``), so the campaign runs
-unchanged once NATS asks for them.
+one. NATS access is on, as in production: every node runs the access part of `stocksync nats config`, the
+service processes connect with the service NKey, the api and sweeper processes also answer the auth callout
+(two responders: a kill never leaves none), and the till traffic goes over one ``pos`` and one ``staff`` API
+key connection per store, so the server checks every publish against the key's permissions; the server
+closes those connections each time their authorisation expires, and they are opened again, as a till's are.
+The campaign's own checks (consumer state, the DLQ) use the service NKey, as an operator would.
+``open_nats`` (``--open-nats``) runs the old open cluster. ``service_env`` goes to every service process
+(and to ``migrate`` and ``reconcile``) after the campaign's own settings.
 """
 
 from __future__ import annotations
@@ -33,23 +38,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import EmbeddedPostgres, free_port, start_postgres
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
+from stocksync.messaging.nats_auth import key_options, new_seed, server_config, service_options
 from stocksync.messaging.topology import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, connect
 from stocksync.service.keys import create_key
 from stocksync.service.locations import upsert_locations
+from stocksync.settings import Settings
 from tests.support import run_sql, with_database
 from tests.support_cluster import NatsCluster
 from tests.support_ledger import (
@@ -90,6 +100,8 @@ FAULT_KINDS = (
     "postgres_crash",
     "statement_cancel",
 )
+AUTH_TTL_S = 30.0  # key connections are dropped and authorised again every 30 s, faults or not
+POS_TYPES = frozenset({"sale", "return"})  # what a till's pos key may publish; the rest goes as staff
 
 
 @dataclass
@@ -99,8 +111,8 @@ class SoakConfig:
     seed: int = 15
     stores: int = 3
     settle_s: float = 420.0  # how long everything may take to catch up once the faults stop
-    service_env: dict[str, str] = field(default_factory=dict)  # for every service process: NATS credentials
-    nats_options: dict[str, Any] = field(default_factory=dict)  # for the campaign's own NATS client: token=…
+    service_env: dict[str, str] = field(default_factory=dict)  # for every service process, last
+    open_nats: bool = False  # True: no NATS access (the cluster open, no keys on the till connections)
 
 
 @dataclass
@@ -116,6 +128,10 @@ def _now() -> datetime:
 
 async def _quiet(error: Exception) -> None:
     pass
+
+
+def _event_type(event: Command) -> str:
+    return subject_of(event).rsplit(".", 1)[1]
 
 
 class Campaign:
@@ -136,7 +152,20 @@ class Campaign:
         self.terminal: dict[str, str] = {}  # reservation_id -> the status it must end in
         self.stop_traffic = asyncio.Event()
         self.postgres: EmbeddedPostgres | None = None
-        self.cluster = NatsCluster(config.workdir / "nats")
+        self.access = (
+            None
+            if config.open_nats
+            else Settings(
+                nats_nkey_seed=new_seed("user"),
+                nats_auth_issuer_seed=new_seed("account"),
+                nats_auth_ttl_s=AUTH_TTL_S,
+            )
+        )
+        access = server_config(self.access, jetstream="") if self.access is not None else ""
+        self.cluster = NatsCluster(config.workdir / "nats", access=access)
+        self.till_keys: dict[tuple[str, str], str] = {}  # (location_id, "pos" or "staff") -> its API key
+        self.tills: dict[tuple[str, str], Client] = {}  # the same -> its connection, while it is open
+        self.till_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.services: dict[str, ServiceProcess] = {}
         self.killing: set[str] = set()  # services a fault is restarting right now
         self.traffic_end = 0.0
@@ -151,7 +180,18 @@ class Campaign:
             "STOCKSYNC_NATS_REPLICAS": "3",
             "STOCKSYNC_HOME": str(self.config.workdir / ".stocksync"),
             "STOCKSYNC_LOG_FORMAT": "json",
+            **self._access_env(),
             **self.config.service_env,
+        }
+
+    def _access_env(self) -> dict[str, str]:
+        if self.access is None:
+            return {}
+        assert self.access.nats_nkey_seed and self.access.nats_auth_issuer_seed
+        return {
+            "STOCKSYNC_NATS_NKEY_SEED": self.access.nats_nkey_seed,
+            "STOCKSYNC_NATS_AUTH_ISSUER_SEED": self.access.nats_auth_issuer_seed,
+            "STOCKSYNC_NATS_AUTH_TTL_S": str(self.access.nats_auth_ttl_s),
         }
 
     async def start_infrastructure(self) -> None:
@@ -166,10 +206,16 @@ class Campaign:
         try:
             await upsert_locations(engine, [self._location(loc) for loc in self.locations])
             self.admin_key = await create_key(engine, "admin", label="soak")
+            self.till_keys = {
+                (loc, role): await create_key(engine, role, [loc], label=f"soak-{role}")
+                for loc in self.locations
+                for role in ("pos", "staff")
+            }
         finally:
             await engine.dispose()
-        options = {"error_cb": _quiet, **self.config.nats_options}  # outages are the point: no tracebacks
-        self.nc = await connect(self.cluster.url, name="stocksync-soak", **options)
+        operator = service_options(self.access) if self.access is not None else {}
+        # outages are the point: no tracebacks
+        self.nc = await connect(self.cluster.url, name="stocksync-soak", error_cb=_quiet, **operator)
         self.js = self.nc.jetstream()
         # A killed worker's batch comes back within seconds; what a slow live worker holds may come back
         # too, which the ledger must then record as a duplicate.
@@ -178,15 +224,16 @@ class Campaign:
         self.base_url = f"http://127.0.0.1:{http_port}"
         log_dir = self.config.workdir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        for name, role in [
-            ("api", "api"),
-            ("worker-1", "worker"),
-            ("worker-2", "worker"),
-            ("relay-1", "relay"),
-            ("relay-2", "relay"),
-            ("sweeper", "sweeper"),
+        callout = ["auth"] if self.access is not None else []
+        for name, roles in [
+            ("api", ["api", *callout]),
+            ("worker-1", ["worker"]),
+            ("worker-2", ["worker"]),
+            ("relay-1", ["relay"]),
+            ("relay-2", ["relay"]),
+            ("sweeper", ["sweeper", *callout]),
         ]:
-            service = ServiceProcess([role], self.database_url, self.cluster.url, log_dir / f"{name}.log")
+            service = ServiceProcess(roles, self.database_url, self.cluster.url, log_dir / f"{name}.log")
             service.env.update(self.env())
             service.env["STOCKSYNC_HTTP_PORT"] = str(http_port)
             service.env["STOCKSYNC_SWEEP_INTERVAL_S"] = "1"
@@ -195,6 +242,29 @@ class Campaign:
             base_url=self.base_url, timeout=15, headers={"Authorization": f"Bearer {self.admin_key}"}
         )
         await wait_until(self._api_live, what="the API live")
+        for loc, role in self.till_keys:  # refused until a callout answers
+            opened = partial(self.till, loc, role)
+            await wait_until(opened, timeout=60, what=f"the {role} key of {loc} connected")
+
+    async def till(self, location_id: str, role: str) -> JetStreamContext:
+        """The JetStream of this store's pos or staff key. The connection is opened again once the server
+        has closed it, as it does each time the key's authorisation expires: nats-py never reconnects
+        after that (PosClient and EcommerceClient open a new connection likewise)."""
+        async with self.till_locks[location_id, role]:
+            nc = self.tills.get((location_id, role))
+            if nc is None or nc.is_closed:
+                key = self.till_keys[location_id, role]
+                options = key_options(key) if self.access is not None else {}
+                name = f"soak-{role}-{location_id}"
+                nc = await connect(self.cluster.url, name=name, error_cb=self._till_error, **options)
+                self.tills[location_id, role] = nc
+                self.tally.counts["nats_key_connections"] += 1
+        return nc.jetstream()
+
+    async def _till_error(self, error: Exception) -> None:
+        """A permission violation means the campaign sent what its key may not: counted, must stay 0."""
+        if "permission" in str(error).lower():
+            self.tally.counts["nats_permission_violations"] += 1
 
     def _location(self, location_id: str) -> Location:
         return store(location_id, pickup_enabled=True)
@@ -219,6 +289,7 @@ class Campaign:
         for close in (
             getattr(self, "http", None) and self.http.aclose,
             getattr(self, "nc", None) and self.nc.close,
+            *(nc.close for nc in self.tills.values()),
         ):
             if close:
                 try:
@@ -241,7 +312,9 @@ class Campaign:
         same ``Nats-Msg-Id`` is harmless (the stream drops it, the ledger records it once)."""
         while True:
             try:
-                await self.js.publish(
+                role = "pos" if _event_type(event) in POS_TYPES else "staff"
+                till = await self.till(event.location_id, role)
+                await till.publish(
                     subject_of(event), encode(event), headers={"Nats-Msg-Id": event.event_id}, timeout=3
                 )
                 self.tally.counts["nats_publishes"] += 1
@@ -665,6 +738,7 @@ class Campaign:
                 "relay_kill_with_backlog": self.tally.faults["relay_kill_with_backlog"],
                 "statements_cancelled": self.tally.faults["statements_cancelled"],
                 "nats_publish_retries": self.tally.counts["nats_publish_retries"],
+                "nats_key_connections": self.tally.counts["nats_key_connections"],
             },
             "lost": len(lost),
             "doubled": len(doubled) + max(0, unexplained),
@@ -681,6 +755,7 @@ class Campaign:
                     "reservation_actions_misanswered",
                     "http_refused_unexpectedly",
                     "reservations_refused",
+                    "nats_permission_violations",
                 )
             },
             "http": {
@@ -776,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=ROOT / "docs" / "soak.json", help="where the report goes"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    parser.add_argument("--open-nats", action="store_true", help="NATS without access (no keys, no callout)")
     parser.add_argument(
         "--service-env",
         action="append",
@@ -787,7 +863,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-soak-"))
     os.chmod(workdir, 0o755)  # as root, the embedded PostgreSQL runs as its own system user
     service_env = dict(item.split("=", 1) for item in args.service_env)
-    config = SoakConfig(minutes=args.minutes, workdir=workdir, seed=args.seed, service_env=service_env)
+    config = SoakConfig(
+        minutes=args.minutes,
+        workdir=workdir,
+        seed=args.seed,
+        service_env=service_env,
+        open_nats=args.open_nats,
+    )
     try:
         report = asyncio.run(run_campaign(config))
     finally:
