@@ -53,6 +53,7 @@ from nats.js import JetStreamContext
 
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import EmbeddedPostgres, free_port, start_postgres
+from stocksync.aio import cancel_and_wait
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
 from stocksync.messaging.nats_auth import key_options, new_seed, server_config, service_options
@@ -581,17 +582,16 @@ class Campaign:
             await self.stock_holds()
             self.traffic_end = time.monotonic() + self.config.minutes * 60
             tasks = [
-                asyncio.create_task(self.nats_traffic()),
-                asyncio.create_task(self.http_traffic()),
-                asyncio.create_task(self.http_traffic()),
-                asyncio.create_task(self.reservation_traffic()),
-                asyncio.create_task(self.watch_services()),
+                asyncio.create_task(self.nats_traffic(), name="nats traffic"),
+                asyncio.create_task(self.http_traffic(), name="http traffic"),
+                asyncio.create_task(self.http_traffic(), name="http traffic"),
+                asyncio.create_task(self.reservation_traffic(), name="reservation traffic"),
+                asyncio.create_task(self.watch_services(), name="service watch"),
             ]
             await self.faults()
             await asyncio.sleep(max(0.0, self.traffic_end - time.monotonic()))
             self.stop_traffic.set()
-            await asyncio.gather(*tasks)
-            settled = await self.settle()
+            settled = await self.end_traffic(tasks) and await self.settle()
             report = await self.verify()
             report["settled"] = settled
         finally:
@@ -599,6 +599,22 @@ class Campaign:
         report["seconds"] = round(time.monotonic() - started)
         report["ok"] = ok(report)
         return report
+
+    async def end_traffic(self, tasks: list[asyncio.Task]) -> bool:
+        """Wait for the traffic to finish its last sends. Each send is retried until it is answered, so one
+        that never can be (a connection never opened again) would hold the run for ever: past the settle
+        time the run fails instead, saying which part was still sending."""
+        done, pending = await asyncio.wait(tasks, timeout=self.config.settle_s)
+        for task in pending:
+            await cancel_and_wait(task)
+        for task in done:
+            task.result()  # a traffic task's own failure ends the run
+        if pending:
+            self.tally.counts["settle_failures"] += 1
+            stuck = sorted({task.get_name() for task in pending})
+            after = f"{self.config.settle_s}s after the window"
+            print(f"soak: {', '.join(stuck)} still sending {after}", file=sys.stderr)
+        return not pending
 
     async def stock_holds(self) -> None:
         """Stock the reservation skus far beyond what the run reserves, so every hold is granted."""
