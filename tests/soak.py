@@ -54,6 +54,7 @@ from nats.js import JetStreamContext
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.embedded import EmbeddedPostgres, free_port, start_postgres
 from stocksync.aio import cancel_and_wait
+from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
 from stocksync.messaging.nats_auth import key_options, new_seed, server_config, service_options
@@ -102,7 +103,6 @@ FAULT_KINDS = (
     "statement_cancel",
 )
 AUTH_TTL_S = 30.0  # key connections are dropped and authorised again every 30 s, faults or not
-POS_TYPES = frozenset({"sale", "return"})  # what a till's pos key may publish; the rest goes as staff
 
 
 @dataclass
@@ -129,10 +129,6 @@ def _now() -> datetime:
 
 async def _quiet(error: Exception) -> None:
     pass
-
-
-def _event_type(event: Command) -> str:
-    return subject_of(event).rsplit(".", 1)[1]
 
 
 class Campaign:
@@ -313,7 +309,7 @@ class Campaign:
         same ``Nats-Msg-Id`` is harmless (the stream drops it, the ledger records it once)."""
         while True:
             try:
-                role = "pos" if _event_type(event) in POS_TYPES else "staff"
+                role = "pos" if event.type in EVENT_GRANTS["pos"][0] else "staff"  # sales and returns
                 till = await self.till(event.location_id, role)
                 await till.publish(
                     subject_of(event), encode(event), headers={"Nats-Msg-Id": event.event_id}, timeout=3
