@@ -10,6 +10,15 @@ Modules:
 - ``pgbench``: the TPC-B-like baseline on the same PostgreSQL;
 - ``infra``: the embedded PostgreSQL and nats-server, scratch databases, the service processes, memory;
 - ``reconcile``: the reconciliation timing on a bulk-seeded ledger;
+- ``profile``: py-spy on the bench's processes, and the summary of what it recorded;
+- ``plan``: the sizes of a quick or a full run, and ``Bench``, what every scenario runs with;
+- ``results``: every figure of the run, and its checks;
+- ``template``: the seeded template database every scenario clones;
+- ``group``: a scenario's clone, clean NATS topology and applier (the worker or the naive one) with the relay;
+- ``publishing``: the publisher run from the bench; ``ledger``: what the ledger recorded, how fast, settling;
+- ``measure``: a throughput run and a latency run on a group, with their consistency checks;
+- ``scenarios``: one module each: ``pgbench``, ``mixed`` (with the latency sweep), ``naive`` (both baselines),
+  ``hot`` (with its latency run), ``http``, ``reconcile``, ``profiled`` (``--profile``);
 - ``report``: the table, ``docs/benchmarks.md`` and the latency plot;
 - ``run``: the scenarios in order, and the command line.
 """

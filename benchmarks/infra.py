@@ -11,6 +11,7 @@ bench at another server instead (pgbench then comes from PATH).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -59,6 +60,14 @@ async def fetch(url: str, query: str, *args) -> list[asyncpg.Record]:
 async def fetchval(url: str, query: str, *args):
     rows = await fetch(url, query, *args)
     return rows[0][0] if rows else None
+
+
+async def execute(url: str, statements: str) -> None:
+    connection = await asyncpg.connect(asyncpg_url(url), timeout=30)
+    try:
+        await connection.execute(statements)
+    finally:
+        await connection.close()
 
 
 @dataclass
@@ -110,20 +119,12 @@ class Infra:
     async def create_database(self, name: str, template: str | None = None) -> str:
         await self.drop_database(name)
         clause = f' TEMPLATE "{template}"' if template else ""
-        connection = await asyncpg.connect(asyncpg_url(self.admin_url), timeout=30)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"{clause}')
-        finally:
-            await connection.close()
+        await execute(self.admin_url, f'CREATE DATABASE "{name}"{clause}')
         self.databases.append(name)
         return self.url(name)
 
     async def drop_database(self, name: str) -> None:
-        connection = await asyncpg.connect(asyncpg_url(self.admin_url), timeout=30)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        await execute(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
         if not self.embedded_pg:  # a shared server: leave no scratch database behind
@@ -185,6 +186,16 @@ async def stream_counts(nats_url: str) -> dict[str, int]:
 # --- the service under test --------------------------------------------------------------------------------------
 
 
+def stocksync_env(database_url: str, nats_url: str, log_dir: Path) -> dict[str, str]:
+    """The settings of a stocksync process of the bench: its database and NATS, JSON logs, a home in the logs."""
+    return {
+        "STOCKSYNC_DATABASE_URL": database_url,
+        "STOCKSYNC_NATS_URL": nats_url,
+        "STOCKSYNC_LOG_FORMAT": "json",
+        "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
+    }
+
+
 class Service:
     """``python -m stocksync.cli serve --role ...`` (or any module) as a child process, logging to a file."""
 
@@ -205,15 +216,10 @@ class Service:
         *,
         name: str | None = None,
         http_port: int | None = None,
-        extra_env: dict[str, str] | None = None,
     ) -> Service:
         env = {
-            "STOCKSYNC_DATABASE_URL": database_url,
-            "STOCKSYNC_NATS_URL": nats_url,
-            "STOCKSYNC_LOG_FORMAT": "json",
-            "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
+            **stocksync_env(database_url, nats_url, log_dir),
             **({"STOCKSYNC_HTTP_PORT": str(http_port)} if http_port else {}),
-            **(extra_env or {}),
         }
         args = ["-m", "stocksync.cli", "serve", *(a for role in roles for a in ("--role", role))]
         return cls(name or "-".join(roles), args, env, log_dir)
@@ -245,6 +251,25 @@ class Service:
 
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+async def run_module(
+    module: str, args: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None
+) -> int:
+    """``python -m module ARGS`` to its end (a load generator, a command), with the bench's PYTHONPATH and
+    ``env``, from the repository; its exit code. Its output goes to ``log``, else to the bench's own."""
+    with log.open("wb") if log else contextlib.nullcontext() as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            env={**os.environ, "PYTHONPATH": python_path(), **(env or {})},
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
+        return await process.wait()
 
 
 async def wait_for_log(service: Service, needle: str, timeout: float = 60) -> None:
@@ -337,6 +362,13 @@ class ProcessSampler:
         totals["other processes"] = round(max(0.0, self.machine_cpu - sum(totals.values())), 2)
         totals["wall seconds"] = round(self.wall, 2)
         return totals
+
+    def cpu_seconds_with(self, name: str, seconds: float) -> dict[str, float]:
+        """``cpu_seconds()`` with a process sampled by itself (the load generator) as ``name``, out of "other
+        processes"."""
+        totals = self.cpu_seconds()
+        other = round(max(0.0, totals["other processes"] - seconds), 2)
+        return {**totals, name: round(seconds, 2), "other processes": other}
 
 
 def _busy(times) -> float:

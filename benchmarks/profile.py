@@ -1,4 +1,5 @@
-"""Reads py-spy's raw (collapsed-stack) output into the few numbers a person needs: where the CPU went.
+"""py-spy on the bench's processes: records them, and reads its raw (collapsed-stack) output into the few numbers
+a person needs: where the CPU went.
 
 Each line is ``frame;frame;...;leaf COUNT`` (root first), a frame ``function (path:line)``. py-spy leaves idle
 samples out, so ``samples / (seconds * rate)`` is the share of one core the process used.
@@ -6,7 +7,11 @@ samples out, so ``samples / (seconds * rate)`` is the share of one core the proc
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -108,3 +113,48 @@ def summarize(path: Path, top: int = 15) -> dict:
         "groups": share(groups),
         "deepest_product_frame": share(under_product),
     }
+
+
+def _py_spy() -> str | None:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return found if Path(found).exists() else None
+
+
+def record(pids: dict[str, int], log_dir: Path, tag: str, seconds: float):
+    """py-spy record (100 Hz, raw collapsed stacks) on each process for ``seconds``; None without py-spy."""
+    spy = _py_spy()
+    if spy is None:
+        return None
+    running = []
+    for role, pid in pids.items():
+        out = log_dir / f"profile-{tag}-{role}.txt"
+        process = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, int(seconds))),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        running.append((role, process, out, seconds))
+    return running
+
+
+async def collect(running, results, suffix: str) -> None:
+    """When the recordings are done, their summaries join ``results.profile`` (keyed by role and ``suffix``)."""
+    found = {}
+    for role, process, out, seconds in running:
+        await asyncio.to_thread(process.wait)
+        if out.exists():
+            found[f"{role}{suffix}"] = {**summarize(out), "seconds": seconds}
+    results.profile = (results.profile or {}) | found

@@ -8,11 +8,9 @@ is the whole command, process start included.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from benchmarks import infra as inf
@@ -79,17 +77,11 @@ ANALYZE;
 
 
 async def seed_sql(url: str, positions: int, movements: int) -> None:
-    import asyncpg
-
     locations = 20
     skus = positions // locations
-    connection = await asyncpg.connect(inf.asyncpg_url(url), timeout=30)
-    try:
-        await connection.execute(
-            SEED_SQL.format(locations=locations, skus=skus, positions=locations * skus, movements=movements)
-        )
-    finally:
-        await connection.close()
+    await inf.execute(
+        url, SEED_SQL.format(locations=locations, skus=skus, positions=locations * skus, movements=movements)
+    )
 
 
 async def measure_reconcile(infra: Infra, positions: int, movements: int, log_dir: Path) -> dict:
@@ -108,15 +100,7 @@ async def measure_reconcile(infra: Infra, positions: int, movements: int, log_di
     try:
         await migrate_database_async(url)
         started = time.perf_counter()
-        product_seed = _seed_bulk()
-        if product_seed is not None:
-            await product_seed(
-                url, positions=positions, movements=movements
-            )  # reconciliation's own (issue 5)
-            seeded_by = f"{product_seed.__module__}.{product_seed.__name__}"
-        else:
-            await seed_sql(url, positions, movements)
-            seeded_by = "benchmarks.reconcile.SEED_SQL"
+        seeded_by = await _seed(url, positions, movements)
         seed_seconds = time.perf_counter() - started
         counts = (
             await fetch(
@@ -124,45 +108,16 @@ async def measure_reconcile(infra: Infra, positions: int, movements: int, log_di
             )
         )[0]
         report = log_dir / "reconcile-report.json"
-        env = {
-            **os.environ,
-            "PYTHONPATH": inf.python_path(),
-            "STOCKSYNC_DATABASE_URL": url,
-            "STOCKSYNC_NATS_URL": infra.nats_url,
-            "STOCKSYNC_LOG_FORMAT": "json",
-            "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
-        }
         started = time.perf_counter()
-        with (log_dir / "reconcile.log").open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "stocksync.cli",
-                "reconcile",
-                "--report",
-                str(report),
-                env=env,
-                cwd=inf.REPO,
-                stdout=log,
-                stderr=log,
-            )
-            code = await process.wait()
+        code = await inf.run_module(
+            "stocksync.cli",
+            ["reconcile", "--report", str(report)],
+            log_dir / "reconcile.log",
+            env=inf.stocksync_env(url, infra.nats_url, log_dir),
+        )
         seconds = time.perf_counter() - started
-        summary = {}
-        if report.exists():
-            try:
-                summary = json.loads(report.read_text()).get("summary", {})
-            except ValueError:
-                pass
-        inside = None
-        if summary.get("started_at") and summary.get("finished_at"):
-            from datetime import datetime
-
-            started_at, finished_at = (
-                datetime.fromisoformat(summary[k].replace("Z", "+00:00"))
-                for k in ("started_at", "finished_at")
-            )
-            inside = (finished_at - started_at).total_seconds()
+        summary = _report_summary(report)
+        inside = _checks_seconds(summary)
         return {
             "available": True,
             "report_summary": summary,
@@ -179,3 +134,33 @@ async def measure_reconcile(infra: Infra, positions: int, movements: int, log_di
         }
     finally:
         await infra.drop_database("bench_reconcile")
+
+
+async def _seed(url: str, positions: int, movements: int) -> str:
+    """The ledger seeded by reconciliation's own bulk seeding (issue 5) if it has one, else by SEED_SQL; which."""
+    product_seed = _seed_bulk()
+    if product_seed is None:
+        await seed_sql(url, positions, movements)
+        return "benchmarks.reconcile.SEED_SQL"
+    await product_seed(url, positions=positions, movements=movements)
+    return f"{product_seed.__module__}.{product_seed.__name__}"
+
+
+def _report_summary(report: Path) -> dict:
+    """The summary of reconcile's JSON report ({} without one)."""
+    if report.exists():
+        try:
+            return json.loads(report.read_text()).get("summary", {})
+        except ValueError:
+            pass
+    return {}
+
+
+def _checks_seconds(summary: dict) -> float | None:
+    """The time the report says its checks took (``finished_at - started_at``), if it says."""
+    if not (summary.get("started_at") and summary.get("finished_at")):
+        return None
+    started_at, finished_at = (
+        datetime.fromisoformat(summary[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at")
+    )
+    return (finished_at - started_at).total_seconds()

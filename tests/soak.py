@@ -16,9 +16,14 @@ terminal action after its hold was answered), so the pure core run over the same
 were sent (tests/support_nats.py ``ReferenceLedger``) gives the numbers the ledger must hold.
 
 ``scripts/soak --minutes N`` runs it and writes the report as JSON; tests/e2e/test_soak_short.py runs a short
-one. Credentials hook: ``service_env`` goes to every service process (and to ``migrate`` and ``reconcile``),
-``nats_options`` to the campaign's own NATS clients (for instance ``{"token": key}``), so the campaign runs
-unchanged once NATS asks for them.
+one. NATS access is on, as in production: every node runs the access part of `stocksync nats config`, the
+service processes connect with the service NKey, the api and sweeper processes also answer the auth callout
+(two responders: a kill never leaves none), and the till traffic goes over one ``pos`` and one ``staff`` API
+key connection per store, so the server checks every publish against the key's permissions; the server
+closes those connections each time their authorisation expires, and they are opened again, as a till's are.
+The campaign's own checks (consumer state, the DLQ) use the service NKey, as an operator would.
+``open_nats`` (``--open-nats``) runs the old open cluster. ``service_env`` goes to every service process
+(and to ``migrate`` and ``reconcile``) after the campaign's own settings.
 """
 
 from __future__ import annotations
@@ -33,25 +38,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
+from stocksync.aio import cancel_and_wait
+from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.events import Command, Expire, encode
 from stocksync.domain.model import Location
 from stocksync.embedded.postgres import EmbeddedPostgres, start_postgres
 from stocksync.embedded.processes import free_port
+from stocksync.messaging.nats_auth import new_seed, server_config, service_options
 from stocksync.messaging.topology import connect
 from stocksync.service.keys import create_key
-from stocksync.adapters.locations import upsert_locations
-from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER
+from stocksync.settings import Settings
+from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, key_options
 from tests.support import run_sql, with_database
 from tests.support_cluster import NatsCluster
 from tests.support_ledger import (
@@ -92,6 +104,7 @@ FAULT_KINDS = (
     "postgres_crash",
     "statement_cancel",
 )
+AUTH_TTL_S = 30.0  # key connections are dropped and authorised again every 30 s, faults or not
 
 
 @dataclass
@@ -101,8 +114,8 @@ class SoakConfig:
     seed: int = 15
     stores: int = 3
     settle_s: float = 420.0  # how long everything may take to catch up once the faults stop
-    service_env: dict[str, str] = field(default_factory=dict)  # for every service process: NATS credentials
-    nats_options: dict[str, Any] = field(default_factory=dict)  # for the campaign's own NATS client: token=…
+    service_env: dict[str, str] = field(default_factory=dict)  # for every service process, last
+    open_nats: bool = False  # True: no NATS access (the cluster open, no keys on the till connections)
 
 
 @dataclass
@@ -138,7 +151,20 @@ class Campaign:
         self.terminal: dict[str, str] = {}  # reservation_id -> the status it must end in
         self.stop_traffic = asyncio.Event()
         self.postgres: EmbeddedPostgres | None = None
-        self.cluster = NatsCluster(config.workdir / "nats")
+        self.access = (
+            None
+            if config.open_nats
+            else Settings(
+                nats_nkey_seed=new_seed("user"),
+                nats_auth_issuer_seed=new_seed("account"),
+                nats_auth_ttl_s=AUTH_TTL_S,
+            )
+        )
+        access = server_config(self.access, jetstream="") if self.access is not None else ""
+        self.cluster = NatsCluster(config.workdir / "nats", access=access)
+        self.till_keys: dict[tuple[str, str], str] = {}  # (location_id, "pos" or "staff") -> its API key
+        self.tills: dict[tuple[str, str], Client] = {}  # the same -> its connection, while it is open
+        self.till_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.services: dict[str, ServiceProcess] = {}
         self.killing: set[str] = set()  # services a fault is restarting right now
         self.traffic_end = 0.0
@@ -153,7 +179,18 @@ class Campaign:
             "STOCKSYNC_NATS_REPLICAS": "3",
             "STOCKSYNC_HOME": str(self.config.workdir / ".stocksync"),
             "STOCKSYNC_LOG_FORMAT": "json",
+            **self._access_env(),
             **self.config.service_env,
+        }
+
+    def _access_env(self) -> dict[str, str]:
+        if self.access is None:
+            return {}
+        assert self.access.nats_nkey_seed and self.access.nats_auth_issuer_seed
+        return {
+            "STOCKSYNC_NATS_NKEY_SEED": self.access.nats_nkey_seed,
+            "STOCKSYNC_NATS_AUTH_ISSUER_SEED": self.access.nats_auth_issuer_seed,
+            "STOCKSYNC_NATS_AUTH_TTL_S": str(self.access.nats_auth_ttl_s),
         }
 
     async def start_infrastructure(self) -> None:
@@ -168,10 +205,16 @@ class Campaign:
         try:
             await upsert_locations(engine, [self._location(loc) for loc in self.locations])
             self.admin_key = await create_key(engine, "admin", label="soak")
+            self.till_keys = {
+                (loc, role): await create_key(engine, role, [loc], label=f"soak-{role}")
+                for loc in self.locations
+                for role in ("pos", "staff")
+            }
         finally:
             await engine.dispose()
-        options = {"error_cb": _quiet, **self.config.nats_options}  # outages are the point: no tracebacks
-        self.nc = await connect(self.cluster.url, name="stocksync-soak", **options)
+        operator = service_options(self.access) if self.access is not None else {}
+        # outages are the point: no tracebacks
+        self.nc = await connect(self.cluster.url, name="stocksync-soak", error_cb=_quiet, **operator)
         self.js = self.nc.jetstream()
         # A killed worker's batch comes back within seconds; what a slow live worker holds may come back
         # too, which the ledger must then record as a duplicate.
@@ -180,15 +223,16 @@ class Campaign:
         self.base_url = f"http://127.0.0.1:{http_port}"
         log_dir = self.config.workdir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        for name, role in [
-            ("api", "api"),
-            ("worker-1", "worker"),
-            ("worker-2", "worker"),
-            ("relay-1", "relay"),
-            ("relay-2", "relay"),
-            ("sweeper", "sweeper"),
+        callout = ["auth"] if self.access is not None else []
+        for name, roles in [
+            ("api", ["api", *callout]),
+            ("worker-1", ["worker"]),
+            ("worker-2", ["worker"]),
+            ("relay-1", ["relay"]),
+            ("relay-2", ["relay"]),
+            ("sweeper", ["sweeper", *callout]),
         ]:
-            service = ServiceProcess([role], self.database_url, self.cluster.url, log_dir / f"{name}.log")
+            service = ServiceProcess(roles, self.database_url, self.cluster.url, log_dir / f"{name}.log")
             service.env.update(self.env())
             service.env["STOCKSYNC_HTTP_PORT"] = str(http_port)
             service.env["STOCKSYNC_SWEEP_INTERVAL_S"] = "1"
@@ -197,6 +241,29 @@ class Campaign:
             base_url=self.base_url, timeout=15, headers={"Authorization": f"Bearer {self.admin_key}"}
         )
         await wait_until(self._api_live, what="the API live")
+        for loc, role in self.till_keys:  # refused until a callout answers
+            opened = partial(self.till, loc, role)
+            await wait_until(opened, timeout=60, what=f"the {role} key of {loc} connected")
+
+    async def till(self, location_id: str, role: str) -> JetStreamContext:
+        """The JetStream of this store's pos or staff key. The connection is opened again once the server
+        has closed it, as it does each time the key's authorisation expires: nats-py never reconnects
+        after that (PosClient and EcommerceClient open a new connection likewise)."""
+        async with self.till_locks[location_id, role]:
+            nc = self.tills.get((location_id, role))
+            if nc is None or nc.is_closed:
+                key = self.till_keys[location_id, role]
+                options = key_options(key) if self.access is not None else {}
+                name = f"soak-{role}-{location_id}"
+                nc = await connect(self.cluster.url, name=name, error_cb=self._till_error, **options)
+                self.tills[location_id, role] = nc
+                self.tally.counts["nats_key_connections"] += 1
+        return nc.jetstream()
+
+    async def _till_error(self, error: Exception) -> None:
+        """A permission violation means the campaign sent what its key may not: counted, must stay 0."""
+        if "permission" in str(error).lower():
+            self.tally.counts["nats_permission_violations"] += 1
 
     def _location(self, location_id: str) -> Location:
         return store(location_id, pickup_enabled=True)
@@ -221,6 +288,7 @@ class Campaign:
         for close in (
             getattr(self, "http", None) and self.http.aclose,
             getattr(self, "nc", None) and self.nc.close,
+            *(nc.close for nc in self.tills.values()),
         ):
             if close:
                 try:
@@ -243,7 +311,9 @@ class Campaign:
         same ``Nats-Msg-Id`` is harmless (the stream drops it, the ledger records it once)."""
         while True:
             try:
-                await self.js.publish(
+                role = "pos" if event.type in EVENT_GRANTS["pos"][0] else "staff"  # sales and returns
+                till = await self.till(event.location_id, role)
+                await till.publish(
                     subject_of(event), encode(event), headers={"Nats-Msg-Id": event.event_id}, timeout=3
                 )
                 self.tally.counts["nats_publishes"] += 1
@@ -510,17 +580,16 @@ class Campaign:
             await self.stock_holds()
             self.traffic_end = time.monotonic() + self.config.minutes * 60
             tasks = [
-                asyncio.create_task(self.nats_traffic()),
-                asyncio.create_task(self.http_traffic()),
-                asyncio.create_task(self.http_traffic()),
-                asyncio.create_task(self.reservation_traffic()),
-                asyncio.create_task(self.watch_services()),
+                asyncio.create_task(self.nats_traffic(), name="nats traffic"),
+                asyncio.create_task(self.http_traffic(), name="http traffic"),
+                asyncio.create_task(self.http_traffic(), name="http traffic"),
+                asyncio.create_task(self.reservation_traffic(), name="reservation traffic"),
+                asyncio.create_task(self.watch_services(), name="service watch"),
             ]
             await self.faults()
             await asyncio.sleep(max(0.0, self.traffic_end - time.monotonic()))
             self.stop_traffic.set()
-            await asyncio.gather(*tasks)
-            settled = await self.settle()
+            settled = await self.end_traffic(tasks) and await self.settle()
             report = await self.verify()
             report["settled"] = settled
         finally:
@@ -528,6 +597,22 @@ class Campaign:
         report["seconds"] = round(time.monotonic() - started)
         report["ok"] = ok(report)
         return report
+
+    async def end_traffic(self, tasks: list[asyncio.Task]) -> bool:
+        """Wait for the traffic to finish its last sends. Each send is retried until it is answered, so one
+        that never can be (a connection never opened again) would hold the run for ever: past the settle
+        time the run fails instead, saying which part was still sending."""
+        done, pending = await asyncio.wait(tasks, timeout=self.config.settle_s)
+        for task in pending:
+            await cancel_and_wait(task)
+        for task in done:
+            task.result()  # a traffic task's own failure ends the run
+        if pending:
+            self.tally.counts["settle_failures"] += 1
+            stuck = sorted({task.get_name() for task in pending})
+            after = f"{self.config.settle_s}s after the window"
+            print(f"soak: {', '.join(stuck)} still sending {after}", file=sys.stderr)
+        return not pending
 
     async def stock_holds(self) -> None:
         """Stock the reservation skus far beyond what the run reserves, so every hold is granted."""
@@ -667,6 +752,7 @@ class Campaign:
                 "relay_kill_with_backlog": self.tally.faults["relay_kill_with_backlog"],
                 "statements_cancelled": self.tally.faults["statements_cancelled"],
                 "nats_publish_retries": self.tally.counts["nats_publish_retries"],
+                "nats_key_connections": self.tally.counts["nats_key_connections"],
             },
             "lost": len(lost),
             "doubled": len(doubled) + max(0, unexplained),
@@ -683,6 +769,7 @@ class Campaign:
                     "reservation_actions_misanswered",
                     "http_refused_unexpectedly",
                     "reservations_refused",
+                    "nats_permission_violations",
                 )
             },
             "http": {
@@ -778,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=ROOT / "docs" / "soak.json", help="where the report goes"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    parser.add_argument("--open-nats", action="store_true", help="NATS without access (no keys, no callout)")
     parser.add_argument(
         "--service-env",
         action="append",
@@ -789,7 +877,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-soak-"))
     os.chmod(workdir, 0o755)  # as root, the embedded PostgreSQL runs as its own system user
     service_env = dict(item.split("=", 1) for item in args.service_env)
-    config = SoakConfig(minutes=args.minutes, workdir=workdir, seed=args.seed, service_env=service_env)
+    config = SoakConfig(
+        minutes=args.minutes,
+        workdir=workdir,
+        seed=args.seed,
+        service_env=service_env,
+        open_nats=args.open_nats,
+    )
     try:
         report = asyncio.run(run_campaign(config))
     finally:

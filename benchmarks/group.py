@@ -1,0 +1,72 @@
+"""A scenario's processes: a clone of the template, a clean NATS topology, and the applier (plus the relay)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from benchmarks.infra import ProcessSampler, Service, fixed, reset_nats, tree, wait_for_log
+from benchmarks.plan import Bench
+from benchmarks.template import TEMPLATE
+
+
+class Group:
+    """One cloned database, a clean NATS topology, and the applier (plus the relay) running against them.
+
+    The naive baseline runs without the relay: each of its one-event transactions would wake the relay for a pass
+    of its own, and that cost (a product property, but not the one being compared) would lower the baseline and
+    flatter the ratio. Without it the baseline is as fast as one transaction per event can be here.
+    """
+
+    def __init__(self, bench: Bench, name: str, applier: str, relay: bool = True) -> None:
+        self.bench, self.infra, self.log_dir = bench, bench.infra, bench.log_dir
+        self.name, self.applier, self.relay = name, applier, relay
+        self.services: list[Service] = []
+        self.url = ""
+
+    async def __aenter__(self) -> Group:
+        self.url = await self.infra.create_database(f"bench_{self.name}", template=TEMPLATE)
+        await reset_nats(self.infra.nats_url)
+        relay = Service.serve(
+            ["relay"], self.url, self.infra.nats_url, self.log_dir, name=f"{self.name}-relay"
+        )
+        self.services = [self._applier().start(), *([relay.start()] if self.relay else [])]
+        for service in self.services:
+            await wait_for_log(service, "serving")
+        await asyncio.sleep(0.5)  # the relay takes the lead, the worker binds its pull subscription
+        return self
+
+    def _applier(self) -> Service:
+        """The product's worker, or the naive baseline (``benchmarks/naive.py``)."""
+        if self.applier == "worker":
+            return Service.serve(
+                ["worker"], self.url, self.infra.nats_url, self.log_dir, name=f"{self.name}-worker"
+            )
+        args = ["-m", "benchmarks.naive", "--database", self.url, "--nats", self.infra.nats_url]
+        concurrency = str(self.bench.plan.naive_concurrency)
+        return Service(f"{self.name}-naive", [*args, "--concurrency", concurrency], {}, self.log_dir)
+
+    def sampler(self) -> ProcessSampler:
+        infra = self.infra
+        return ProcessSampler(
+            {
+                "worker": fixed(self.applier_service.pid),
+                "relay": fixed(self.relay_service.pid if self.relay_service else None),
+                "postgres": tree(infra.postgres_pid),
+                "nats-server": fixed(infra.nats_pid),
+                "bench": fixed(os.getpid()),
+            }
+        )
+
+    @property
+    def applier_service(self) -> Service:
+        return self.services[0]
+
+    @property
+    def relay_service(self) -> Service | None:
+        return self.services[1] if len(self.services) > 1 else None
+
+    async def __aexit__(self, *exc) -> None:
+        for service in self.services:
+            await asyncio.to_thread(service.stop)
+        await self.infra.drop_database(f"bench_{self.name}")
