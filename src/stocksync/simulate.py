@@ -15,32 +15,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import select
 
-from stocksync.adapters import tables as t
-from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import stocked_skus
 from stocksync.clients.pos import PosClient
 from stocksync.domain.events import QtyLine
 from stocksync.messages import OutcomeMessage
 from stocksync.settings import Settings
 
 RETURN_SHARE = 0.1
-
-
-async def stocked_skus(database_url: str, location_id: str, limit: int = 1000) -> list[str]:
-    """The skus with stock on hand at the location: what a till there could plausibly sell."""
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            query = (
-                select(t.positions.c.sku)
-                .where(t.positions.c.location_id == location_id, t.positions.c.on_hand > 0)
-                .order_by(t.positions.c.sku)
-                .limit(limit)
-            )
-            return list((await conn.scalars(query)).all())
-    finally:
-        await engine.dispose()
 
 
 def basket(rng: random.Random, skus: Sequence[str]) -> list[QtyLine]:

@@ -8,6 +8,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
+from stocksync.adapters.database import create_engine
 from stocksync.domain.model import Location
 
 _COLUMNS = ("location_id", "kind", "name", "pickup_enabled", "lat", "lon")
@@ -37,3 +38,19 @@ async def pickup_location_ids(engine: AsyncEngine) -> list[str]:
     query = select(t.locations.c.location_id).where(t.locations.c.pickup_enabled)
     async with engine.connect() as conn:
         return list((await conn.execute(query)).scalars())
+
+
+async def stocked_skus(database_url: str, location_id: str, limit: int = 1000) -> list[str]:
+    """The skus with stock on hand at the location: what a till there could plausibly sell (for demos)."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            query = (
+                select(t.positions.c.sku)
+                .where(t.positions.c.location_id == location_id, t.positions.c.on_hand > 0)
+                .order_by(t.positions.c.sku)
+                .limit(limit)
+            )
+            return list((await conn.scalars(query)).all())
+    finally:
+        await engine.dispose()

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import __version__
+from stocksync.adapters.queries import Queries
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.events import MAX_BODY_BYTES
 from stocksync.http import errors, health
@@ -23,7 +24,6 @@ from stocksync.http.reservations import ReservationController
 from stocksync.http.stock import StockController
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.queries import Queries
 
 
 def create_app(

@@ -24,11 +24,11 @@ from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.openapi.spec import Reference, SecurityScheme
 
+from stocksync.adapters.queries import Queries
 from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.errors import Forbidden, Unauthorized
 from stocksync.domain.model import Location
 from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
-from stocksync.service.queries import Queries
 
 SECURITY_SCHEME = "apiKey"
 SECURITY: dict[str, SecurityScheme | Reference] = {

@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from stocksync.adapters.queries import Queries
 from stocksync.domain.errors import InvalidRequest, NotFound
 from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbound
 from stocksync.http.auth import Access
@@ -18,7 +19,6 @@ from stocksync.http.schemas import EventAnswer, LocationIdQuery, at_one_location
 from stocksync.messages import OutcomeMessage, ReservationBody
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.queries import Queries
 
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 

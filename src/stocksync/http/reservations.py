@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
+from stocksync.adapters.queries import Queries
 from stocksync.clock import Clock
 from stocksync.domain.errors import EventIdConflict, UnknownReservation
 from stocksync.domain.events import Cancel, Collect, decoder
@@ -28,7 +29,6 @@ from stocksync.http.schemas import (
 from stocksync.messages import ReservationBody
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.queries import Queries
 
 _decode_reserve = decoder(ReserveRequest)
 

@@ -18,6 +18,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
+from stocksync.adapters.queries import MovementView
 from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import (
     DEFAULT_TTL_S,
@@ -39,7 +40,6 @@ from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
 from stocksync.messages import PositionBody, ReservationBody
-from stocksync.service.queries import MovementView
 
 T = TypeVar("T")
 

@@ -8,6 +8,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
+from stocksync.adapters.queries import MOVEMENT_CURSOR, MovementCursor, Queries
 from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import MAX_LINES, LocationId, Qty, Sku
 from stocksync.domain.pickup import pickup_stores
@@ -22,7 +23,6 @@ from stocksync.http.schemas import (
     pickup_lines,
 )
 from stocksync.messages import PositionBody
-from stocksync.service.queries import MOVEMENT_CURSOR, MovementCursor, Queries
 
 # Every list a request names or an answer holds is bounded (docs/operations.md, "Request bounds").
 MAX_LOCATIONS = 100  # location_id values in one availability request

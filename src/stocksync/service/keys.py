@@ -22,10 +22,9 @@ from typing import Literal, NamedTuple, get_args
 
 import structlog
 from msgspec import Struct
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from stocksync.adapters import tables as t
+from stocksync.adapters import keys as rows
 from stocksync.aio import cancel_and_wait
 from stocksync.domain.errors import InvalidRequest, NotFound, Unauthorized
 from stocksync.domain.events import ID_PATTERN
@@ -35,7 +34,6 @@ log = structlog.get_logger("stocksync.keys")
 Role = Literal["admin", "ecommerce", "staff", "pos"]
 ROLES: tuple[str, ...] = get_args(Role)
 SCOPED_ROLES = frozenset({"staff", "pos"})  # act only at the locations the key names
-CHANNEL = "stocksync_keys"  # NOTIFY payload: the key id revoked
 
 # How long the listener waits for a confirmation before it starts again: a slow answer only lets the lease
 # lapse (entries then live fallback_ttl_s), so waiting long costs nothing, and starting over under load
@@ -88,22 +86,10 @@ async def create_key(
 
 async def _insert(conn: AsyncConnection, role: str, locations: Sequence[str], label: str | None) -> str:
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    await conn.execute(
-        insert(t.api_keys).values(
-            key_id=key_id, secret_hash=_digest(secret), role=role, locations=list(locations), label=label
-        )
+    await rows.insert_key(
+        conn, key_id=key_id, secret_hash=_digest(secret), role=role, locations=list(locations), label=label
     )
     return f"ssk_{key_id}_{secret}"
-
-
-_INFO_COLUMNS = (
-    t.api_keys.c.key_id,
-    t.api_keys.c.role,
-    t.api_keys.c.locations,
-    t.api_keys.c.label,
-    t.api_keys.c.created_at,
-    t.api_keys.c.revoked_at,
-)
 
 
 def _info(row) -> KeyInfo:
@@ -120,9 +106,7 @@ def _info(row) -> KeyInfo:
 async def list_keys(engine: AsyncEngine) -> list[KeyInfo]:
     """Every key, oldest first, revoked ones included (their ``revoked_at`` set)."""
     async with engine.connect() as conn:
-        query = select(*_INFO_COLUMNS).order_by(t.api_keys.c.created_at, t.api_keys.c.key_id)
-        rows = await conn.execute(query)
-        return [_info(row) for row in rows]
+        return [_info(row) for row in await rows.public_rows(conn)]
 
 
 async def revoke_key(engine: AsyncEngine, key_id: str) -> KeyInfo:
@@ -151,16 +135,12 @@ async def _revoke(conn: AsyncConnection, key_id: str) -> tuple[KeyInfo, bool]:
             "not a key id: a key id is the 12 hex characters after ssk_ (see stocksync keys list)",
             field="key_id",
         )
-    k = t.api_keys.c
-    row = (await conn.execute(select(*_INFO_COLUMNS).where(k.key_id == key_id).with_for_update())).first()
+    row = await rows.lock_public_row(conn, key_id)
     if row is None:
         raise NotFound(f"no key {key_id}")
     if row.revoked_at is not None:
         return _info(row), False
-    revoke = update(t.api_keys).where(k.key_id == key_id).values(revoked_at=func.now())
-    row = (await conn.execute(revoke.returning(*_INFO_COLUMNS))).one()
-    await conn.execute(select(func.pg_notify(CHANNEL, key_id)))
-    return _info(row), True
+    return _info(await rows.revoke(conn, key_id)), True
 
 
 class _Entry(NamedTuple):
@@ -235,10 +215,8 @@ class KeyVerifier:
 
     async def _load(self, key_id: str) -> _Entry:
         epoch, started = self._epoch, self._clock()  # an entry's age counts from before its read
-        k = t.api_keys.c
-        query = select(k.secret_hash, k.role, k.locations).where(k.key_id == key_id, k.revoked_at.is_(None))
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+            row = await rows.live_key(conn, key_id)
         if row is None:
             entry = _Entry(secret_hash=b"", key=None, fetched_at=started)
         else:
@@ -285,7 +263,9 @@ class KeyVerifier:
     async def _listen_on(self, pooled: AsyncConnection, interval: float) -> None:
         conn = (await pooled.get_raw_connection()).driver_connection
         await conn.execute("SET application_name = 'stocksync-keys'")
-        await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id))
+        await conn.add_listener(
+            rows.REVOKED_CHANNEL, lambda _conn, _pid, _channel, key_id: self.forget(key_id)
+        )
         self._cache.clear()  # revocations while no one listened were missed
         self._epoch += 1
         while True:
