@@ -1,9 +1,9 @@
 """Reconciliation time on a big ledger: ``stocksync reconcile`` over N positions and M movements.
 
-The ledger is bulk-seeded in SQL (``generate_series``, a few seconds for a million rows) so that it is
-consistent: every position's ``on_hand`` is the sum of its movements' deltas and its ``version`` their count, and
-every movement's event is in ``processed_events``. A clean reconciliation therefore exits 0; the time measured
-is the whole command, process start included.
+The ledger is bulk-seeded in SQL (`stocksync.adapters.bulk`, ``generate_series``: a few seconds for a million
+rows) so that it is consistent: every position's ``on_hand`` is the sum of its movements' deltas and its
+``version`` their count. Its bucket is not seeded, so reconcile reports every position's entry missing (exit 1);
+the time measured is the whole command, process start included.
 """
 
 from __future__ import annotations
@@ -29,59 +29,6 @@ def reconcile_available() -> str | None:
     except Exception as error:  # pragma: no cover - depends on work in progress
         return f"the command line could not be read: {error!r}"
     return None
-
-
-def _seed_bulk():
-    """The product's own bulk seeding, when reconciliation (issue 5) provides one."""
-    for module, name in (
-        ("stocksync.service.reconcile", "seed_bulk"),
-        ("stocksync.service.reconciliation", "seed_bulk"),
-        ("stocksync.service.seeding", "seed_bulk"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[name])
-            return getattr(mod, name)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
-SEED_SQL = """
-INSERT INTO locations (location_id, kind, name, pickup_enabled)
-SELECT 'rl-' || lpad(l::text, 3, '0'), 'store', 'Reconcile store ' || l, true FROM generate_series(1, {locations}) l;
-
-INSERT INTO positions (location_id, sku, on_hand, reserved, damaged, safety_stock, version, updated_at)
-SELECT 'rl-' || lpad(l::text, 3, '0'), 'RSKU-' || lpad(s::text, 6, '0'), 0, 0, 0, 0, 0, now()
-FROM generate_series(1, {locations}) l, generate_series(1, {skus}) s;
-
-INSERT INTO movements (event_id, type, location_id, sku, on_hand_delta, reserved_delta, damaged_delta,
-                       occurred_at, recorded_at)
-SELECT 'recon:' || g,
-       CASE WHEN g < {positions} THEN 'receipt' ELSE 'sale' END,
-       'rl-' || lpad((1 + (g % {positions}) / {skus})::text, 3, '0'),
-       'RSKU-' || lpad((1 + (g % {positions}) % {skus})::text, 6, '0'),
-       CASE WHEN g < {positions} THEN 100 ELSE -1 END, 0, 0,
-       timestamptz '2026-11-01 06:00Z' + g * interval '1 millisecond',
-       timestamptz '2026-11-01 06:00Z' + g * interval '1 millisecond'
-FROM generate_series(0, {movements} - 1) g;
-
-INSERT INTO processed_events (event_id, body_hash, type, location_id, outcome, recorded_at)
-SELECT event_id, '\\x00'::bytea, type, location_id, 'applied', recorded_at FROM movements WHERE event_id LIKE 'recon:%';
-
-UPDATE positions p SET on_hand = m.total, version = m.n
-FROM (SELECT location_id, sku, sum(on_hand_delta) AS total, count(*) AS n FROM movements GROUP BY 1, 2) m
-WHERE p.location_id = m.location_id AND p.sku = m.sku;
-
-ANALYZE;
-"""
-
-
-async def seed_sql(url: str, positions: int, movements: int) -> None:
-    locations = 20
-    skus = positions // locations
-    await inf.execute(
-        url, SEED_SQL.format(locations=locations, skus=skus, positions=locations * skus, movements=movements)
-    )
 
 
 async def measure_reconcile(infra: Infra, positions: int, movements: int, log_dir: Path) -> dict:
@@ -137,13 +84,11 @@ async def measure_reconcile(infra: Infra, positions: int, movements: int, log_di
 
 
 async def _seed(url: str, positions: int, movements: int) -> str:
-    """The ledger seeded by reconciliation's own bulk seeding (issue 5) if it has one, else by SEED_SQL; which."""
-    product_seed = _seed_bulk()
-    if product_seed is None:
-        await seed_sql(url, positions, movements)
-        return "benchmarks.reconcile.SEED_SQL"
-    await product_seed(url, positions=positions, movements=movements)
-    return f"{product_seed.__module__}.{product_seed.__name__}"
+    """The ledger seeded by the product's own bulk seeding; which seeding it was, for the report."""
+    from stocksync.adapters.bulk import seed_bulk
+
+    await seed_bulk(url, positions=positions, movements=movements)
+    return f"{seed_bulk.__module__}.{seed_bulk.__name__}"
 
 
 def _report_summary(report: Path) -> dict:

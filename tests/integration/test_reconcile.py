@@ -22,12 +22,12 @@ import nats
 import pytest
 from nats.js.kv import KeyValue
 
+from stocksync.adapters.bulk import seed_bulk
 from stocksync.adapters.database import create_engine
 from stocksync.cli import main
 from stocksync.domain.events import Command, encode
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.service.ledger_service import LedgerService
-from stocksync.service.reconciliation import seed_bulk
 from stocksync.wire import AVAILABILITY_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from stocksync.service.reconciliation.bulk import seed_bulk
 from stocksync.service.reconciliation.context import Progress, ReconcileOptions
 from stocksync.service.reconciliation.report import REPORT_SUFFIXES, Summary
 from stocksync.service.reconciliation.run import CouldNotRun, reconcile
@@ -17,5 +16,4 @@ __all__ = [
     "ReconcileOptions",
     "Summary",
     "reconcile",
-    "seed_bulk",
 ]

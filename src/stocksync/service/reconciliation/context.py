@@ -13,16 +13,15 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.reconciliation import BATCH
 from stocksync.domain.reconciliation import BadInput, Finding
 from stocksync.service.ledger_service import LedgerService
 
 log = structlog.get_logger("stocksync.reconcile")
 
 Findings = AsyncIterator[list[Finding]]
-BATCH = 1000
 
 
 class ReconcileOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,15 +83,6 @@ class Context:
         """Count what was checked (for the report) and move the progress bar."""
         self.seen[what] += n
         self.progress.advance(n)
-
-
-async def stream_rows(
-    conn: AsyncConnection, statement: Any, params: dict | None = None
-) -> AsyncIterator[list[Row]]:
-    """A server-side cursor, read a thousand rows at a time: memory holds one partition."""
-    result = await conn.stream(statement, params or {})
-    async for partition in result.partitions(BATCH):
-        yield partition
 
 
 def repaired(finding: Finding, how: str) -> Finding:

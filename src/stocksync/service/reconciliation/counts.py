@@ -17,9 +17,8 @@ from datetime import datetime
 from pathlib import Path
 
 import msgspec
-from sqlalchemy import select, text
 
-from stocksync.adapters import tables as t
+from stocksync.adapters import reconciliation as sql
 from stocksync.domain.reconciliation import (
     BadInput,
     CountRow,
@@ -38,21 +37,6 @@ from stocksync.service.reconciliation.context import (
     not_repaired,
     open_input,
     repaired,
-)
-
-_AS_OF = text(
-    """
-    SELECT k.i,
-           coalesce(sum(m.on_hand_delta) FILTER (WHERE m.occurred_at < k.at OR m.type = 'count'), 0)::bigint
-               AS as_of,
-           max(p.last_count_at) AS last_count_at
-    FROM unnest(CAST(:locations AS text[]), CAST(:skus AS text[]), CAST(:ats AS timestamptz[]))
-         WITH ORDINALITY AS k(location_id, sku, at, i)
-    LEFT JOIN positions p ON p.location_id = k.location_id AND p.sku = k.sku
-    LEFT JOIN movements m ON m.location_id = k.location_id AND m.sku = k.sku AND m.occurred_at <= k.at
-    GROUP BY k.i
-    ORDER BY k.i
-    """
 )
 
 
@@ -91,7 +75,7 @@ def count_rows(path: Path, locations: frozenset[str], now: datetime) -> Iterator
 async def validate_counts(ctx: Context, path: Path) -> CountsFile:
     """Read the whole file once before anything runs: a bad line stops the run (exit 2) with its number."""
     async with ctx.engine.connect() as conn:
-        locations = frozenset((await conn.scalars(select(t.locations.c.location_id))).all())
+        locations = await sql.location_ids(conn)
     seen: dict[tuple[str, str, datetime], int] = {}
     rows = 0
     for row in count_rows(path, locations, ctx.now):
@@ -111,16 +95,7 @@ async def check_counts(ctx: Context, counts: CountsFile) -> Findings:
     ctx.progress.phase(f"store counts ({counts.path.name})", counts.rows)
     for chunk in chunks(count_rows(counts.path, counts.locations, ctx.now)):
         async with ctx.engine.connect() as conn:
-            ledger = (
-                await conn.execute(
-                    _AS_OF,
-                    {
-                        "locations": [r.location_id for r in chunk],
-                        "skus": [r.sku for r in chunk],
-                        "ats": [r.counted_at for r in chunk],
-                    },
-                )
-            ).all()
+            ledger = await sql.ledger_as_of(conn, [(r.location_id, r.sku, r.counted_at) for r in chunk])
         differences = [
             (row, finding, last_count_at)
             for row, (_, as_of, last_count_at) in zip(chunk, ledger, strict=True)

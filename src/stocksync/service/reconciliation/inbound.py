@@ -20,9 +20,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from sqlalchemy import ARRAY, Text, any_, bindparam, select
 
-from stocksync.adapters import tables as t
+from stocksync.adapters import reconciliation as sql
 from stocksync.aio import quietly
 from stocksync.domain.events import EventId, decode_inbound
 from stocksync.domain.model import EventKey
@@ -242,11 +241,8 @@ async def _recorded(ctx: Context, event_ids: set[str]) -> set[EventKey]:
     """Where each of these ids was recorded: an event is its location and its id together (rule 10)."""
     if not event_ids:
         return set()
-    e = t.processed_events.c
-    ids = bindparam("ids", list(event_ids), type_=ARRAY(Text))  # one array parameter, not a thousand
     async with ctx.engine.connect() as conn:
-        rows = await conn.execute(select(e.location_id, e.event_id).where(e.event_id == any_(ids)))
-        return {(row.location_id, row.event_id) for row in rows}
+        return await sql.recorded_keys(conn, event_ids)
 
 
 # -- the POS journal ------------------------------------------------------------------------------------------

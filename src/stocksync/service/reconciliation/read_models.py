@@ -18,10 +18,10 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stocksync.adapters import tables as t
+from stocksync.adapters import reconciliation as sql
 from stocksync.adapters.bucket import put_if_newer
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
@@ -37,7 +37,7 @@ from stocksync.domain.reconciliation import (
     outbox_finding,
 )
 from stocksync.messages import AvailabilityMessage
-from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired, stream_rows
+from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired
 from stocksync.service.reconciliation.inbound import read_batches
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
@@ -52,15 +52,9 @@ from stocksync.wire import (
 
 async def check_outbox(ctx: Context) -> Findings:
     """Rows unrelayed since before the grace: the relay is down, wedged, or cannot reach NATS."""
-    o = t.outbox.c
-    stuck = (
-        select(o.id, o.subject, o.msg_id, o.created_at)
-        .where(o.relayed_at.is_(None), o.created_at <= ctx.cutoff)
-        .order_by(o.id)
-    )
     ctx.progress.phase("outbox")
     async with ctx.engine.connect() as conn:
-        async for rows in stream_rows(conn, stuck):
+        async for rows in sql.stuck_outbox(conn, ctx.cutoff):
             findings = [
                 outbox_finding(
                     row_id=r.id, msg_id=r.msg_id, created_at=r.created_at, target=outbound_target(r.subject)
@@ -74,13 +68,8 @@ async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> 
     """Publish through the relay itself, holding its leader lock so no running relay is overtaken."""
     if ctx.relay_all is None or not await ctx.relay_all():
         return [not_repaired(f, "a running relay holds the leader lock; restart it") for f in findings]
-    o = t.outbox.c
     async with ctx.engine.connect() as conn:
-        pending = set(
-            (
-                await conn.scalars(select(o.id).where(o.id.in_([r.id for r in rows]), o.relayed_at.is_(None)))
-            ).all()
-        )
+        pending = await sql.unrelayed(conn, [r.id for r in rows])
     return [
         not_repaired(f, "still unrelayed") if r.id in pending else repaired(f, "published by the relay")
         for r, f in zip(rows, findings, strict=True)
@@ -89,57 +78,19 @@ async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> 
 
 # -- the availability bucket -----------------------------------------------------------------------------------
 
-_KV_TABLE = text(
-    """
-    CREATE TEMPORARY TABLE reconcile_kv (
-        location_id text NOT NULL, sku text NOT NULL, problem text,
-        on_hand bigint, reserved bigint, damaged bigint, safety_stock bigint, available bigint, version bigint,
-        PRIMARY KEY (location_id, sku)
-    ) ON COMMIT DROP
-    """
-)
-_KV_INSERT = text(
-    """
-    INSERT INTO reconcile_kv
-    SELECT * FROM unnest(CAST(:location_id AS text[]), CAST(:sku AS text[]), CAST(:problem AS text[]),
-        CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]), CAST(:damaged AS bigint[]),
-        CAST(:safety_stock AS bigint[]), CAST(:available AS bigint[]), CAST(:version AS bigint[]))
-    ON CONFLICT DO NOTHING
-    """
-)
-_NUMBERS = ("on_hand", "reserved", "damaged", "safety_stock", "version")
-# A position is in flight while an outbox row of its availability is unrelayed: the relay has yet to write
-# the bucket (and past the grace, the outbox check names that row). Once relayed, an entry behind is stale,
-# however recent the change: the relay writes the bucket before it marks the row.
-_KV_DIFFERENCES = text(
-    f"""
-    WITH pending AS (SELECT DISTINCT kv_key FROM outbox WHERE relayed_at IS NULL AND kv_key IS NOT NULL)
-    SELECT coalesce(p.location_id, k.location_id) AS location_id, coalesce(p.sku, k.sku) AS sku,
-           p.location_id IS NOT NULL AS in_ledger, pending.kv_key IS NOT NULL AS in_flight,
-           {", ".join(f"p.{n}" for n in _NUMBERS)},
-           k.location_id IS NOT NULL AS in_bucket, k.problem,
-           {", ".join(f"k.{n} AS k_{n}" for n in (*_NUMBERS, "available"))}
-    FROM positions p FULL JOIN reconcile_kv k ON k.location_id = p.location_id AND k.sku = p.sku
-    LEFT JOIN pending ON pending.kv_key = p.location_id || '.' || p.sku
-    WHERE p.location_id IS NULL OR k.location_id IS NULL OR k.problem IS NOT NULL
-       OR ({", ".join(f"k.{n}" for n in _NUMBERS)}) IS DISTINCT FROM ({", ".join(f"p.{n}" for n in _NUMBERS)})
-    """
-)
-
 
 async def check_bucket(ctx: Context) -> Findings:
     """Every bucket entry against its position, and every position against its entry."""
     info = await ctx.js.stream_info(AVAILABILITY_KV_STREAM)
     ctx.progress.phase("availability bucket", info.state.messages)
     async with ctx.engine.begin() as conn:
-        await conn.execute(_KV_TABLE)
+        await sql.create_bucket_table(conn)
         async for msgs in read_batches(
             ctx.js, AVAILABILITY_KV_STREAM, f"{AVAILABILITY_KV_SUBJECT}>", last_per_subject=True
         ):
             yield await _load_entries(conn, msgs)
             ctx.advance("bucket_entries", len(msgs))
-        await conn.execute(text("ANALYZE reconcile_kv"))
-        async for rows in stream_rows(conn, _KV_DIFFERENCES):
+        async for rows in sql.bucket_differences(conn):
             findings = await _still_behind(ctx, [f for row in rows if (f := _judge(row))])
             yield await _rewrite(ctx, findings) if ctx.options.repair else findings
 
@@ -148,7 +99,7 @@ async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Find
     """Copy a batch of entries into the temporary table; a key that names no position is reported at once."""
     prefix = len(AVAILABILITY_KV_SUBJECT)
     columns: dict[str, list] = {
-        name: [] for name in ("location_id", "sku", "problem", *_NUMBERS, "available")
+        name: [] for name in ("location_id", "sku", "problem", *sql.BUCKET_NUMBERS, "available")
     }
     unknown = []
     for msg in msgs:
@@ -166,9 +117,9 @@ async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Find
             ("problem", entry_problem(entry)),
         ):
             columns[name].append(value)
-        for name in (*_NUMBERS, "available"):
+        for name in (*sql.BUCKET_NUMBERS, "available"):
             columns[name].append(getattr(entry, name) if entry else None)
-    await conn.execute(_KV_INSERT, columns)
+    await sql.insert_bucket_entries(conn, columns)
     return unknown
 
 
@@ -183,9 +134,9 @@ def _decode(data: bytes) -> Numbers | None:
 
 
 def _judge(row: Row) -> Finding | None:
-    ledger = ledger_numbers(*(getattr(row, n) for n in _NUMBERS)) if row.in_ledger else None
+    ledger = ledger_numbers(*(getattr(row, n) for n in sql.BUCKET_NUMBERS)) if row.in_ledger else None
     entry = (
-        Numbers(**{n: getattr(row, f"k_{n}") for n in (*_NUMBERS, "available")})
+        Numbers(**{n: getattr(row, f"k_{n}") for n in (*sql.BUCKET_NUMBERS, "available")})
         if (row.in_bucket and row.problem is None)
         else None
     )
@@ -240,21 +191,8 @@ async def _rewrite(ctx: Context, findings: list[Finding]) -> list[Finding]:
 
 
 async def _positions(ctx: Context, keys: list[tuple]) -> dict[tuple, tuple[Position, datetime]]:
-    p = t.positions.c
-    columns = [p[name] for name in Position.__struct_fields__]
     async with ctx.engine.connect() as conn:
-        rows = await conn.execute(
-            select(*columns, p.updated_at).where(
-                func.row(p.location_id, p.sku).in_([func.row(*k) for k in keys])
-            )
-        )
-        return {
-            (row.location_id, row.sku): (
-                Position(**{n: getattr(row, n) for n in Position.__struct_fields__}),
-                row.updated_at,
-            )
-            for row in rows
-        }
+        return await sql.positions_as_of(conn, keys)
 
 
 def _payload(position: Position, as_of: datetime) -> bytes:

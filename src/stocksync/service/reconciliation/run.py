@@ -16,10 +16,10 @@ import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters import reconciliation as sql
 from stocksync.adapters.database import create_engine
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import StocksyncError
@@ -89,7 +89,7 @@ async def reconcile(
 async def _ping(engine: AsyncEngine) -> None:
     try:
         async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1 FROM positions LIMIT 0"))
+            await sql.schema_ready(conn)
     except (TimeoutError, OSError, SQLAlchemyError) as error:
         raise CouldNotRun(_database_error(error)) from error
 
