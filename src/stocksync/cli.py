@@ -13,10 +13,11 @@ import uvloop
 from rich.console import Console
 from rich.progress import Progress
 
+from stocksync import __version__
 from stocksync.adapters.database import create_engine
 from stocksync.embedded import embedded_services
 from stocksync.logs import configure_logging
-from stocksync.settings import SERVICE_ROLES, Settings
+from stocksync.settings import HELP, SERVICE_ROLES, Settings, SettingsError
 
 if TYPE_CHECKING:
     from stocksync.service.keys import KeyInfo
@@ -25,8 +26,33 @@ console = Console(stderr=True)
 KEY_ROLES = ("admin", "ecommerce", "staff", "pos")
 
 
+EXAMPLES = """examples:
+  stocksync migrate                                  schema and NATS streams, safe to repeat
+  stocksync serve                                    everything in one process (embedded servers if unset)
+  stocksync serve --role api --role sweeper          the API and the sweeper only
+  stocksync keys create --role pos --location store-1 --label "till 3"
+  stocksync keys list --json
+  stocksync reconcile --counts counts.csv --report findings.json
+  stocksync nats config > nats-server.conf
+"""
+
+
+def _epilog() -> str:
+    width = max(len(f"STOCKSYNC_{field.upper()}") for field in HELP)
+    lines = [f"  {f'STOCKSYNC_{field.upper()}':<{width}}  {text}" for field, text in HELP.items()]
+    return (
+        EXAMPLES + "\nenvironment (any other STOCKSYNC_ variable is refused as a typo):\n" + "\n".join(lines)
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stocksync", description="The real-time stock ledger.")
+    parser = argparse.ArgumentParser(
+        prog="stocksync",
+        description="The real-time stock ledger.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="bring the schema (and NATS topology) to the current version")
     serve = commands.add_parser("serve", help="run the HTTP API and background parts")
@@ -106,7 +132,10 @@ def _reconcile_arguments(reconcile: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        return _refused("stocksync", error)
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "nats":  # from the settings alone: no servers to start
         return _nats_config(settings)
@@ -126,6 +155,41 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(command(resolved, args))
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        if not _unreachable_server(error):
+            raise  # a defect: its traceback is what is needed
+        return _refused(f"stocksync {args.command}", _unreachable(error))
+
+
+def _refused(who: str, why: object) -> int:
+    """One line on stderr, exit 2: how every misuse of the command line ends."""
+    from rich.markup import escape
+
+    console.print(f"[red]{who}:[/red] {escape(str(why))}", soft_wrap=True)
+    return 2
+
+
+def _unreachable_server(error: BaseException) -> bool:
+    """A server a command needs is not there (refused, gone, timed out), as the worker judges faults."""
+    from nats.errors import NoServersError
+
+    from stocksync.adapters.faults import passing_fault
+
+    return isinstance(error, (NoServersError, TimeoutError)) or passing_fault(error)
+
+
+def _unreachable(error: BaseException) -> str:
+    """Which server did not answer, and how (a command that cannot reach its servers is not a crash)."""
+    from nats.errors import Error as NatsError
+    from sqlalchemy.exc import DBAPIError
+
+    what = (
+        "NATS" if isinstance(error, NatsError) else "the database" if isinstance(error, DBAPIError) else None
+    )
+    cause = f"{type(getattr(error, 'orig', None) or error).__name__}: {error}".splitlines()[0][:300]
+    if what is None:  # a bare OSError: the database is the first server every command uses
+        what = "the database or NATS"
+    return f"could not reach {what} ({cause}); is it up, and is its STOCKSYNC_ URL right?"
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:

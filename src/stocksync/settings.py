@@ -1,34 +1,47 @@
-"""Settings: one typed object read from ``STOCKSYNC_*`` environment variables."""
+"""Settings: one typed object read from ``STOCKSYNC_*`` environment variables.
+
+A variable that is not a setting (a typo) or a value that is not valid raises `SettingsError`, one line naming
+the variable, before anything starts. ``STOCKSYNC_TEST_*`` is the test suite's own namespace, not settings.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 SERVICE_ROLES = ("api", "worker", "relay", "sweeper", "auth")
+TEST_PREFIX = "STOCKSYNC_TEST_"
+_NATS_URLS = r"^(nats|tls|ws|wss)://[^,\s]+(,(nats|tls|ws|wss)://[^,\s]+)*$"
+
+
+class SettingsError(ValueError):
+    """A ``STOCKSYNC_`` variable that is not a setting, or whose value is not valid."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    database_url: str | None = None
-    nats_url: str | None = None
-    nats_replicas: int = 1
+    database_url: Annotated[str, Meta(pattern=r"^postgres(ql)?(\+asyncpg)?://")] | None = None
+    nats_url: Annotated[str, Meta(pattern=_NATS_URLS)] | None = None
+    nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     http_host: str = "127.0.0.1"
-    http_port: int = 8000
+    http_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     log_format: Literal["console", "json"] = "console"
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     home: str = ".stocksync"
-    sweep_interval_s: float = 1.0
-    batch_max: int = 500
-    outbox_retention_s: int = 86400
+    sweep_interval_s: Annotated[float, Meta(gt=0)] = 1.0
+    batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    outbox_retention_s: Annotated[int, Meta(ge=0)] = 86400
     # NATS access (docs/reliability.md, "Access to NATS"). The service user's NKey seed (``SU...``), inline or
     # in a file (a seed file or a ``.creds`` file); without either the service connects without credentials.
     nats_nkey_seed: str | None = None
     nats_creds: str | None = None
     # The account seed (``SA...``) that signs the auth callout's answers; its public key is in the server config.
     nats_auth_issuer_seed: str | None = None
-    nats_auth_ttl_s: float = 60.0  # how long a key's NATS connection lives before it is authorised again
+    nats_auth_ttl_s: Annotated[float, Meta(gt=0)] = 60.0  # a key's NATS connection lives this long per grant
     nats_account: str = "STOCKSYNC"
     nats_tls_ca: str | None = None
     nats_tls_cert: str | None = None
@@ -37,13 +50,56 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        raw = {
-            field: env[f"STOCKSYNC_{field.upper()}"]
-            for field in cls.__struct_fields__
-            if f"STOCKSYNC_{field.upper()}" in env and env[f"STOCKSYNC_{field.upper()}"] != ""
-        }
-        return msgspec.convert(raw, cls, strict=False)
+        names = {f"STOCKSYNC_{field.upper()}": field for field in cls.__struct_fields__}
+        for name in sorted(env):
+            if name.startswith("STOCKSYNC_") and name not in names and not name.startswith(TEST_PREFIX):
+                close = difflib.get_close_matches(name.lower()[10:], cls.__struct_fields__, n=1, cutoff=0.75)
+                hint = f" (did you mean STOCKSYNC_{close[0].upper()}?)" if close else ""
+                raise SettingsError(f"{name} is not a setting{hint}; `stocksync --help` lists them")
+        raw = {field: env[name] for name, field in names.items() if env.get(name, "") != ""}
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as error:
+            raise SettingsError(_why(error, raw)) from None
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.nats_url is None
+
+
+def _why(error: msgspec.ValidationError, raw: dict[str, str]) -> str:
+    """``STOCKSYNC_X='value' is not valid: <msgspec's reason>``, from its ``... - at `$.x``` message."""
+    reason, _, where = str(error).partition(" - at ")
+    found = re.fullmatch(r"`\$\.(\w+)`", where)
+    if found is None:
+        return f"the settings are not valid: {error}"
+    field = found.group(1)
+    hint = {
+        "database_url": " (a postgresql:// URL)",
+        "nats_url": " (nats:// URLs, comma-separated)",
+    }.get(field, "")
+    return f"STOCKSYNC_{field.upper()}={raw[field]!r} is not valid: {reason}{hint}"
+
+
+# What `stocksync --help` says of each setting.
+HELP: dict[str, str] = {
+    "database_url": "PostgreSQL, postgresql://user@host/db[?sslmode=…]; unset: an embedded one",
+    "nats_url": "nats-server(s), nats://host:4222[,nats://…]; unset: an embedded one",
+    "nats_replicas": "stream replicas, 1 to 5 (3 in compose)",
+    "http_host": "the API's listening address",
+    "http_port": "the API's port",
+    "log_format": "console or json",
+    "log_level": "debug, info, warning or error",
+    "home": "where embedded servers keep their data and demo keys",
+    "sweep_interval_s": "how often the sweeper expires due reservations",
+    "batch_max": "events per worker batch, 1 to 10,000",
+    "outbox_retention_s": "how long relayed outbox rows are kept",
+    "nats_nkey_seed": "the service's NATS NKey seed (SU…), inline or a file",
+    "nats_creds": "the service's NATS .creds file (instead of a seed)",
+    "nats_auth_issuer_seed": "the account seed (SA…) that signs the auth callout's answers",
+    "nats_auth_ttl_s": "how long a key's NATS connection lives before it is authorised again",
+    "nats_account": "the NATS account of keys and the service",
+    "nats_tls_ca": "CA file for TLS to NATS",
+    "nats_tls_cert": "client certificate for TLS to NATS",
+    "nats_tls_key": "client key for TLS to NATS",
+}

@@ -37,7 +37,7 @@ from tests.support import drop_database, make_database
 from tests.support_http import LiveApi, now_iso
 
 # Per operation and generation mode, each sent with every role's key: about a minute and a half here.
-MAX_EXAMPLES = int(os.environ.get("STOCKSYNC_FUZZ_EXAMPLES", "10"))
+MAX_EXAMPLES = int(os.environ.get("STOCKSYNC_TEST_FUZZ_EXAMPLES", "10"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

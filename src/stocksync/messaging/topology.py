@@ -170,9 +170,19 @@ async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
             backoff = min(backoff * 2, 5.0)
 
 
+async def _raised_anyway(error: Exception) -> None:
+    """nats-py's default error callback logs every failed attempt with a traceback; the last one is raised."""
+
+
 async def migrate_topology(url: str, replicas: int = 1, **options) -> None:
     """``options``: the service's credentials and TLS (`nats_auth.service_options`)."""
-    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=3, **options)
+    nc = await nats.connect(
+        servers=url.split(","),
+        connect_timeout=5,
+        max_reconnect_attempts=3,
+        error_cb=_raised_anyway,
+        **options,
+    )
     try:
         await ensure_topology(nc.jetstream(), replicas)
     finally:

@@ -1,0 +1,81 @@
+"""Misusing the command line or its environment is answered in one line naming what is wrong, exit 2, never
+a traceback: a bad value, a mistyped `STOCKSYNC_` variable, a URL of another kind, a server not there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import stocksync
+from stocksync.embedded.processes import free_port
+from stocksync.settings import Settings
+
+
+def stocksync_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "stocksync.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line_naming(answer: subprocess.CompletedProcess[str], *words: str, done: int = 0) -> str:
+    """Exit 2 and one line naming ``words``, after the ``done`` lines of steps that went well."""
+    assert answer.returncode == 2, (answer.returncode, answer.stderr)
+    assert "Traceback" not in answer.stderr, answer.stderr
+    lines = [line for line in answer.stderr.splitlines() if line.strip()][done:]
+    assert len(lines) == 1, answer.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("STOCKSYNC_HTTP_PORT", "abc", ["STOCKSYNC_HTTP_PORT", "'abc'"]),
+        ("STOCKSYNC_HTTP_PORT", "70000", ["STOCKSYNC_HTTP_PORT", "70000"]),
+        ("STOCKSYNC_NATS_REPLICAS", "0", ["STOCKSYNC_NATS_REPLICAS"]),
+        ("STOCKSYNC_LOG_FORMAT", "xml", ["STOCKSYNC_LOG_FORMAT", "'xml'"]),
+        ("STOCKSYNC_DATABASE_URL", "mysql://db/ledger", ["STOCKSYNC_DATABASE_URL", "postgresql://"]),
+        ("STOCKSYNC_NATS_URL", "http://127.0.0.1:4222", ["STOCKSYNC_NATS_URL", "nats://"]),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str, words: list[str]) -> None:
+    one_line_naming(stocksync_cli("nats", "config", **{variable: value}), *words)
+
+
+def test_a_mistyped_variable_is_refused_with_the_likely_one() -> None:
+    line = one_line_naming(stocksync_cli("nats", "config", STOCKSYNC_HTTP_PROT="9000"), "STOCKSYNC_HTTP_PROT")
+    assert "STOCKSYNC_HTTP_PORT" in line
+
+
+def test_servers_that_do_not_answer_are_one_line_not_a_traceback() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    answer = stocksync_cli(
+        "migrate",
+        STOCKSYNC_DATABASE_URL=f"postgresql://postgres@{nowhere}/ledger",
+        STOCKSYNC_NATS_URL=f"nats://{nowhere}",
+    )
+    one_line_naming(answer, "migrate", "database")
+
+
+def test_a_nats_that_does_not_answer_is_named(database_url: str) -> None:
+    answer = stocksync_cli(
+        "migrate", STOCKSYNC_DATABASE_URL=database_url, STOCKSYNC_NATS_URL=f"nats://127.0.0.1:{free_port()}"
+    )
+    one_line_naming(answer, "migrate", "NATS", done=1)  # after "database schema is current"
+
+
+def test_version_and_help_with_examples_and_every_variable() -> None:
+    version = stocksync_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"stocksync {stocksync.__version__}"
+    helped = stocksync_cli("--help")
+    assert helped.returncode == 0
+    assert "examples:" in helped.stdout and "stocksync keys create --role pos" in helped.stdout
+    assert all(f"STOCKSYNC_{field.upper()}" in helped.stdout for field in Settings.__struct_fields__)
