@@ -404,13 +404,21 @@ async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _pos_journal(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from stocksync.clients.spool import export_journal
 
-    if args.out is None:
-        export_journal(args.spool, sys.stdout)
-        return 0
-    with args.out.open("w") as out:
-        written = export_journal(args.spool, out)
+    try:
+        if args.out is None:
+            export_journal(args.spool, sys.stdout)
+            return 0
+        with args.out.open("w") as out:
+            written = export_journal(args.spool, out)
+    except sqlite3.DatabaseError as error:
+        why = "not a till's spool" if "not a database" in str(error) else f"cannot be read ({error})"
+        return _refused("stocksync pos journal", f"{args.spool}: {why}")
+    except OSError as error:
+        return _refused("stocksync pos journal", f"{error.filename}: {error.strerror}")
     console.print(f"{written} events written to {args.out}")
     return 0
 

@@ -72,6 +72,26 @@ def test_a_nats_that_does_not_answer_is_named(database_url: str) -> None:
     one_line_naming(answer, "migrate", "NATS", done=1)  # after "database schema is current"
 
 
+@pytest.mark.parametrize(
+    ("spool", "out", "words"),
+    [
+        ("/nonexistent/till.sqlite3", None, ["pos journal", "/nonexistent/till.sqlite3"]),
+        ("/etc/hostname", None, ["pos journal", "/etc/hostname", "not a till's spool"]),
+        (None, "/nonexistent/journal.jsonl", ["pos journal", "/nonexistent/journal.jsonl"]),
+    ],
+)
+def test_a_journal_that_cannot_be_read_or_written_is_one_line(
+    spool: str | None, out: str | None, words: list[str], tmp_path
+) -> None:
+    if spool is None:
+        spool = str(tmp_path / "till.sqlite3")
+        from stocksync.clients.spool import Spool
+
+        Spool(spool, "store-1", "till-1").close()
+    args = ["pos", "journal", "--spool", spool] + (["--out", out] if out else [])
+    one_line_naming(stocksync_cli(*args), *words)
+
+
 def test_version_and_help_with_examples_and_every_variable() -> None:
     version = stocksync_cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"stocksync {stocksync.__version__}"
