@@ -16,6 +16,7 @@ from stocksync.domain.ledger import (
     HeldLine,
     Loaded,
     count_probes,
+    holds,
     on_hand_since,
     position_keys,
     reservation_keys,
@@ -79,13 +80,9 @@ class MemoryLedgerStore:
 
     def held_now(self, keys: Iterable[PositionKey]) -> dict[PositionKey, list[HeldLine]]:
         keys, held = set(keys), {}
-        for r in self.reservations.values():
-            if r.status != "held":
-                continue
-            for line in r.lines:
-                if (key := (r.location_id, line.sku)) in keys:
-                    entry = HeldLine(reservation_id=r.reservation_id, qty=line.qty, created_at=r.created_at)
-                    held.setdefault(key, []).append(entry)
+        for key, line in holds(self.reservations.values()):
+            if key in keys:
+                held.setdefault(key, []).append(line)
         return held
 
     def keep(self, changes: Changes, outbox: Sequence[dict] = ()) -> None:

@@ -205,15 +205,11 @@ async def insert_bucket_entries(conn: AsyncConnection, columns: dict[str, list])
     await conn.execute(_KV_INSERT, columns)
 
 
-def bucket_differences(conn: AsyncConnection) -> AsyncIterator[list[Row]]:
+async def bucket_differences(conn: AsyncConnection) -> AsyncIterator[list[Row]]:
     """Entries that differ from their position, and positions with no entry (after ANALYZE of the table)."""
-
-    async def rows() -> AsyncIterator[list[Row]]:
-        await conn.execute(text("ANALYZE reconcile_kv"))
-        async for partition in stream_rows(conn, _KV_DIFFERENCES):
-            yield partition
-
-    return rows()
+    await conn.execute(text("ANALYZE reconcile_kv"))
+    async for partition in stream_rows(conn, _KV_DIFFERENCES):
+        yield partition
 
 
 async def positions_as_of(

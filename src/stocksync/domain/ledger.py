@@ -8,7 +8,7 @@ sweeper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from msgspec import Struct, structs
@@ -99,6 +99,15 @@ class HeldLine(Struct, frozen=True, kw_only=True):
     reservation_id: str
     qty: int
     created_at: datetime
+
+
+def holds(reservations: Iterable[Reservation]) -> Iterator[tuple[PositionKey, HeldLine]]:
+    """The line of every held reservation, with the position it claims."""
+    for r in reservations:
+        if r.status == "held":
+            for line in r.lines:
+                held = HeldLine(reservation_id=r.reservation_id, qty=line.qty, created_at=r.created_at)
+                yield (r.location_id, line.sku), held
 
 
 def oldest_first(lines: Iterable[HeldLine]) -> list[HeldLine]:
@@ -265,11 +274,7 @@ class Ledger:
         for line in stored:
             if (key[0], line.reservation_id) not in self.reservations:
                 yield line
-        for r in self.reservations.values():
-            if r.location_id == key[0] and r.status == "held":
-                for line in r.lines:
-                    if line.sku == key[1]:
-                        yield HeldLine(reservation_id=r.reservation_id, qty=line.qty, created_at=r.created_at)
+        yield from (line for at, line in holds(self.reservations.values()) if at == key)
 
     def apply(self, event: Command, body_hash: bytes) -> Outcome:
         """Apply one event exactly once (rule 10); a refusal moves nothing and is recorded (rule 11).
