@@ -213,7 +213,6 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     """Each keys command; a misuse (bad role or scope, unknown or malformed key id) is one line and exit 2."""
-    from rich.markup import escape
     from sqlalchemy.exc import DBAPIError
 
     from stocksync.domain.errors import StocksyncError
@@ -233,16 +232,11 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             console.print(f"key {old.key_id} revoked; its {old.role} replacement:")
             print(key)
     except StocksyncError as error:
-        console.print(f"[red]keys {args.keys_command}:[/red] {escape(error.detail)}", soft_wrap=True)
-        return 2
+        return _refused(f"keys {args.keys_command}", error.detail)
     except (OSError, DBAPIError) as error:
         cause = type(getattr(error, "orig", None) or error).__name__
-        console.print(
-            f"[red]keys {args.keys_command}:[/red] the database could not be used ({cause}): "
-            "is it up, and migrated (stocksync migrate)?",
-            soft_wrap=True,
-        )
-        return 2
+        why = f"the database could not be used ({cause}): is it up, and migrated (stocksync migrate)?"
+        return _refused(f"keys {args.keys_command}", why)
     finally:
         await engine.dispose()
     return 0
@@ -319,7 +313,6 @@ def _nats_config(settings: Settings) -> int:
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from rich.markup import escape
 
     from stocksync.domain.reconciliation import BadInput
     from stocksync.messaging.nats_auth import service_options
@@ -350,8 +343,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
                 relay_all=relay_all,
             )
     except (BadInput, CouldNotRun) as error:
-        console.print(f"[red]reconcile could not run:[/red] {escape(str(error))}")
-        return 2
+        return _refused("reconcile could not run", error)
     except Exception:  # exit 1 means discrepancies: a crash must not read as one
         console.print_exception()
         return 2
