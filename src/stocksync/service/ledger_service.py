@@ -89,7 +89,6 @@ class LedgerService:
         if store is None:
             assert engine is not None, "a LedgerService needs an engine or a store"
             store = PostgresLedgerStore(engine)
-        self.engine = engine
         self.store = store
         self.clock = clock
         self.retries = retries
