@@ -11,12 +11,14 @@ import asyncio
 import csv
 import dataclasses
 import json
+import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import nats
 import pytest
@@ -26,8 +28,11 @@ from stocksync.adapters.bulk import seed_bulk
 from stocksync.adapters.database import create_engine
 from stocksync.cli import main
 from stocksync.domain.events import Command, encode
+from stocksync.embedded.nats import nats_server_binary
+from stocksync.embedded.processes import free_port, terminate
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.service.ledger_service import LedgerService
+from stocksync.service.reconciliation import run as run_module
 from stocksync.wire import AVAILABILITY_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique
@@ -695,6 +700,42 @@ async def test_unreachable_servers_exit_2_with_a_clear_message(
 
     assert no_nats.code == 2 and "NATS is unreachable at nats://127.0.0.1:9" in no_nats.output
     assert no_database.code == 2 and "the database is unreachable" in no_database.output
+
+
+async def test_a_jetstream_that_does_not_answer_is_tried_again_before_the_run_gives_up(
+    stack: Stack, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetStream answers 503 while a cluster elects a leader (after a node restart, say): a passing fault, so
+    the run is tried again. A nats-server without JetStream answers 503 for ever: after its tries (each a
+    connection of its own, as the server counts them) the run gives up, exit 2."""
+    await prepare(stack.database_url, stack.nats_url, [])
+    port, monitor = free_port(), free_port()
+    server = subprocess.Popen(
+        [str(nats_server_binary()), "--addr", "127.0.0.1", "--port", str(port), "--http_port", str(monitor)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: _answers(port), what="nats-server without JetStream")
+        monkeypatch.setenv("STOCKSYNC_NATS_URL", f"nats://127.0.0.1:{port}")
+        monkeypatch.setattr(run_module, "RETRY_PAUSE_S", 0.1)
+        run = await reconcile(stack, capsys=capsys)
+        connz = f"http://127.0.0.1:{monitor}/connz?state=closed"
+        closed = httpx.get(connz, timeout=5, trust_env=False).json()
+    finally:
+        terminate(server)
+    assert run.code == 2 and "ServiceUnavailableError" in run.output
+    tries = [c for c in closed["connections"] if c.get("name") == "stocksync-reconcile"]
+    assert len(tries) == run_module.RUN_TRIES
+
+
+async def _answers(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 # -- at scale ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,6 +41,11 @@ from stocksync.wire import AVAILABILITY_KV_STREAM, DLQ_STREAM, IN_STREAM
 
 log = structlog.get_logger("stocksync.reconcile")
 
+# JetStream answers 503 while a cluster elects a stream's leader (after a node restart, say): a passing fault,
+# so the whole run is tried again (its repairs are idempotent, its reports written only at the end).
+RUN_TRIES = 3
+RETRY_PAUSE_S = 2.0
+
 
 class CouldNotRun(StocksyncError):
     """The run could not be made (database or NATS unreachable, not migrated): exit 2."""
@@ -64,20 +69,29 @@ async def reconcile(
     engine = create_engine(database_url, pool_size=4)
     try:
         await _ping(engine)
-        nc = await _connect(nats_url, nats_options or {})
-        try:
-            ctx = Context(
-                engine=engine,
-                nc=nc,
-                ledger=LedgerService(engine, clock=clock),
-                options=options,
-                now=clock(),
-                progress=progress or Quiet(),
-                relay_all=functools.partial(relay_all, engine, nc) if relay_all else None,
-            )
-            return await _run(ctx)
-        finally:
-            await nc.close()
+        attempt = 1
+        while True:
+            nc = await _connect(nats_url, nats_options or {})
+            try:
+                await _require_streams(nc)
+                ctx = Context(
+                    engine=engine,
+                    nc=nc,
+                    ledger=LedgerService(engine, clock=clock),
+                    options=options,
+                    now=clock(),
+                    progress=progress or Quiet(),
+                    relay_all=functools.partial(relay_all, engine, nc) if relay_all else None,
+                )
+                return await _run(ctx)
+            except ServiceUnavailableError as error:
+                if attempt == RUN_TRIES:
+                    raise
+                log.warning("reconcile_retried", attempt=attempt, error=type(error).__name__)
+            finally:
+                await nc.close()
+            attempt += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
     except (TimeoutError, OSError, NatsError) as error:
         raise CouldNotRun(f"could not finish: {type(error).__name__}: {error}") from error
     except DBAPIError as error:
@@ -115,13 +129,15 @@ async def _connect(nats_url: str, options: dict[str, Any]) -> Client:
         )
     except (TimeoutError, OSError, NatsError) as error:
         raise CouldNotRun(f"NATS is unreachable at {nats_url}: {type(error).__name__}: {error}") from error
-    try:
-        for stream in (IN_STREAM, DLQ_STREAM, AVAILABILITY_KV_STREAM):
-            await nc.jetstream().stream_info(stream)
-    except NotFoundError:
-        await nc.close()
-        raise CouldNotRun(f"NATS has no stream {stream}: run `stocksync migrate` first") from None
     return nc
+
+
+async def _require_streams(nc: Client) -> None:
+    for stream in (IN_STREAM, DLQ_STREAM, AVAILABILITY_KV_STREAM):
+        try:
+            await nc.jetstream().stream_info(stream)
+        except NotFoundError:
+            raise CouldNotRun(f"NATS has no stream {stream}: run `stocksync migrate` first") from None
 
 
 async def _run(ctx: Context) -> Summary:
