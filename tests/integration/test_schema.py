@@ -23,6 +23,9 @@ TABLES = {
     "processed_events",
     "api_keys",
     "outbox",
+    "channels",
+    "channel_locations",
+    "orders",
 }
 
 SNAPSHOT = {
@@ -102,7 +105,7 @@ async def test_migrating_again_changes_nothing(migrated_database_url):
     await migrate_database_async(migrated_database_url)
     after = await inspect(migrated_database_url, snapshot)
     assert after == before
-    assert after["version"] == [("0004",)]  # type: ignore[index]
+    assert after["version"] == [("0005",)]  # type: ignore[index]
 
 
 async def test_downgrade_to_base_and_upgrade_again(fresh_database):

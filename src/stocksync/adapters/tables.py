@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Sequence,
     Table,
     Text,
     text,
@@ -184,4 +185,49 @@ outbox = Table(
     _ts("relayed_at", nullable=True),
     Index("outbox_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
     Index("outbox_relayed", "relayed_at", postgresql_where=text("relayed_at IS NOT NULL")),
+)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("channel_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("buffer", BigInteger, nullable=False, server_default=text("0")),
+    _ts("created_at", now=True),
+    _ts("updated_at", now=True),
+    CheckConstraint("buffer >= 0", name="channels_buffer_non_negative"),
+)
+
+channel_locations = Table(
+    "channel_locations",
+    metadata,
+    Column("channel_id", Text, ForeignKey("channels.channel_id", ondelete="CASCADE"), primary_key=True),
+    Column("location_id", Text, ForeignKey("locations.location_id"), primary_key=True),
+    Column("priority", Integer, nullable=False),
+    Index("channel_locations_location", "location_id"),
+)
+
+channel_availability_version = Sequence("channel_availability_version", metadata=metadata)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("channel_id", Text, ForeignKey("channels.channel_id"), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("lines", JSONB, nullable=False),
+    Column("locations", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("shortages", JSONB),
+    Column("ship_to_lat", Float),
+    Column("ship_to_lon", Float),
+    Column("ttl_seconds", Integer, nullable=False),
+    Column("reference", Text),
+    Column("body_hash", LargeBinary, nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("updated_at"),
+    CheckConstraint(
+        "status IN ('allocated', 'shipped', 'cancelled', 'rejected')", name="orders_status"
+    ),
+    Index("orders_by_channel", "channel_id", "created_at"),
 )

@@ -65,6 +65,26 @@ class EventIdConflict(LedgerRefusal):
     code = "event_id_conflict"
 
 
+class UnknownChannel(NotFound):
+    code = "unknown_channel"
+
+
+class UnknownOrder(NotFound):
+    code = "unknown_order"
+
+
+class OrderNotAllocated(LedgerRefusal):
+    """Ship or cancel of an order that is no longer allocated (shipped, cancelled or expired)."""
+
+    code = "order_not_allocated"
+
+
+class OrderIdConflict(LedgerRefusal):
+    """The order id was placed before with other lines (or names a reservation that is not the order's)."""
+
+    code = "order_id_conflict"
+
+
 REFUSALS: dict[str, type[LedgerRefusal]] = {
     kind.code: kind
     for kind in (
@@ -74,6 +94,8 @@ REFUSALS: dict[str, type[LedgerRefusal]] = {
         ReservationNotHeld,
         ReservationExists,
         EventIdConflict,
+        OrderNotAllocated,
+        OrderIdConflict,
     )
 }
 
