@@ -7,7 +7,9 @@ from typing import Literal
 
 from msgspec import Struct, structs
 
+from stocksync.domain.channels import ChannelStock, LocationAvailable
 from stocksync.domain.model import Alert, Outcome, Position, Reservation, ReservationLine, Shortage
+from stocksync.domain.orders import Order
 
 
 class PositionBody(Struct, frozen=True, kw_only=True):
@@ -124,4 +126,67 @@ class ReservationBody(Struct, frozen=True, kw_only=True):
             reference=reservation.reference,
             created_at=reservation.created_at,
             expires_at=reservation.expires_at,
+        )
+
+
+class ChannelAvailabilityBody(Struct, frozen=True, kw_only=True):
+    """A sku as a channel sees it (``GET /v1/channels/{id}/availability``): its sellable total, and what each
+    of its locations has available, in priority order."""
+
+    channel_id: str
+    sku: str
+    available: int
+    locations: tuple[LocationAvailable, ...]
+
+    @classmethod
+    def of(cls, stock: ChannelStock) -> ChannelAvailabilityBody:
+        return cls(channel_id=stock.channel_id, sku=stock.sku, available=stock.available, locations=stock.locations)
+
+
+class ChannelAvailabilityMessage(ChannelAvailabilityBody, frozen=True, kw_only=True):
+    """``stocksync.out.channel.<channel_id>.<sku>`` and the channel bucket's value: ``version`` increases with
+    every change of the entry, ``as_of`` is when the relay read the positions it sums."""
+
+    version: int
+    as_of: datetime
+
+    @classmethod
+    def of(cls, stock: ChannelStock, version: int, as_of: datetime) -> ChannelAvailabilityMessage:  # type: ignore[override]
+        return cls(**structs.asdict(ChannelAvailabilityBody.of(stock)), version=version, as_of=as_of)
+
+
+class AllocationBody(Struct, frozen=True, kw_only=True):
+    location_id: str
+    reservation_id: str
+    lines: tuple[ReservationLine, ...]
+
+
+class OrderBody(Struct, frozen=True, kw_only=True):
+    """An online order as HTTP answers it and ``stocksync.out.order.<order_id>`` publishes it."""
+
+    order_id: str
+    channel_id: str
+    status: Literal["allocated", "shipped", "cancelled", "expired", "rejected"]
+    lines: tuple[ReservationLine, ...]
+    allocations: tuple[AllocationBody, ...]
+    reference: str | None
+    created_at: datetime
+    expires_at: datetime
+    shortages: tuple[Shortage, ...] = ()
+
+    @classmethod
+    def of(cls, order: Order) -> OrderBody:
+        return cls(
+            order_id=order.order_id,
+            channel_id=order.channel_id,
+            status=order.status,
+            lines=order.lines,
+            allocations=tuple(
+                AllocationBody(location_id=a.location_id, reservation_id=order.order_id, lines=a.lines)
+                for a in order.allocations
+            ),
+            reference=order.reference,
+            created_at=order.created_at,
+            expires_at=order.expires_at,
+            shortages=order.shortages,
         )

@@ -22,12 +22,20 @@ DLQ_STREAM = "STOCKSYNC_DLQ"
 AVAILABILITY_BUCKET = "stocksync_availability"
 AVAILABILITY_KV_STREAM = f"KV_{AVAILABILITY_BUCKET}"
 AVAILABILITY_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # + the key: the bucket's stream subject for it
+CHANNEL_BUCKET = "stocksync_channel_availability"
+CHANNEL_KV_STREAM = f"KV_{CHANNEL_BUCKET}"
+CHANNEL_KV_SUBJECT = f"$KV.{CHANNEL_BUCKET}."
 WORKER_CONSUMER = "stocksync-worker"
 
 IN_ALL, OUT_ALL, DLQ_ALL = "stocksync.in.>", "stocksync.out.>", "stocksync.dlq.>"
 AVAILABILITY_ALL = "stocksync.out.availability.>"
+CHANNEL_ALL = "stocksync.out.channel.>"
 MSG_ID = "Nats-Msg-Id"
-NO_LOCATION = "_"  # the dead-letter subject's token when the refused subject names no valid location
+NO_LOCATION = "_"
+ORDER_TOKEN = "_order"  # stocksync.in._order.<channel_id>.<action>: no location id starts with "_"
+ORDER_ACTIONS = ("place", "ship", "cancel")
+# An outbox row on this subject is never published: it asks the relay to publish a channel's skus again.
+CHANNEL_REFRESH = "stocksync.internal.channel_refresh"  # the dead-letter subject's token when the refused subject names no valid location
 
 _ID = re.compile(ID_PATTERN)
 
@@ -57,6 +65,26 @@ def alert_subject(location_id: str) -> str:
 
 def outcome_subject(location_id: str) -> str:
     return f"stocksync.out.outcome.{location_id}"
+
+
+def channel_subject(channel_id: str, sku: str) -> str:
+    return f"stocksync.out.channel.{channel_id}.{sku}"
+
+
+def order_subject(order_id: str) -> str:
+    return f"stocksync.out.order.{order_id}"
+
+
+def order_inbound_subject(channel_id: str, action: str) -> str:
+    return f"stocksync.in.{ORDER_TOKEN}.{channel_id}.{action}"
+
+
+def order_inbound_parts(subject: str) -> tuple[str, str] | None:
+    """(channel_id, action) of ``stocksync.in._order.<channel_id>.<action>``; None for any other shape."""
+    tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[:3] == ["stocksync", "in", ORDER_TOKEN]:
+        return tokens[3], tokens[4]
+    return None
 
 
 def dlq_subject(location_id: str | None) -> str:
@@ -112,6 +140,10 @@ def split_availability_key(key: str) -> tuple[str, str] | None:
     return (location_id, sku) if dot and _ID.match(location_id) and _ID.match(sku) else None
 
 
+def channel_key(channel_id: str, sku: str) -> str:
+    return f"{channel_id}.{sku}"
+
+
 # -- message ids: each names the location where it names an event, since an event is both (rule 10) ----------
 
 
@@ -129,6 +161,18 @@ def alert_msg_id(location_id: str, event_id: str, sku: str, kind: str, on_hand: 
 
 def outcome_msg_id(location_id: str, event_id: str, outcome: str) -> str:
     return f"outcome:{location_id}:{event_id}:{outcome}"
+
+
+def channel_msg_id(channel_id: str, sku: str, version: int) -> str:
+    return f"channel:{channel_id}:{sku}:{version}"
+
+
+def channel_refresh_msg_id(channel_id: str, version: int) -> str:
+    return f"channel-refresh:{channel_id}:{version}"
+
+
+def order_msg_id(order_id: str, status: str) -> str:
+    return f"order:{order_id}:{status}"
 
 
 def dlq_msg_id(stream_sequence: int) -> str:
@@ -185,18 +229,26 @@ def nats_permissions(
     if where == "own":
         subscribe += [alert_subject(location) for location in places]
         subscribe += [availability_subject(location, ">") for location in places]
-    else:  # the web shop reads every store's availability (also from the bucket) and every reservation
-        subscribe += [AVAILABILITY_ALL, reservation_subject(">")]
-        publish += [
-            f"{_JS}.STREAM.INFO.{AVAILABILITY_KV_STREAM}",
-            f"{_JS}.STREAM.MSG.GET.{AVAILABILITY_KV_STREAM}",
-            f"{_JS}.CONSUMER.CREATE.{AVAILABILITY_KV_STREAM}",
-            f"{_JS}.CONSUMER.CREATE.{AVAILABILITY_KV_STREAM}.>",
-            f"{_JS}.CONSUMER.INFO.{AVAILABILITY_KV_STREAM}.*",
-            f"{_JS}.CONSUMER.DELETE.{AVAILABILITY_KV_STREAM}.*",
-            f"$JS.FC.{AVAILABILITY_KV_STREAM}.>",
-        ]
+    else:  # the web shop reads every store's and channel's availability (also from the buckets), every
+        # reservation and order, and places orders on every channel
+        subscribe += [AVAILABILITY_ALL, reservation_subject(">"), CHANNEL_ALL, order_subject(">")]
+        publish += [order_inbound_subject("*", action) for action in ORDER_ACTIONS]
+        publish += [f"{_JS}.CONSUMER.CREATE.{OUT_STREAM}.*.{order_subject('*')}"]
+        publish += [grant for stream in (AVAILABILITY_KV_STREAM, CHANNEL_KV_STREAM) for grant in _reads(stream)]
     return NatsPermissions(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+def _reads(stream: str) -> list[str]:
+    """What reading a KV bucket's stream takes: its info, a key's entry, and a watch (an ordered consumer)."""
+    return [
+        f"{_JS}.STREAM.INFO.{stream}",
+        f"{_JS}.STREAM.MSG.GET.{stream}",
+        f"{_JS}.CONSUMER.CREATE.{stream}",
+        f"{_JS}.CONSUMER.CREATE.{stream}.>",
+        f"{_JS}.CONSUMER.INFO.{stream}.*",
+        f"{_JS}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
 
 
 # -- the dead letter ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The availability bucket written by compare-and-set: never a newer ``version`` replaced by an older, and an
+"""The availability buckets (positions, channels) written by compare-and-set: never a newer ``version`` replaced by an older, and an
 entry that is not an availability body counted as older than any (so a bad entry never stops the writer)."""
 
 from __future__ import annotations
@@ -35,8 +35,15 @@ class BucketWriter:
     way, `put_if_newer`. The memory is bounded: past ``max_keys`` it starts again from empty.
     """
 
-    def __init__(self, js: JetStreamContext, ack_timeout_s: float, max_keys: int = 500_000) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        ack_timeout_s: float,
+        max_keys: int = 500_000,
+        subject_prefix: str = AVAILABILITY_KV_SUBJECT,
+    ) -> None:
         self.js = js
+        self.subject_prefix = subject_prefix  # the bucket's stream subject before the key
         self.ack_timeout_s = ack_timeout_s
         self.max_keys = max_keys
         self._known: dict[str, tuple[int, int]] = {}
@@ -52,7 +59,7 @@ class BucketWriter:
             elif known[0] < version:  # else already there: a pass sent again after a failure
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
                 sent = await self.js.publish_async(
-                    f"{AVAILABILITY_KV_SUBJECT}{key}", payload, headers=headers
+                    f"{self.subject_prefix}{key}", payload, headers=headers
                 )
                 fast.append((key, version, sent))
         acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)

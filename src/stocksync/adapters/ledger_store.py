@@ -142,16 +142,30 @@ async def load_locations(conn: AsyncConnection, location_ids: Iterable[str]) -> 
     return {row.location_id: Location(**row._asdict()) for row in rows}
 
 
+_READ_RESERVATIONS = text(_LOCK_RESERVATIONS.text.replace("FOR UPDATE OF r", ""))
+
+
 async def lock_reservations(
     conn: AsyncConnection, keys: Iterable[ReservationKey]
 ) -> dict[ReservationKey, Reservation]:
     """The reservations of these (location_id, reservation_id) keys with their lines, locked."""
+    return await _reservations(conn, keys, _LOCK_RESERVATIONS)
+
+
+async def read_reservations(
+    conn: AsyncConnection, keys: Iterable[ReservationKey]
+) -> dict[ReservationKey, Reservation]:
+    """The same, not locked (a read)."""
+    return await _reservations(conn, keys, _READ_RESERVATIONS)
+
+
+async def _reservations(
+    conn: AsyncConnection, keys: Iterable[ReservationKey], query: TextClause
+) -> dict[ReservationKey, Reservation]:
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    rows = await conn.execute(
-        _LOCK_RESERVATIONS, {"locations": [k[0] for k in ordered], "ids": [k[1] for k in ordered]}
-    )
+    rows = await conn.execute(query, {"locations": [k[0] for k in ordered], "ids": [k[1] for k in ordered]})
     return {
         (row.location_id, row.reservation_id): reservation_of(
             row, (ReservationLine(sku=sku, qty=qty) for sku, qty in zip(row.skus, row.qtys, strict=True))
@@ -344,6 +358,12 @@ class PostgresBatch:
 
     async def write(self, changes: Changes, outbox: list[dict]) -> None:
         await write(self.conn, changes, outbox)
+
+    async def write_outbox(self, outbox: list[dict]) -> None:
+        """Messages of a change that moved no stock (an order refused whole), with their NOTIFY."""
+        batch = _Writes()
+        batch.outbox(outbox)
+        await batch.write(self.conn)
 
 
 class _Writes:

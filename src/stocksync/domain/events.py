@@ -128,6 +128,28 @@ class SetSafetyStock(Event, frozen=True, kw_only=True, tag="safety_stock"):
     qty: Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 
 
+class ShipTo(Struct, frozen=True, kw_only=True):
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+
+
+class OrderRequest(Struct, frozen=True, kw_only=True):
+    """``POST /v1/orders`` and the body of ``stocksync.in._order.<channel_id>.place`` (section 7)."""
+
+    order_id: ReservationId
+    channel_id: Annotated[str, Meta(pattern=ID_PATTERN, description="channel id")]
+    lines: Annotated[list[QtyLine], Meta(min_length=1, max_length=MAX_LINES)]
+    ship_to: ShipTo | None = None
+    ttl_seconds: Ttl = DEFAULT_TTL_S
+    reference: Text | None = None
+
+
+class OrderAction(Struct, frozen=True, kw_only=True):
+    """The body of ``stocksync.in._order.<channel_id>.ship`` and ``.cancel``."""
+
+    order_id: ReservationId
+
+
 InboundEvent = Sale | Return | Receipt | Adjust | Count | Reserve | Collect | Cancel
 Command = InboundEvent | Expire | SetSafetyStock
 INBOUND_TYPES: tuple[str, ...] = (

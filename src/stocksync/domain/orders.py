@@ -15,7 +15,7 @@ from typing import Literal
 from msgspec import Struct
 
 from .channels import Channel, channel_stock
-from .errors import InsufficientStock
+from .errors import InsufficientStock, OrderNotAllocated
 from .ledger import is_due, merge_lines
 from .model import Location, Position, PositionKey, Reservation, ReservationLine, Shortage
 from .pickup import LatLon, great_circle_km
@@ -134,3 +134,16 @@ def order_status(stored: OrderStatus, reservations: Sequence[Reservation], now: 
     if stored == "allocated" and any(r.status == "expired" or is_due(r, now) for r in reservations):
         return "expired"
     return stored
+
+
+def must_settle(
+    order: Order, reservations: Sequence[Reservation], target: Literal["shipped", "cancelled"], now: datetime
+) -> bool:
+    """Whether shipping or cancelling has something to do: False when the order is already ``target`` (the
+    same answer again); `OrderNotAllocated` with its status when it is anything else but allocated."""
+    status = order_status(order.status, reservations, now)
+    if status == target:
+        return False
+    if status != "allocated":
+        raise OrderNotAllocated(f"order {order.order_id!r} is {status}", status=status)
+    return True

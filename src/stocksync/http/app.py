@@ -18,12 +18,16 @@ from stocksync.clock import Clock, utc_now
 from stocksync.domain.events import MAX_BODY_BYTES
 from stocksync.http import errors, health
 from stocksync.http.auth import SECURITY, SECURITY_SCHEME, Access, ApiKeyMiddleware, provide_key
+from stocksync.adapters.channels import ChannelReader
+from stocksync.http.channels import ChannelController
 from stocksync.http.events import EventController
 from stocksync.http.locations import LocationController
+from stocksync.http.orders import OrderController
 from stocksync.http.reservations import ReservationController
 from stocksync.http.stock import StockController
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
+from stocksync.service.orders import OrderService
 
 
 def create_app(
@@ -46,6 +50,8 @@ def create_app(
         "engine": engine,
         "ledger": ledger,
         "queries": queries,
+        "channels": ChannelReader(engine),
+        "orders": OrderService(engine, ledger, clock=clock),
         "access": Access(queries),
         "clock": clock,
         "probes": {"database": health.database_probe(engine), **readiness},
@@ -53,7 +59,14 @@ def create_app(
     }
     api = Router(
         "/v1",
-        route_handlers=[StockController, ReservationController, EventController, LocationController],
+        route_handlers=[
+            StockController,
+            ReservationController,
+            EventController,
+            LocationController,
+            ChannelController,
+            OrderController,
+        ],
         middleware=[ApiKeyMiddleware],
         dependencies={"key": Provide(provide_key, sync_to_thread=False)},
         security=[{SECURITY_SCHEME: []}],

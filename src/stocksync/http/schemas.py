@@ -39,7 +39,8 @@ from stocksync.domain.events import (
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
-from stocksync.messages import PositionBody, ReservationBody
+from stocksync.domain.channels import Channel
+from stocksync.messages import ChannelAvailabilityBody, PositionBody, ReservationBody
 
 T = TypeVar("T")
 
@@ -48,6 +49,9 @@ T = TypeVar("T")
 LocationIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="location id")]
 SkuPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="sku id")]
 ReservationIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="reservation")]
+ChannelIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="channel id")]
+OrderIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="order id")]
+MAX_CHANNEL_LOCATIONS = 100
 LocationIdQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="location id")]
 SkuQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="sku id")]
 
@@ -106,6 +110,21 @@ class LocationRequest(Struct, frozen=True, kw_only=True):
         return Location(location_id=location_id, **msgspec.structs.asdict(self))
 
 
+class ChannelRequest(Struct, frozen=True, kw_only=True):
+    """``PUT /v1/channels/{channel_id}``: ``locations`` in priority order, the first preferred."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+    locations: Annotated[list[LocationId], Meta(max_length=MAX_CHANNEL_LOCATIONS)]
+    buffer: Annotated[int, Meta(ge=0, le=MAX_QUANTITY)] = 0
+
+    def __post_init__(self) -> None:
+        if len(set(self.locations)) != len(self.locations):
+            raise ValueError("`locations` names a location twice")
+
+    def channel(self, channel_id: str) -> Channel:
+        return Channel(channel_id=channel_id, name=self.name, locations=tuple(self.locations), buffer=self.buffer)
+
+
 class SafetyStockRequest(Struct, frozen=True, kw_only=True):
     """``PUT /v1/locations/{location_id}/safety-stock/{sku}``."""
 
@@ -125,6 +144,25 @@ class PickupAnswer(Struct, frozen=True, kw_only=True):
 
 class ReservationList(Struct, frozen=True, kw_only=True):
     items: list[ReservationBody]
+
+
+class ChannelBody(Struct, frozen=True, kw_only=True):
+    channel_id: str
+    name: str
+    locations: tuple[str, ...]
+    buffer: int
+
+    @classmethod
+    def of(cls, channel: Channel) -> ChannelBody:
+        return cls(**msgspec.structs.asdict(channel))
+
+
+class ChannelList(Struct, frozen=True, kw_only=True):
+    items: list[ChannelBody]
+
+
+class ChannelAvailabilityList(Struct, frozen=True, kw_only=True):
+    items: list[ChannelAvailabilityBody]
 
 
 class LocationList(Struct, frozen=True, kw_only=True):

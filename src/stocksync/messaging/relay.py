@@ -13,6 +13,11 @@ A pass pipelines its publishes: every row is sent in id order on one connection,
 awaited together (one round trip per pass, not per message). One connection delivers in send order, so the
 stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole, and
 ``Nats-Msg-Id`` drops the rows that had been stored.
+
+Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads what every
+channel sku those positions belong to may sell now, and publishes it beside them under one fresh version (a
+sequence), so a channel's entry is never later than the positions it sums, several commits of a pass cost one
+message per channel sku, and a pass sent again publishes a newer version, never an older one.
 """
 
 from __future__ import annotations
@@ -31,14 +36,25 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
-from stocksync.adapters import outbox
+from stocksync.adapters import channels, outbox
+from stocksync.adapters.channels import ChannelRefresh
 from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
 from stocksync.logs import outline
-from stocksync.wire import AVAILABILITY_BUCKET, MSG_ID
+from stocksync.domain.events import decoder
+from stocksync.service.outbox import Publication, channel_publications
+from stocksync.wire import (
+    AVAILABILITY_BUCKET,
+    CHANNEL_BUCKET,
+    CHANNEL_KV_SUBJECT,
+    CHANNEL_REFRESH,
+    MSG_ID,
+    split_availability_key,
+)
 
 log = structlog.get_logger("stocksync.relay")
+_decode_refresh = decoder(ChannelRefresh)
 
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
@@ -75,6 +91,8 @@ class OutboxRelay:
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
         self._bucket = BucketWriter(self.js, ack_timeout_s)
+        self._channel_bucket = BucketWriter(self.js, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
+        self._channel_kv: KeyValue | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -201,10 +219,15 @@ class OutboxRelay:
             metrics.OUTBOX_LAG.set(len(rows))
             if not rows:
                 return 0
-            published, written = await asyncio.gather(
-                self._publish(rows), self._update_bucket(kv, rows), return_exceptions=True
+            messages = [r for r in rows if r.subject != CHANNEL_REFRESH]
+            sums = await self._channel_sums(conn, rows)  # read after the rows: it includes their changes
+            outcomes = await asyncio.gather(
+                self._publish([*messages, *sums]),
+                self._update_bucket(kv, messages, self._bucket),
+                self._update_channels(sums),
+                return_exceptions=True,
             )
-            for error in (published, written):
+            for error in outcomes:
                 if isinstance(error, BaseException):
                     raise error
             await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
@@ -217,12 +240,25 @@ class OutboxRelay:
             if isinstance(ack, BaseException):
                 raise ack
 
-    async def _update_bucket(self, kv: KeyValue, rows: Sequence) -> None:
+    async def _update_bucket(self, kv: KeyValue, rows: Sequence, writer: BucketWriter) -> None:
         newest: dict[str, tuple[int, bytes]] = {}
         for row in rows:
             if row.kv_key is not None and row.version > newest.get(row.kv_key, (-1, b""))[0]:
                 newest[row.kv_key] = (row.version, row.payload)
-        await self._bucket.write(kv, newest)
+        await writer.write(kv, newest)
+
+    async def _channel_sums(self, conn: AsyncConnection, rows: Sequence) -> list[Publication]:
+        """Every channel sku the pass's positions (and refresh rows) touch, as the positions are now."""
+        changed = [key for r in rows if r.kv_key and (key := split_availability_key(r.kv_key))]
+        refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
+        version, touched, positions = await channels.touched_stock(conn, changed, refreshes)
+        return channel_publications(version, touched, positions, utc_now())
+
+    async def _update_channels(self, sums: Sequence[Publication]) -> None:
+        if sums:
+            if self._channel_kv is None:
+                self._channel_kv = await self.js.key_value(CHANNEL_BUCKET)
+            await self._update_bucket(self._channel_kv, sums, self._channel_bucket)
 
     async def prune(self) -> int:
         """Delete the rows relayed longer ago than the retention, a slice per transaction; returns how many

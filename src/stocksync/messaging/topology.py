@@ -30,6 +30,8 @@ from nats.js.errors import NotFoundError
 from stocksync.wire import (
     AVAILABILITY_KV_STREAM,
     AVAILABILITY_KV_SUBJECT,
+    CHANNEL_KV_STREAM,
+    CHANNEL_KV_SUBJECT,
     DLQ_ALL,
     DLQ_STREAM,
     IN_ALL,
@@ -85,10 +87,19 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
 
 def availability_bucket(replicas: int = 1) -> StreamConfig:
     """The stream behind the KV bucket, as ``create_key_value`` makes it (history 1); migrate updates it."""
+    return _bucket(AVAILABILITY_KV_STREAM, AVAILABILITY_KV_SUBJECT, "<location_id>.<sku>", replicas)
+
+
+def channel_bucket(replicas: int = 1) -> StreamConfig:
+    """What each channel may sell per sku (spec section 7), written by the relay like the positions'."""
+    return _bucket(CHANNEL_KV_STREAM, CHANNEL_KV_SUBJECT, "<channel_id>.<sku>", replicas)
+
+
+def _bucket(stream: str, subject: str, key: str, replicas: int) -> StreamConfig:
     return StreamConfig(
-        name=AVAILABILITY_KV_STREAM,
-        subjects=[f"{AVAILABILITY_KV_SUBJECT}>"],
-        description="current availability per <location_id>.<sku>",
+        name=stream,
+        subjects=[f"{subject}>"],
+        description=f"current availability per {key}",
         storage=StorageType.FILE,
         num_replicas=replicas,
         max_msgs_per_subject=1,
@@ -122,7 +133,7 @@ def worker_consumer() -> ConsumerConfig:
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     """Create what is missing and update settings that changed; safe to repeat."""
-    for config in [*streams(replicas), availability_bucket(replicas)]:
+    for config in [*streams(replicas), availability_bucket(replicas), channel_bucket(replicas)]:
         try:
             await js.stream_info(config.name)
         except NotFoundError:

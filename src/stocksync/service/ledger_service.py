@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -36,6 +36,7 @@ from stocksync.domain.model import (
 from stocksync.service.outbox import outbox_rows
 
 log = structlog.get_logger("stocksync.ledger")
+T = TypeVar("T")
 
 
 class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,9 +101,14 @@ class LedgerService:
         was applied, and the same batch may be tried again later.
         """
         hashes = [body_hash(event) for event in events]
-        for attempt in range(self.retries):
+        return await self.retrying(lambda: self._apply_once(events, hashes))
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt`` (one transaction) until it commits: again on a concurrent create or a deadlock;
+        `Unavailable` for a passing fault."""
+        for tried in range(self.retries):
             try:
-                return await self._apply_once(events, hashes)
+                return await attempt()
             except ConcurrentWrite:
                 metrics.RETRIES.labels("concurrent_write").inc()
             except DATABASE_ERRORS as error:
@@ -112,7 +118,7 @@ class LedgerService:
                     raise Unavailable(f"the database is unreachable: {type(error).__name__}") from error
                 else:
                     raise
-            await asyncio.sleep(0.002 * 2**attempt)
+            await asyncio.sleep(0.002 * 2**tried)
         raise Unavailable("the batch kept colliding with concurrent writers; retry later")
 
     async def database_answers(self, timeout_s: float = 2.0) -> bool:
@@ -128,11 +134,7 @@ class LedgerService:
         started = time.perf_counter()
         now = self.clock()
         async with self.store.transaction() as batch:
-            ledger = Ledger.of(await batch.load(events, now))
-            for event, digest in zip(events, hashes, strict=True):
-                ledger.apply(event, digest)
-            at_risk = ledger.positions_at_risk()  # naming the holds needs them: read only then
-            changes = ledger.changes(await batch.held(at_risk) if at_risk else {})
+            changes = await apply_in(batch, events, hashes, now)
             await batch.write(changes, outbox_rows(changes))  # the batch's one write: every table, the outbox
         self._observe(changes, len(events), time.perf_counter() - started)
         return BatchResult(
@@ -156,6 +158,15 @@ class LedgerService:
             ms=round(seconds * 1000, 2),
             **counts,
         )
+
+
+async def apply_in(batch: LedgerBatch, events: Sequence[Command], hashes: Sequence[bytes], now: datetime) -> Changes:
+    """Load and lock what the events touch, apply them in the core, and return its record (not yet written)."""
+    ledger = Ledger.of(await batch.load(events, now))
+    for event, digest in zip(events, hashes, strict=True):
+        ledger.apply(event, digest)
+    at_risk = ledger.positions_at_risk()  # naming the holds needs them: read only then
+    return ledger.changes(await batch.held(at_risk) if at_risk else {})
 
 
 class GroupCommitLedger(LedgerService):

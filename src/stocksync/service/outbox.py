@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 import msgspec
 
+from stocksync.domain.channels import Channel, channel_stock
 from stocksync.domain.events import INBOUND_TYPES
 from stocksync.domain.ledger import Changes
-from stocksync.domain.model import Outcome
+from stocksync.domain.model import Outcome, Position, PositionKey
+from stocksync.domain.orders import Order
 from stocksync.messages import (
     AlertMessage,
     AvailabilityMessage,
+    ChannelAvailabilityMessage,
+    OrderBody,
     OutcomeMessage,
     ReservationMessage,
 )
 from stocksync.wire import (
     alert_msg_id,
+    channel_key,
+    channel_msg_id,
+    channel_subject,
+    order_msg_id,
+    order_subject,
     alert_subject,
     availability_key,
     availability_msg_id,
@@ -108,3 +120,37 @@ def _row(
         "kv_key": kv_key,
         "version": version,
     }
+
+
+class Publication(msgspec.Struct, frozen=True, kw_only=True):
+    """A message the relay publishes that no outbox row holds: a channel's sku, computed in the pass."""
+
+    subject: str
+    msg_id: str
+    payload: bytes
+    kv_key: str | None
+    version: int | None
+
+
+def channel_publications(
+    version: int,
+    touched: Sequence[tuple[Channel, str]],
+    positions: dict[PositionKey, Position],
+    as_of: datetime,
+) -> list[Publication]:
+    """What each (channel, sku) a relay pass touched may sell now, under the pass's one version."""
+    return [
+        Publication(
+            subject=channel_subject(channel.channel_id, sku),
+            msg_id=channel_msg_id(channel.channel_id, sku, version),
+            payload=_encode(ChannelAvailabilityMessage.of(channel_stock(channel, sku, positions), version, as_of)),
+            kv_key=channel_key(channel.channel_id, sku),
+            version=version,
+        )
+        for channel, sku in touched
+    ]
+
+
+def order_row(order: Order) -> dict:
+    """The order as a change left it, on ``stocksync.out.order.<order_id>`` (one message per status)."""
+    return _row(order_subject(order.order_id), order_msg_id(order.order_id, order.status), OrderBody.of(order))
