@@ -161,7 +161,7 @@ class AllocationBody(Struct, frozen=True, kw_only=True):
     lines: tuple[ReservationLine, ...]
 
 
-class OrderBody(Struct, frozen=True, kw_only=True):
+class OrderBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """An online order as HTTP answers it and ``stocksync.out.order.<order_id>`` publishes it."""
 
     order_id: str
@@ -173,9 +173,10 @@ class OrderBody(Struct, frozen=True, kw_only=True):
     created_at: datetime
     expires_at: datetime
     shortages: tuple[Shortage, ...] = ()
+    error: str | None = None  # on NATS, why a placement, shipping or cancelling was refused
 
     @classmethod
-    def of(cls, order: Order) -> OrderBody:
+    def of(cls, order: Order, error: str | None = None) -> OrderBody:
         return cls(
             order_id=order.order_id,
             channel_id=order.channel_id,
@@ -189,4 +190,5 @@ class OrderBody(Struct, frozen=True, kw_only=True):
             created_at=order.created_at,
             expires_at=order.expires_at,
             shortages=order.shortages,
+            error=error or ("insufficient_stock" if order.status == "rejected" else None),
         )

@@ -79,6 +79,11 @@ def order_inbound_subject(channel_id: str, action: str) -> str:
     return f"stocksync.in.{ORDER_TOKEN}.{channel_id}.{action}"
 
 
+def is_order_subject(subject: str) -> bool:
+    """``stocksync.in._order.…``: an order message (valid or not), not a location's event."""
+    return subject.split(".")[:3] == ["stocksync", "in", ORDER_TOKEN]
+
+
 def order_inbound_parts(subject: str) -> tuple[str, str] | None:
     """(channel_id, action) of ``stocksync.in._order.<channel_id>.<action>``; None for any other shape."""
     tokens = subject.split(".")

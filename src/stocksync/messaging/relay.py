@@ -222,7 +222,7 @@ class OutboxRelay:
             messages = [r for r in rows if r.subject != CHANNEL_REFRESH]
             sums = await self._channel_sums(conn, rows)  # read after the rows: it includes their changes
             outcomes = await asyncio.gather(
-                self._publish([*messages, *sums]),
+                self._publish([*sums, *messages]),  # a channel's sum ahead of the positions it includes
                 self._update_bucket(kv, messages, self._bucket),
                 self._update_channels(sums),
                 return_exceptions=True,

@@ -23,8 +23,10 @@ from nats.errors import Error as NatsError
 from stocksync import metrics
 from stocksync.aio import pause, quietly
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import MAX_BODY_BYTES, InboundEvent, TooDeep, decode_inbound
+from stocksync.domain.events import MAX_BODY_BYTES, InboundEvent, OrderAction, OrderRequest, TooDeep, decode_inbound
+from stocksync.messaging.orders import InvalidOrder, OrderHandler, decode_order
 from stocksync.service.ledger_service import LedgerService
+from stocksync.service.orders import OrderService
 from stocksync.wire import (
     IN_STREAM,
     MSG_ID,
@@ -35,6 +37,7 @@ from stocksync.wire import (
     header_event_id,
     inbound_parts,
     inbound_subject,
+    is_order_subject,
     subject_location,
 )
 
@@ -81,12 +84,17 @@ def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) ->
     return event
 
 
-def _refusal_of(msg: Msg) -> InboundEvent | Refused:
-    """The event, or why it is refused: an error of ours while decoding refuses that message alone."""
+def _refusal_of(msg: Msg) -> InboundEvent | tuple[str, OrderRequest | OrderAction] | Refused:
+    """The event (or the order's action and body), or why it is refused: an error of ours while decoding
+    refuses that message alone."""
     try:
+        if is_order_subject(msg.subject):
+            return decode_order(msg.subject, msg.data)
         return decode_message(msg.subject, msg.headers, msg.data)
     except Refused as refusal:
         return refusal
+    except InvalidOrder as invalid:
+        return Refused(invalid.error, invalid.detail)
     except Exception as error:
         return Refused("decode_failed", f"{type(error).__name__}: {error}")
 
@@ -160,6 +168,7 @@ class EventWorker:
         nc: Client,
         ledger: LedgerService,
         *,
+        orders: OrderService | None = None,
         batch_max: int = 500,
         fetch_timeout_s: float = 1.0,
         max_backoff_s: float = 5.0,
@@ -167,6 +176,7 @@ class EventWorker:
         self.nc = nc
         self.js = nc.jetstream()
         self.ledger = ledger
+        self.orders = OrderHandler(self.js, orders or OrderService(ledger.store.engine, ledger))
         self.batch_max = batch_max
         self.fetch_timeout_s = fetch_timeout_s
         self.max_backoff_s = max_backoff_s
@@ -211,15 +221,36 @@ class EventWorker:
             await pause(stop, backoff)
 
     async def handle(self, msgs: Sequence[Msg], stop: asyncio.Event | None = None) -> None:
-        """Dead-letter the invalid, apply the rest as one batch, then acknowledge everything."""
+        """Dead-letter the invalid, apply the events as one batch and the orders one by one, then
+        acknowledge everything."""
         valid: list[tuple[Msg, InboundEvent]] = []
+        orders: list[tuple[Msg, str, OrderRequest | OrderAction]] = []
         for msg in msgs:
             decoded = _refusal_of(msg)
             if isinstance(decoded, Refused):
                 await self._dead_letter_or_retry(msg, decoded)
+            elif isinstance(decoded, tuple):
+                orders.append((msg, *decoded))
             else:
                 valid.append((msg, decoded))
-        await self._apply_until_committed(valid, stop or asyncio.Event())
+        stop = stop or asyncio.Event()
+        await self._apply_until_committed(valid, stop)
+        for order in orders:
+            await self._order_until_committed(*order, stop)
+
+    async def _order_until_committed(
+        self, msg: Msg, action: str, body: OrderRequest | OrderAction, stop: asyncio.Event
+    ) -> None:
+        backoff = 0.05
+        while not stop.is_set():
+            try:
+                await self.orders.handle(msg, action, body)
+                return
+            except Unavailable as error:
+                log.warning("order_deferred", error=str(error), retry_in_s=backoff)
+                await quietly(msg.in_progress())
+                await pause(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _apply_until_committed(
         self, batch: list[tuple[Msg, InboundEvent]], stop: asyncio.Event
