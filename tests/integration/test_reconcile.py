@@ -25,7 +25,9 @@ import pytest
 from nats.js.kv import KeyValue
 
 from stocksync.adapters.bulk import seed_bulk
+from stocksync.adapters.channels import put_channel
 from stocksync.adapters.database import create_engine
+from stocksync.domain.channels import Channel
 from stocksync.cli import main
 from stocksync.domain.events import Command, encode
 from stocksync.embedded.nats import nats_server_binary
@@ -33,7 +35,7 @@ from stocksync.embedded.processes import free_port, terminate
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.reconciliation import run as run_module
-from stocksync.wire import AVAILABILITY_BUCKET
+from stocksync.wire import CHANNEL_BUCKET, AVAILABILITY_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique
 from tests.support_nats import in_process, outcomes, prepare, subject_of, unrelayed, wait_until
@@ -753,3 +755,43 @@ async def test_a_bulk_seeded_ledger_reconciles_clean_once_the_bucket_is_filled(s
         0,
         {"positions": 2_000, "movements": 20_000, "bucket_entries": 2_000},
     )
+
+
+# -- 4b. the channel bucket ---------------------------------------------------------------------------------------
+
+
+async def test_channel_entries_are_checked_against_the_positions_they_sum_and_repaired(stack: Stack) -> None:
+    wh, ams, a, b = unique("wh"), unique("ams"), unique("SKU"), unique("SKU")
+    await prepare(stack.database_url, stack.nats_url, [wh, ams])
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        await put_channel(engine, Channel(channel_id="web", name="Web", locations=(wh, ams), buffer=1))
+    finally:
+        await engine.dispose()
+    await apply(stack, receipt(wh, {a: 4, b: 2}), receipt(ams, {a: 3}))
+    await relay_all(stack)
+
+    clean = await reconcile(stack)
+    assert (clean.code, clean.report["findings"]) == (0, [])
+    assert clean.report["summary"]["checked"]["channel_skus"] == 2
+    nc = await nats.connect(stack.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(CHANNEL_BUCKET)
+        entry = msgspec.json.decode((await kv.get(f"web.{a}")).value)
+        assert entry["available"] == 6
+        await kv.put(f"web.{a}", msgspec.json.encode({**entry, "available": 9}))
+        await kv.delete(f"web.{b}")
+    finally:
+        await nc.close()
+
+    found = await reconcile(stack)
+    repair = await reconcile(stack, "--repair")
+    again = await reconcile(stack)
+
+    assert found.code == 1
+    assert [(f["channel_id"], f["sku"], f["expected"], f["actual"]) for f in found.findings("channel_kv_stale")] == [
+        ("web", a, 6, 9)
+    ]
+    assert [(f["channel_id"], f["sku"]) for f in found.findings("channel_kv_missing")] == [("web", b)]
+    assert repair.report["summary"]["repaired"] == {"channel_kv_missing": 1, "channel_kv_stale": 1}
+    assert (again.code, again.report["findings"]) == (0, [])

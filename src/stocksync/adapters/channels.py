@@ -172,3 +172,18 @@ class ChannelReader:
             if not found:
                 raise UnknownChannel(f"channel {channel_id!r} is not known")
             return found[0], await read_positions(conn, found[0].locations, skus)
+
+
+async def every_channel_stock(conn: AsyncConnection) -> tuple[list[Channel], dict[PositionKey, Position]]:
+    """Every channel and every position at its locations (reconciliation: one channel bucket check)."""
+    found = await read_channels(conn)
+    locations = sorted({location for channel in found for location in channel.locations})
+    rows = await conn.execute(
+        select(*_POSITION).where(t.positions.c.location_id == any_(ids_param("locations"))),
+        {"locations": locations},
+    )
+    return found, {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
+
+
+async def next_version(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(_NEXT_VERSION))

@@ -17,6 +17,7 @@ from msgspec import Struct
 from .errors import StocksyncError
 from .events import ID_PATTERN, MAX_QUANTITY, Count, CountLine
 from .ledger import count_is_stale, reservations_at_risk
+from .channels import ChannelStock
 from .model import available
 
 _ID = re.compile(ID_PATTERN)
@@ -38,6 +39,8 @@ KV_STALE: Final = "kv_stale"
 KV_MISSING: Final = "kv_missing"
 KV_UNKNOWN: Final = "kv_unknown"
 COUNT_DIFFERENCE: Final = "count_difference"
+CHANNEL_KV_STALE: Final = "channel_kv_stale"
+CHANNEL_KV_MISSING: Final = "channel_kv_missing"
 
 KINDS: Final = (
     POSITION_MISSING,
@@ -55,9 +58,13 @@ KINDS: Final = (
     KV_MISSING,
     KV_UNKNOWN,
     COUNT_DIFFERENCE,
+    CHANNEL_KV_STALE,
+    CHANNEL_KV_MISSING,
 )
 # What --repair may fix: each goes through the path that normally does it, and none edits a movement.
-REPAIRABLE: Final = frozenset({RESERVATION_OVERDUE, OUTBOX_STUCK, KV_STALE, KV_MISSING})
+REPAIRABLE: Final = frozenset(
+    {RESERVATION_OVERDUE, OUTBOX_STUCK, KV_STALE, KV_MISSING, CHANNEL_KV_STALE, CHANNEL_KV_MISSING}
+)
 # Counted by store as distinct reservations ("their count by store").
 BY_STORE: Final = (RESERVATION_OVERDUE, RESERVATION_AT_RISK)
 
@@ -74,6 +81,7 @@ class Finding(Struct, frozen=True, kw_only=True):
     detail: str = ""
     value_at_cost: Decimal | None = None
     repaired: bool = False
+    channel_id: str | None = None
 
 
 REPORT_COLUMNS: Final = Finding.__struct_fields__
@@ -530,3 +538,26 @@ class Tally:
 def exit_code(tally: Tally) -> int:
     """0 clean, 1 when anything was found (repaired or not: the night's report must say so)."""
     return 1 if tally.total else 0
+
+
+# -- 4b. the channel bucket ------------------------------------------------------------------------------------
+
+
+def channel_finding(stock: ChannelStock, entry: ChannelStock | None) -> Finding | None:
+    """A channel's entry against what the ledger's positions say it may sell (spec section 7). ``entry``:
+    None where the bucket has none; a sku no location of the channel ever held needs none."""
+    where = {"channel_id": stock.channel_id, "sku": stock.sku, "expected": stock.available}
+    if entry is None:
+        if all(line.available == 0 for line in stock.locations):
+            return None
+        return Finding(kind=CHANNEL_KV_MISSING, **where, detail="no entry in the channel bucket")
+    if entry == stock:
+        return None
+    said = ", ".join(f"{x.location_id} {x.available}" for x in entry.locations)
+    says = ", ".join(f"{x.location_id} {x.available}" for x in stock.locations)
+    return Finding(
+        kind=CHANNEL_KV_STALE,
+        **where,
+        actual=entry.available,
+        detail=f"bucket says {entry.available} ({said}); ledger says {stock.available} ({says})",
+    )

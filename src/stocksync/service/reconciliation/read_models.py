@@ -11,7 +11,7 @@ holds a version the ledger does not agree with.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import msgspec
@@ -21,8 +21,10 @@ from nats.js.kv import KeyValue
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from stocksync.adapters import channels as channels_sql
 from stocksync.adapters import reconciliation as sql
 from stocksync.adapters.bucket import put_if_newer
+from stocksync.domain.channels import ChannelStock, channel_stock
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.domain.reconciliation import (
@@ -31,18 +33,22 @@ from stocksync.domain.reconciliation import (
     KV_UNKNOWN,
     Finding,
     Numbers,
+    channel_finding,
     entry_problem,
     kv_finding,
     ledger_numbers,
     outbox_finding,
 )
-from stocksync.messages import AvailabilityMessage
+from stocksync.messages import AvailabilityMessage, ChannelAvailabilityMessage
 from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired
 from stocksync.service.reconciliation.inbound import read_batches
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
     AVAILABILITY_KV_STREAM,
     AVAILABILITY_KV_SUBJECT,
+    CHANNEL_BUCKET,
+    CHANNEL_KV_STREAM,
+    CHANNEL_KV_SUBJECT,
     outbound_target,
     split_availability_key,
 )
@@ -124,6 +130,7 @@ async def _load_entries(conn: AsyncConnection, msgs: Sequence[Msg]) -> list[Find
 
 
 _decode_numbers = decoder(Numbers)
+_decode_channel = decoder(ChannelAvailabilityMessage)
 
 
 def _decode(data: bytes) -> Numbers | None:
@@ -217,6 +224,92 @@ async def overwrite(kv: KeyValue, key: str, version: int, payload: bytes) -> Non
             return
         except KeyWrongLastSequenceError:
             continue
+
+
+# -- the channel bucket ----------------------------------------------------------------------------------------
+
+
+async def check_channel_bucket(ctx: Context) -> Findings:
+    """Every channel entry against what the positions say the channel may sell, and every channel sku held
+    somewhere against its entry. A difference is read again (entry and positions) before it is reported:
+    the relay may have published that sku while the bucket was scanned."""
+    info = await ctx.js.stream_info(CHANNEL_KV_STREAM)
+    ctx.progress.phase("channel bucket", info.state.messages)
+    entries: dict[tuple[str, str], ChannelStock | None] = {}
+    async for msgs in read_batches(ctx.js, CHANNEL_KV_STREAM, f"{CHANNEL_KV_SUBJECT}>", last_per_subject=True):
+        prefix = len(CHANNEL_KV_SUBJECT)
+        entries.update(
+            _channel_entry(msg.subject[prefix:], msg.data)
+            for msg in msgs
+            if (msg.headers or {}).get("KV-Operation") is None
+        )
+        ctx.advance("channel_bucket_entries", len(msgs))
+    expected = await _channel_stock(ctx, entries)
+    if expected:
+        ctx.advance("channel_skus", len(expected))
+    findings = [
+        finding
+        for stock in expected
+        if (finding := channel_finding(stock, entries.get((stock.channel_id, stock.sku))))
+    ]
+    if findings:
+        findings = await _channel_still_different(ctx, findings)
+    yield await _republish(ctx, findings) if ctx.options.repair else findings
+
+
+def _channel_entry(key: str, data: bytes | None) -> tuple[tuple[str, str], ChannelStock | None]:
+    """The (channel_id, sku) of a key, and what its entry says (None: not a channel availability body)."""
+    channel_id, _, sku = key.partition(".")
+    try:
+        body = _decode_channel(data or b"")
+    except msgspec.DecodeError:
+        return (channel_id, sku), None
+    return (channel_id, sku), ChannelStock(
+        channel_id=body.channel_id, sku=body.sku, available=body.available, locations=body.locations
+    )
+
+
+async def _channel_stock(ctx: Context, also: Iterable[tuple[str, str]] = ()) -> list[ChannelStock]:
+    """What each channel may sell of every sku held at its locations (and of the ``also`` pairs)."""
+    async with ctx.engine.connect() as conn:
+        found, positions = await channels_sql.every_channel_stock(conn)
+    pairs = {(c.channel_id, sku) for c in found for (location, sku) in positions if location in c.locations}
+    by_id = {c.channel_id: c for c in found}
+    pairs |= {pair for pair in also if pair[0] in by_id}
+    return [channel_stock(by_id[channel_id], sku, positions) for channel_id, sku in sorted(pairs)]
+
+
+async def _channel_still_different(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    kv = await ctx.js.key_value(CHANNEL_BUCKET)
+
+    async def again(finding: Finding) -> Finding | None:
+        try:
+            key = f"{finding.channel_id}.{finding.sku}"
+            _, entry = _channel_entry(key, (await kv.get(key)).value)
+        except KeyNotFoundError:
+            entry = None
+        fresh = await _channel_stock(ctx, [(finding.channel_id, finding.sku)])
+        stock = next(s for s in fresh if (s.channel_id, s.sku) == (finding.channel_id, finding.sku))
+        return channel_finding(stock, entry)
+
+    return [f for f in await asyncio.gather(*map(again, findings)) if f is not None]
+
+
+async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    """Write what the ledger says under a fresh version, by the relay's own compare-and-set."""
+    if not findings:
+        return findings
+    kv = await ctx.js.key_value(CHANNEL_BUCKET)
+    stock = {(s.channel_id, s.sku): s for s in await _channel_stock(ctx, [(f.channel_id, f.sku) for f in findings])}
+    async with ctx.engine.connect() as conn:
+        version = await channels_sql.next_version(conn)
+        await conn.commit()
+    fixed = []
+    for finding in findings:
+        message = ChannelAvailabilityMessage.of(stock[(finding.channel_id, finding.sku)], version, ctx.now)
+        await put_if_newer(kv, f"{finding.channel_id}.{finding.sku}", version, msgspec.json.encode(message))
+        fixed.append(repaired(finding, f"channel entry rewritten from the ledger at version {version}"))
+    return fixed
 
 
 def _entry_version(value: bytes | None) -> int | None:

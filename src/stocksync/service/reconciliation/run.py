@@ -187,6 +187,7 @@ def _sections(
         inbound.check_inbound(ctx, dead),
         *([inbound.check_journal(ctx, journal, dead, journal_size)] if journal else []),
         read_models.check_bucket(ctx),
+        read_models.check_channel_bucket(ctx),
         *([count_file.check_counts(ctx, counts)] if counts else []),
     ]
 
