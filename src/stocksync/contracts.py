@@ -26,6 +26,8 @@ from stocksync.domain import events
 from stocksync.messages import (
     AlertMessage,
     AvailabilityMessage,
+    ChannelAvailabilityMessage,
+    OrderBody,
     OutcomeMessage,
     PositionBody,
     ReservationBody,
@@ -117,6 +119,36 @@ MESSAGES: list[Message] = [
         summary="What became of every recorded event: applied, duplicate or rejected (with its error).",
         msg_id=wire.outcome_msg_id("<location_id>", "<event_id>", "<outcome>"),
     ),
+    *(
+        Message(
+            name=f"order_{action}",
+            type=events.OrderRequest if action == "place" else events.OrderAction,
+            summary=summary,
+            action="receive",
+            address=wire.order_inbound_subject("{channel_id}", action),
+            msg_id="not used: an order is placed once by its order_id",
+            msg_id_always=False,
+        )
+        for action, summary in (
+            ("place", "An online order: allocated whole or refused with channel shortages (section 7)."),
+            ("ship", "Ship an allocated order: every allocation collected, a sale at its location."),
+            ("cancel", "Cancel an allocated order: every allocation released."),
+        )
+    ),
+    Message(
+        name="channel_availability",
+        type=ChannelAvailabilityMessage,
+        address=wire.channel_subject("{channel_id}", "{sku}"),
+        summary="What a channel may sell of a sku, published no later than the positions it sums.",
+        msg_id=wire.channel_msg_id("<channel_id>", "<sku>", "<version>"),
+    ),
+    Message(
+        name="order",
+        type=OrderBody,
+        address=wire.order_subject("{order_id}"),
+        summary="An order allocated, refused (with `error`), shipped or cancelled.",
+        msg_id=wire.order_msg_id("<order_id>", "<status>"),
+    ),
     Message(
         name="dead_letter",
         type=wire.DeadLetter,
@@ -128,6 +160,16 @@ MESSAGES: list[Message] = [
 ]
 
 PARAMETERS = {
+    "channel_id": {
+        "description": f"channel id, `{events.ID_PATTERN}`",
+        "examples": ["web"],
+        "location": "$message.payload#/channel_id",
+    },
+    "order_id": {
+        "description": "order id (a single subject token)",
+        "examples": ["web-100231"],
+        "location": "$message.payload#/order_id",
+    },
     "location_id": {
         "description": f"location id, `{events.ID_PATTERN}`",
         "examples": ["store-001"],
@@ -337,6 +379,19 @@ def asyncapi(messages: Sequence[Message] = MESSAGES) -> dict[str, Any]:
         "summary": "The current availability of a position, kept in the bucket.",
         "channel": {"$ref": "#/channels/availabilityBucket"},
         "messages": [{"$ref": "#/channels/availabilityBucket/messages/availability"}],
+    }
+    channels["channelAvailabilityBucket"] = {
+        "address": wire.CHANNEL_KV_SUBJECT + wire.channel_key("{channel_id}", "{sku}"),
+        "title": "channel availability bucket",
+        "description": "The KV bucket's own subjects: one retained entry per channel and sku.",
+        "messages": {"channel_availability": {"$ref": "#/components/messages/channel_availability"}},
+        "parameters": {name: {"$ref": f"#/components/parameters/{name}"} for name in ("channel_id", "sku")},
+    }
+    operations["putChannelAvailability"] = {
+        "action": "send",
+        "summary": "What a channel may sell of a sku now, kept in the channel bucket.",
+        "channel": {"$ref": "#/channels/channelAvailabilityBucket"},
+        "messages": [{"$ref": "#/channels/channelAvailabilityBucket/messages/channel_availability"}],
     }
     return {
         "asyncapi": "3.0.0",

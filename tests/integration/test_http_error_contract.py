@@ -21,7 +21,14 @@ from stocksync.service.ledger_service import GroupCommitLedger
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401  (fixtures)
 
 LARGE = b'{"x": "' + b"a" * (300 * 1024) + b'"}'  # over the 256 KiB limit
-PATH_VALUES = {"location_id": "store-x", "sku": "SKU-1", "reservation_id": "res-x", "event_id": "ev-x"}
+PATH_VALUES = {
+    "location_id": "store-x",
+    "sku": "SKU-1",
+    "reservation_id": "res-x",
+    "event_id": "ev-x",
+    "channel_id": "web-x",
+    "order_id": "order-x",
+}
 
 
 def _openapi() -> dict[str, Any]:
@@ -71,7 +78,14 @@ class World:
         self.pos = Api(admin.client, await create_key(engine, "pos", [self.other]))
         self.ecommerce = Api(admin.client, await create_key(engine, "ecommerce"))
         self.staff = Api(admin.client, await create_key(engine, "staff", [self.store]))
+        self.channel = unique("web")
+        body = {"name": "Web", "locations": [self.store]}
+        assert (await admin.put(f"/v1/channels/{self.channel}", json=body)).status_code == 200
         return self
+
+    def order(self, qty: int = 1, **extra: Any) -> dict[str, Any]:
+        lines = [{"sku": self.sku, "qty": qty}]
+        return {"order_id": unique("order"), "channel_id": self.channel, "lines": lines, **extra}
 
     def reserve(self, qty: int = 1, **extra: Any) -> dict[str, Any]:
         lines = [{"sku": self.sku, "qty": qty}]
@@ -87,6 +101,7 @@ class World:
 
 Produce = Callable[[World], Awaitable[httpx.Response]]
 R, RC = "/v1/reservations", "/v1/reservations/{reservation_id}"
+C, O, OC = "/v1/channels/{channel_id}", "/v1/orders", "/v1/orders/{order_id}"
 
 
 async def _conflict(w: World) -> httpx.Response:
@@ -112,7 +127,37 @@ def _large(method: str, path: str) -> Produce:
     return send
 
 
+async def _order_not_allocated(w: World, settle: str, then: str) -> httpx.Response:
+    order_id = (await w.admin.post(O, json=w.order())).json()["order_id"]
+    assert (await w.admin.post(f"{O}/{order_id}/{settle}")).status_code == 200
+    return await w.admin.post(f"{O}/{order_id}/{then}")
+
+
 PRODUCERS: dict[tuple[str, str, int], Produce] = {
+    ("PUT", C, 400): lambda w: w.admin.put("/v1/channels/web-y", json={"name": "x"}),
+    ("PUT", C, 403): lambda w: w.ecommerce.put("/v1/channels/web-y", json={"name": "x", "locations": []}),
+    ("PUT", C, 404): lambda w: w.admin.put("/v1/channels/web-y", json={"name": "x", "locations": ["ghost"]}),
+    ("PUT", C, 413): _large("PUT", "/v1/channels/web-y"),
+    ("GET", C, 400): lambda w: w.admin.get("/v1/channels/bad.id"),
+    ("GET", C, 404): lambda w: w.admin.get(f"/v1/channels/{unique('ghost')}"),
+    ("GET", C + "/availability", 400): lambda w: w.admin.get(f"/v1/channels/{w.channel}/availability"),
+    ("GET", C + "/availability", 404): lambda w: w.admin.get("/v1/channels/ghost/availability", params={"sku": "a"}),
+    ("POST", O, 400): lambda w: w.admin.post(O, json={"order_id": "o"}),
+    ("POST", O, 403): lambda w: w.pos.post(O, json=w.order()),
+    ("POST", O, 404): lambda w: w.admin.post(O, json={**w.order(), "channel_id": "ghost"}),
+    ("POST", O, 409): lambda w: w.admin.post(O, json=w.order(qty=100_000)),
+    ("POST", O, 413): _large("POST", O),
+    ("GET", OC, 400): lambda w: w.admin.get(f"{O}/bad.id"),
+    ("GET", OC, 404): lambda w: w.admin.get(f"{O}/{unique('order')}"),
+    ("POST", OC + "/ship", 400): lambda w: w.admin.post(f"{O}/bad.id/ship"),
+    ("POST", OC + "/ship", 403): lambda w: w.staff.post(f"{O}/{unique('order')}/ship"),
+    ("POST", OC + "/ship", 404): lambda w: w.admin.post(f"{O}/{unique('order')}/ship"),
+    ("POST", OC + "/ship", 409): lambda w: _order_not_allocated(w, "cancel", "ship"),
+    ("POST", OC + "/cancel", 400): lambda w: w.admin.post(f"{O}/bad.id/cancel"),
+    ("POST", OC + "/cancel", 403): lambda w: w.staff.post(f"{O}/{unique('order')}/cancel"),
+    ("POST", OC + "/cancel", 404): lambda w: w.admin.post(f"{O}/{unique('order')}/cancel"),
+    ("POST", OC + "/cancel", 409): lambda w: _order_not_allocated(w, "ship", "cancel"),
+
     ("GET", "/v1/availability", 400): lambda w: w.admin.get("/v1/availability"),
     ("GET", "/v1/availability", 404): lambda w: w.admin.get(
         "/v1/availability", params={"sku": w.sku, "location_id": unique("ghost")}

@@ -47,8 +47,16 @@ def test_staff_publishes_every_type_and_ecommerce_reservations_at_pickup_stores(
     assert {f"stocksync.in.{loc}.{kind}" for loc in "ab" for kind in INBOUND_TYPES} <= set(staff.publish)
     shop = nats_permissions("ecommerce", [], key_id="k", pickup_locations=["p1"])
     inbound = {subject for subject in shop.publish if subject.startswith("stocksync.in.")}
-    assert inbound == {f"stocksync.in.p1.{kind}" for kind in ("reserve", "collect", "cancel")}
+    orders = {f"stocksync.in._order.*.{action}" for action in ("place", "ship", "cancel")}
+    assert inbound == {f"stocksync.in.p1.{kind}" for kind in ("reserve", "collect", "cancel")} | orders
     assert {"stocksync.out.availability.>", "stocksync.out.reservation.>"} <= set(shop.subscribe)
+    assert {"stocksync.out.channel.>", "stocksync.out.order.>"} <= set(shop.subscribe)
+
+
+def test_no_till_or_store_key_may_place_online_orders() -> None:
+    for role in ("pos", "staff"):
+        rights = nats_permissions(role, ["a"], key_id="k")
+        assert not any("_order" in subject or ".order." in subject for subject in rights.publish + rights.subscribe)
 
 
 def test_the_callout_jwts_are_signed_by_the_issuer_and_expire() -> None:

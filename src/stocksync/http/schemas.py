@@ -39,7 +39,7 @@ from stocksync.domain.events import (
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
-from stocksync.domain.channels import Channel
+from stocksync.domain.channels import Channel as SalesChannel
 from stocksync.messages import ChannelAvailabilityBody, PositionBody, ReservationBody
 
 T = TypeVar("T")
@@ -121,8 +121,8 @@ class ChannelRequest(Struct, frozen=True, kw_only=True):
         if len(set(self.locations)) != len(self.locations):
             raise ValueError("`locations` names a location twice")
 
-    def channel(self, channel_id: str) -> Channel:
-        return Channel(channel_id=channel_id, name=self.name, locations=tuple(self.locations), buffer=self.buffer)
+    def channel(self, channel_id: str) -> SalesChannel:
+        return SalesChannel(channel_id=channel_id, name=self.name, locations=tuple(self.locations), buffer=self.buffer)
 
 
 class SafetyStockRequest(Struct, frozen=True, kw_only=True):
@@ -153,7 +153,7 @@ class ChannelBody(Struct, frozen=True, kw_only=True):
     buffer: int
 
     @classmethod
-    def of(cls, channel: Channel) -> ChannelBody:
+    def of(cls, channel: SalesChannel) -> ChannelBody:
         return cls(**msgspec.structs.asdict(channel))
 
 
@@ -207,6 +207,10 @@ ErrorCode = Literal[
     "reservation_not_held",
     "reservation_exists",
     "event_id_conflict",
+    "unknown_channel",
+    "unknown_order",
+    "order_not_allocated",
+    "order_id_conflict",
     "body_too_large",
     "unavailable",
 ]
@@ -218,12 +222,14 @@ class ErrorBody(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_un
     error: ErrorCode
     detail: str
     field: str | None = None  # invalid_request: the parameter or body field that failed (`lines[0].qty`)
-    status: ReservationStatus | None = None  # reservation_not_held: the state the reservation is in
+    # reservation_not_held: the state the reservation is in; order_not_allocated: the order's
+    status: ReservationStatus | Literal["shipped", "rejected"] | None = None
     location_id: str | None = None  # unknown_location of a read: the first location not known
 
 
 class ShortageError(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """409 ``insufficient_stock``: a reservation refused whole, with every line it could not hold."""
+    """409 ``insufficient_stock``: a reservation or an order refused whole, with every line it could not hold
+    (an order's at the channel: what the channel may sell)."""
 
     error: Literal["insufficient_stock"]
     detail: str
