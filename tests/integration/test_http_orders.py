@@ -199,3 +199,35 @@ async def test_a_hundred_orders_racing_tills_for_ten_units_over_four_locations(
         sku=sku,
     )
     assert held == allocated
+
+
+async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_follows(admin: Api, ecommerce: Api):
+    wh, ams = await admin.store(kind="warehouse", pickup=False), await admin.store()
+    a, b = unique("sku"), unique("sku")
+    await admin.receive(wh, a, 3)
+    await admin.receive(wh, b, 1)
+    web = await channel(admin, [wh, ams])
+    order = (await ecommerce.post("/v1/orders", json=order_body(web, (a, 2), (b, 1)))).json()
+    unshipped = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=order["order_id"])
+    assert (unshipped.json()["outcome"], unshipped.json()["error"]) == ("rejected", "return_not_in_order")
+    await ecommerce.post(f"/v1/orders/{order['order_id']}/ship")
+
+    returned = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=order["order_id"])
+    damaged = await admin.event(
+        "return", ams, [{"sku": a, "qty": 1, "disposition": "damaged"}], order_id=order["order_id"]
+    )
+    too_many = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=order["order_id"])
+    not_ordered = await admin.event("return", ams, [{"sku": unique("sku"), "qty": 1}], order_id=order["order_id"])
+    unknown = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=unique("order"))
+
+    assert [x.json()["outcome"] for x in (returned, damaged)] == ["applied", "applied"]
+    assert [(x.json()["outcome"], x.json()["error"]) for x in (too_many, not_ordered, unknown)] == [
+        ("rejected", "return_not_in_order"),
+        ("rejected", "return_not_in_order"),
+        ("rejected", "unknown_order"),
+    ]
+    at_ams = await admin.position(ams, a)
+    assert (at_ams["on_hand"], at_ams["damaged"], at_ams["available"]) == (1, 1, 1)
+    seen = (await ecommerce.get(f"/v1/channels/{web}/availability", params={"sku": a})).json()["items"][0]
+    assert seen["available"] == 2 and seen["locations"] == [
+        {"location_id": wh, "available": 1}, {"location_id": ams, "available": 1}]

@@ -31,10 +31,12 @@ from stocksync.domain.ledger import (
     count_probes,
     position_keys,
     reservation_keys,
+    returned_orders,
 )
 from stocksync.domain.model import (
     EventKey,
     Location,
+    OrderReturns,
     Outcome,
     Position,
     PositionKey,
@@ -258,6 +260,34 @@ async def held_lines(conn: AsyncConnection, keys: Iterable[PositionKey]) -> dict
     return held
 
 
+# The orders a batch's returns name: locked first, then read in a statement of its own, so that under READ
+# COMMITTED the read sees a concurrent return to the same order that committed while this one waited.
+_LOCK_ORDERS = text("SELECT order_id FROM orders WHERE order_id = ANY(CAST(:ids AS text[])) ORDER BY order_id FOR UPDATE")
+_READ_ORDERS = text("SELECT order_id, status, lines, returned FROM orders WHERE order_id = ANY(CAST(:ids AS text[]))")
+_RETURNED = """
+    UPDATE orders o SET returned = CAST(v.returned AS jsonb), updated_at = :{p}now
+    FROM unnest(CAST(:{p}ids AS text[]), CAST(:{p}returned AS text[])) AS v(order_id, returned)
+    WHERE o.order_id = v.order_id
+    RETURNING 1
+"""
+
+
+async def lock_returned_orders(conn: AsyncConnection, ids: set[str]) -> dict[str, OrderReturns]:
+    if not ids:
+        return {}
+    await conn.execute(_LOCK_ORDERS, {"ids": sorted(ids)})
+    rows = await conn.execute(_READ_ORDERS, {"ids": sorted(ids)})
+    return {
+        row.order_id: OrderReturns(
+            order_id=row.order_id,
+            status=row.status,
+            shipped={line["sku"]: line["qty"] for line in row.lines},
+            returned=dict(row.returned),
+        )
+        for row in rows
+    }
+
+
 async def load(
     conn: AsyncConnection, events: Sequence[Command], now: datetime, locations: dict[str, Location]
 ) -> Loaded:
@@ -275,6 +305,7 @@ async def load(
         reservations=reservations,
         recorded=recorded,
         on_hand_since=await on_hand_after(conn, count_probes(events)),
+        orders=await lock_returned_orders(conn, returned_orders(events)),
     )
 
 
@@ -313,6 +344,15 @@ def _statement_of(changes: Changes, outbox: list[dict]) -> _Writes:
                 "ids": [r.reservation_id for r in settled],
                 "locations": [r.location_id for r in settled],
                 "statuses": [r.status for r in settled],
+                "now": now,
+            },
+        )
+    if changes.returned_orders:
+        batch.add(
+            _RETURNED,
+            {
+                "ids": [o.order_id for o in changes.returned_orders],
+                "returned": [msgspec.json.encode(o.returned).decode() for o in changes.returned_orders],
                 "now": now,
             },
         )

@@ -223,6 +223,7 @@ orders = Table(
     Column("ttl_seconds", Integer, nullable=False),
     Column("reference", Text),
     Column("body_hash", LargeBinary, nullable=False),
+    Column("returned", JSONB, nullable=False, server_default=text("'{}'")),
     _ts("created_at"),
     _ts("expires_at"),
     _ts("updated_at"),

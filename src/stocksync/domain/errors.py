@@ -69,8 +69,15 @@ class UnknownChannel(NotFound):
     code = "unknown_channel"
 
 
-class UnknownOrder(NotFound):
+class UnknownOrder(LedgerRefusal, NotFound):
     code = "unknown_order"
+
+
+class ReturnNotInOrder(LedgerRefusal):
+    """A return naming an online order that did not ship those units (or not that many, counting what came
+    back before): the units are not the order's, so they are not restocked as its return."""
+
+    code = "return_not_in_order"
 
 
 class OrderNotAllocated(LedgerRefusal):
@@ -96,6 +103,8 @@ REFUSALS: dict[str, type[LedgerRefusal]] = {
         EventIdConflict,
         OrderNotAllocated,
         OrderIdConflict,
+        UnknownOrder,
+        ReturnNotInOrder,
     )
 }
 

@@ -84,6 +84,7 @@ class Sale(Event, frozen=True, kw_only=True, tag="sale"):
 
 class Return(Event, frozen=True, kw_only=True, tag="return"):
     lines: _lines(ReturnLine)  # type: ignore[valid-type]
+    order_id: ReservationId | None = None  # an online order returned at this store (section 7)
 
 
 class Receipt(Event, frozen=True, kw_only=True, tag="receipt"):

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from msgspec import Struct, structs
+from msgspec import Struct, field, structs
 
 from .errors import (
     EventIdConflict,
     InsufficientStock,
     LedgerRefusal,
     ReservationExists,
+    ReturnNotInOrder,
+    UnknownOrder,
     ReservationNotHeld,
     UnknownLocation,
     UnknownReservation,
@@ -40,6 +42,7 @@ from .model import (
     EventKey,
     Location,
     Movement,
+    OrderReturns,
     Outcome,
     OutcomeKind,
     Position,
@@ -142,6 +145,11 @@ def position_keys(
     return keys
 
 
+def returned_orders(events: Iterable[Command]) -> set[str]:
+    """The online orders the batch's returns name (loaded, and locked, only for them)."""
+    return {e.order_id for e in events if isinstance(e, Return) and e.order_id is not None}
+
+
 def count_probes(events: Iterable[Command]) -> list[tuple[PositionKey, datetime]]:
     """The (position, instant) pairs whose stored on-hand-since the batch's counts need (rule 9)."""
     return [
@@ -158,6 +166,7 @@ class Loaded(Struct, frozen=True, kw_only=True):
     reservations: Mapping[ReservationKey, Reservation]
     recorded: Mapping[EventKey, RecordedEvent]
     on_hand_since: Mapping[tuple[PositionKey, datetime], int]  # stored, for each of `count_probes`
+    orders: Mapping[str, OrderReturns] = field(default_factory=dict)  # those the batch's returns name
 
 
 class Changes(Struct, frozen=True, kw_only=True):
@@ -176,6 +185,7 @@ class Changes(Struct, frozen=True, kw_only=True):
     all_positions: Mapping[PositionKey, Position]  # every one the batch read or made, as it leaves them
     outcomes: tuple[Outcome, ...]
     alerts: tuple[Alert, ...]
+    returned_orders: tuple[OrderReturns, ...] = ()  # online orders the batch's returns took back from
 
 
 def stock_alerts(position: Position, event_id: str) -> list[Alert]:
@@ -210,8 +220,11 @@ class Ledger:
         reservations: Mapping[ReservationKey, Reservation] = {},
         recorded: Mapping[EventKey, RecordedEvent] = {},
         stored_on_hand_after: Callable[[PositionKey, datetime], int] = lambda key, when: 0,
+        orders: Mapping[str, OrderReturns] = {},
     ) -> None:
         self.now = now
+        self.orders: dict[str, OrderReturns] = dict(orders)
+        self._loaded_orders = orders
         self._locations = locations
         self._stored = frozenset(positions)
         self.positions: dict[PositionKey, Position] = dict(positions)
@@ -234,6 +247,7 @@ class Ledger:
             reservations=loaded.reservations,
             recorded=loaded.recorded,
             stored_on_hand_after=lambda key, when: loaded.on_hand_since.get((key, when), 0),
+            orders=loaded.orders,
         )
 
     # -- the batch ---------------------------------------------------------------------------------------
@@ -259,6 +273,7 @@ class Ledger:
             all_positions=dict(self.positions),
             outcomes=tuple(self.outcomes),
             alerts=tuple(self._named(alert, held) for alert in self.alerts),
+            returned_orders=tuple(o for key, o in self.orders.items() if o is not self._loaded_orders.get(key)),
         )
 
     def _named(self, alert: Alert, held: Mapping[PositionKey, Sequence[HeldLine]]) -> Alert:
@@ -407,6 +422,23 @@ class Ledger:
         """
         return self._stored_on_hand_after(key, when) + on_hand_since(self.movements, key, when)
 
+    def take_back(self, event: Return) -> None:
+        """Count a return's lines against its order (`ReturnNotInOrder` when they exceed what it shipped)."""
+        order = self.orders.get(event.order_id or "")
+        if order is None:
+            raise UnknownOrder(f"order {event.order_id!r} is not known")
+        wanted = merge_lines(ReservationLine(sku=line.sku, qty=line.qty) for line in event.lines)
+        if order.status != "shipped":
+            raise ReturnNotInOrder(f"order {order.order_id!r} is {order.status}: it shipped nothing to return")
+        for line in wanted:
+            left = order.shipped.get(line.sku, 0) - order.returned.get(line.sku, 0)
+            if line.qty > left:
+                raise ReturnNotInOrder(f"order {order.order_id!r} has {left} of {line.sku!r} left to return")
+        returned = dict(order.returned)
+        for line in wanted:
+            returned[line.sku] = returned.get(line.sku, 0) + line.qty
+        self.orders[order.order_id] = structs.replace(order, returned=returned)
+
     def set_reservation(self, reservation: Reservation) -> None:
         self.reservations[reservation.key] = reservation
         self.changed_reservations[reservation.key] = None
@@ -424,8 +456,14 @@ def sell(ledger: Ledger, event: Sale) -> OutcomeKind:
 
 
 def take_return(ledger: Ledger, event: Return) -> OutcomeKind:
-    """Rule 8: restock adds to on_hand, damaged to damaged (a count never saw damaged units)."""
+    """Rule 8: restock adds to on_hand, damaged to damaged (a count never saw damaged units).
+
+    A return naming an online order (at any store: the customer brings it to the nearest) takes back at
+    most what the order shipped of each sku, less what came back before; else it is refused whole.
+    """
     ledger.location(event.location_id)
+    if event.order_id is not None:
+        ledger.take_back(event)
     for line in event.lines:
         if line.disposition == "damaged":
             ledger.move(event, event.location_id, line.sku, damaged=line.qty, reason="damaged")

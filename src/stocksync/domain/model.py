@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -117,3 +118,12 @@ class RecordedEvent(Struct, frozen=True, kw_only=True):
 
     body_hash: bytes
     outcome: Outcome
+
+
+class OrderReturns(Struct, frozen=True, kw_only=True):
+    """What an online order shipped and what of it has come back, per sku: how much a return may name."""
+
+    order_id: str
+    status: str
+    shipped: Mapping[str, int]
+    returned: Mapping[str, int]

@@ -211,6 +211,7 @@ ErrorCode = Literal[
     "unknown_order",
     "order_not_allocated",
     "order_id_conflict",
+    "return_not_in_order",
     "body_too_large",
     "unavailable",
 ]

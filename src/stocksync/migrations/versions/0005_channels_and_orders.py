@@ -3,7 +3,8 @@
 - ``channel_locations`` is indexed by location: the relay maps a changed position to its channels.
 - ``channel_availability_version`` numbers what the relay publishes for a channel's sku: one value per pass,
   so a ``(channel, sku)`` entry's version increases with every change however many relays led before.
-- An order's allocations are reservations (rule 5) named by the order id at each of ``locations``.
+- An order's allocations are reservations (rule 5) named by the order id at each of ``locations``;
+  ``returned`` counts per sku what returns at the stores took back of it.
 
 Revision ID: 0005
 """
@@ -57,6 +58,7 @@ def upgrade() -> None:
             ttl_seconds integer NOT NULL,
             reference text,
             body_hash bytea NOT NULL,
+            returned jsonb NOT NULL DEFAULT '{}',
             created_at timestamptz NOT NULL,
             expires_at timestamptz NOT NULL,
             updated_at timestamptz NOT NULL,
