@@ -102,8 +102,16 @@ def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_
             headers={"Authorization": f"Bearer {demo['keys']['ecommerce']}"},
         )
         assert httpx.get(f"{service.base}/v1/pickup", params={"sku": demo["sku"]}).status_code == 401
+        shop = {"Authorization": f"Bearer {demo['keys']['ecommerce']}"}
+        web = httpx.get(f"{service.base}/v1/channels/web/availability", params={"sku": demo["sku"]}, headers=shop)
+        order = {"order_id": "web-1001", "channel_id": "web", "lines": [{"sku": demo["sku"], "qty": 1}]}
+        placed = httpx.post(f"{service.base}/v1/orders", json=order, headers=shop)
     finally:
         assert service.stop() == 0
+    (sellable,) = web.json()["items"]  # the README's channel read and order
+    assert sellable["available"] == sum(x["available"] for x in sellable["locations"]) - 2 > 0
+    assert [x["location_id"] for x in sellable["locations"]][:2] == ["wh-ams", "online-eu"]
+    assert (placed.status_code, placed.json()["status"]) == (201, "allocated"), placed.text
     assert answer.status_code == 200, answer.text
     stores = answer.json()["stores"]
     assert stores, "the demo stocks its first sku in some pickup stores"

@@ -1,5 +1,6 @@
 """`stocksync demo`: a small retailer to try stocksync on — a warehouse, an online node, pickup stores in
-Amsterdam and a few hundred skus with stock. Safe to repeat: its receipts have fixed event ids."""
+Amsterdam, a few hundred skus with stock, and the ``web`` channel the web shop sells from (the warehouse,
+the online node and three stores that ship from store). Safe to repeat: its receipts have fixed event ids."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.channels import put_channel
 from stocksync.adapters.locations import upsert_locations
+from stocksync.domain.channels import Channel
 from stocksync.domain.events import QtyLine, Receipt
 from stocksync.domain.model import Location
 from stocksync.service.ledger_service import LedgerService
@@ -31,6 +34,12 @@ LOCATIONS = (
         Location(location_id=lid, kind="store", name=name, pickup_enabled=True, lat=lat, lon=lon)
         for lid, name, lat, lon in STORES
     ),
+)
+WEB = Channel(
+    channel_id="web",
+    name="Web shop",
+    locations=("wh-ams", "online-eu", "store-ams-centraal", "store-ams-zuid", "store-ams-noord"),
+    buffer=2,  # kept back from what the web shop is shown, against a count that is off
 )
 CATEGORIES = ("TSHIRT", "JEANS", "SNEAKER", "JACKET", "SOCKS", "CAP")
 SIZES = ("S", "M", "L", "XL")
@@ -68,6 +77,7 @@ async def seed_demo(
 ) -> list[str]:
     skus = demo_skus()
     await upsert_locations(engine, list(LOCATIONS))
+    await put_channel(engine, WEB)
     for receipt in demo_receipts(skus):
         await ledger.apply([receipt])
         progress(1)
