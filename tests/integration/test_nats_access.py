@@ -391,3 +391,24 @@ async def test_the_service_speaks_tls_to_nats_with_its_ca(tmp_path: Path) -> Non
             await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("role", ["pos", "staff", "ecommerce", "admin"])
+async def test_only_the_web_shop_and_admin_place_orders_and_read_channels(secured: Secured, role: str) -> None:
+    allowed = role in ("ecommerce", "admin")
+    subject = f"stocksync.in._order.web-{role}.place"
+    before = await in_stream(secured, subject)
+    async with connected(secured.nats_url, secured.keys[role]) as conn:
+        await conn.nc.publish(subject, b"{}")
+        await conn.nc.subscribe("stocksync.out.order.>")
+        await conn.nc.subscribe("stocksync.out.channel.>")
+        if allowed:
+            await conn.nc.flush()
+            kv = await conn.nc.jetstream().key_value("stocksync_channel_availability")
+            with pytest.raises(nats.js.errors.KeyNotFoundError):
+                await kv.get("web.none")
+            await asyncio.sleep(0.5)  # a violation would have come back by now
+            assert conn.errors == [], conn.errors
+        else:
+            await conn.refusals([subject, "stocksync.out.order.>", "stocksync.out.channel.>"])
+    assert await in_stream(secured, subject) == before + allowed
