@@ -27,18 +27,30 @@ from nats.js.kv import KeyValue
 from stocksync.adapters.bulk import seed_bulk
 from stocksync.adapters.channels import put_channel
 from stocksync.adapters.database import create_engine
-from stocksync.domain.channels import Channel
 from stocksync.cli import main
-from stocksync.domain.events import Command, encode
+from stocksync.domain.channels import Channel
+from stocksync.domain.events import Command, SetSafetyStock, encode
 from stocksync.embedded.nats import nats_server_binary
 from stocksync.embedded.processes import free_port, terminate
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.reconciliation import run as run_module
-from stocksync.wire import CHANNEL_BUCKET, AVAILABILITY_BUCKET
+from stocksync.http.app import create_app
+from stocksync.service.keys import create_key
+from stocksync.service.ledger_service import GroupCommitLedger
+from stocksync.wire import AVAILABILITY_BUCKET, CHANNEL_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique
-from tests.support_nats import in_process, outcomes, prepare, subject_of, unrelayed, wait_until
+from tests.support_nats import (
+    in_process,
+    invariant_violations,
+    outcomes,
+    prepare,
+    publish_events,
+    subject_of,
+    unrelayed,
+    wait_until,
+)
 
 
 @dataclasses.dataclass
@@ -181,6 +193,10 @@ async def _count(awaitable, n: int) -> bool:
 
 async def _has(awaitable, key: str) -> bool:
     return key in await awaitable
+
+
+async def _all(awaitable, keys: set[str]) -> bool:
+    return keys <= set(await awaitable)
 
 
 async def _none(awaitable) -> bool:
@@ -795,3 +811,56 @@ async def test_channel_entries_are_checked_against_the_positions_they_sum_and_re
     assert [(f["channel_id"], f["sku"]) for f in found.findings("channel_kv_missing")] == [("web", b)]
     assert repair.report["summary"]["repaired"] == {"channel_kv_missing": 1, "channel_kv_stale": 1}
     assert (again.code, again.report["findings"]) == (0, [])
+
+
+async def test_a_hundred_orders_racing_nats_sales_leave_a_ledger_that_reconciles_clean(stack: Stack) -> None:
+    """Issue 11's race: the channel has 10 units over 4 stores, 100 orders are posted at once while the tills
+    sell the same sku over NATS: exactly the 10 units are allocated, none half, the invariants hold, and
+    reconcile exits 0. Each store keeps one unit back for walk-in customers (safety stock), which the tills
+    sell and the web shop never sees, so no hold is left short."""
+    stores, sku = [unique("store") for _ in range(4)], unique("SKU")
+    await prepare(stack.database_url, stack.nats_url, stores)
+    engine = create_engine(stack.database_url, pool_size=10)
+    try:
+        await put_channel(engine, Channel(channel_id="web", name="Web", locations=tuple(stores)))
+        await apply(stack, *(receipt(store, {sku: qty}) for store, qty in zip(stores, (2, 3, 4, 5), strict=True)))
+        keep_one = [
+            SetSafetyStock(event_id=unique("ss"), location_id=store, occurred_at=at(1), sku=sku, qty=1)
+            for store in stores
+        ]
+        await apply(stack, *keep_one)
+        key = await create_key(engine, "ecommerce")
+        app = create_app(engine=engine, ledger=GroupCommitLedger(engine))
+        async with (
+            in_process(stack.database_url, stack.nats_url),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+        ):
+            nc = await nats.connect(stack.nats_url)
+            sales = [sale(store, {sku: 1}, at=5) for store in stores]
+            orders = [
+                {"order_id": f"o-{i}", "channel_id": "web", "lines": [{"sku": sku, "qty": 1}]}
+                for i in range(100)
+            ]
+            answers, _ = await asyncio.gather(
+                asyncio.gather(
+                    *(http.post("/v1/orders", json=o, headers={"Authorization": f"Bearer {key}"}) for o in orders)
+                ),
+                publish_events(nc.jetstream(), sales),
+            )
+            await nc.close()
+            sold = {event.event_id for event in sales}
+            await wait_until(lambda: _all(outcomes(stack.database_url, stores), sold), what="sales applied")
+            await wait_until(lambda: _none(unrelayed(stack.database_url)), what="all relayed")
+    finally:
+        await engine.dispose()
+
+    assert {a.status_code for a in answers} <= {201, 409}
+    placed = [a.json() for a in answers if a.status_code == 201]
+    allocated = sum(line["qty"] for o in placed for x in o["allocations"] for line in x["lines"])
+    assert allocated == sum(line["qty"] for o in placed for line in o["lines"])  # none half allocated
+    assert allocated == len(placed) == 10  # what the channel had, whatever the tills sold meanwhile
+    assert await invariant_violations(stack.database_url, stores) == []
+    reserved = sql(stack, f"SELECT sum(reserved) FROM positions WHERE sku = '{sku}'")[0][0]
+    assert reserved == allocated
+    run = await reconcile(stack)
+    assert (run.code, run.report["findings"]) == (0, [])
