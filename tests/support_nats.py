@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -25,6 +25,7 @@ import asyncpg
 import msgspec
 import nats
 import psutil
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -46,6 +47,7 @@ from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.ledger_service import LedgerService, body_hash
 from stocksync.wire import IN_STREAM, WORKER_CONSUMER
+from tests.support import NatsServer
 from tests.support_ledger import T0, store
 
 T = TypeVar("T")
@@ -509,3 +511,28 @@ async def invariant_violations(url: str, location_ids: Iterable[str]) -> list[di
             and r["reserved"] == r["moved_reserved"] == r["held"]
         )
     ]
+
+
+# -- a test's own database and nats-server ---------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    database_url: str
+    nats: NatsServer
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+
+@pytest.fixture
+def stack(fresh_database: Callable[[], str], nats_server_factory: Callable[[], NatsServer]) -> Stack:
+    """A database and a nats-server of the test's own, so stream contents and ledger rows are its alone."""
+    return Stack(fresh_database(), nats_server_factory())
+
+
+@pytest.fixture(autouse=True)
+def _no_service_process_left_running() -> Iterator[None]:
+    yield
+    stop_service_processes()

@@ -140,7 +140,9 @@ class ChannelAvailabilityBody(Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, stock: ChannelStock) -> ChannelAvailabilityBody:
-        return cls(channel_id=stock.channel_id, sku=stock.sku, available=stock.available, locations=stock.locations)
+        return cls(
+            channel_id=stock.channel_id, sku=stock.sku, available=stock.available, locations=stock.locations
+        )
 
 
 class ChannelAvailabilityMessage(ChannelAvailabilityBody, frozen=True, kw_only=True):
@@ -151,7 +153,9 @@ class ChannelAvailabilityMessage(ChannelAvailabilityBody, frozen=True, kw_only=T
     as_of: datetime
 
     @classmethod
-    def of(cls, stock: ChannelStock, version: int, as_of: datetime) -> ChannelAvailabilityMessage:  # type: ignore[override]
+    def of(  # type: ignore[override]
+        cls, stock: ChannelStock, version: int, as_of: datetime
+    ) -> ChannelAvailabilityMessage:
         return cls(**structs.asdict(ChannelAvailabilityBody.of(stock)), version=version, as_of=as_of)
 
 

@@ -31,11 +31,11 @@ IN_ALL, OUT_ALL, DLQ_ALL = "stocksync.in.>", "stocksync.out.>", "stocksync.dlq.>
 AVAILABILITY_ALL = "stocksync.out.availability.>"
 CHANNEL_ALL = "stocksync.out.channel.>"
 MSG_ID = "Nats-Msg-Id"
-NO_LOCATION = "_"
+NO_LOCATION = "_"  # the dead-letter subject's token when the refused subject names no valid location
 ORDER_TOKEN = "_order"  # stocksync.in._order.<channel_id>.<action>: no location id starts with "_"
 ORDER_ACTIONS = ("place", "ship", "cancel")
 # An outbox row on this subject is never published: it asks the relay to publish a channel's skus again.
-CHANNEL_REFRESH = "stocksync.internal.channel_refresh"  # the dead-letter subject's token when the refused subject names no valid location
+CHANNEL_REFRESH = "stocksync.internal.channel_refresh"
 
 _ID = re.compile(ID_PATTERN)
 
@@ -239,7 +239,7 @@ def nats_permissions(
         subscribe += [AVAILABILITY_ALL, reservation_subject(">"), CHANNEL_ALL, order_subject(">")]
         publish += [order_inbound_subject("*", action) for action in ORDER_ACTIONS]
         publish += [f"{_JS}.CONSUMER.CREATE.{OUT_STREAM}.*.{order_subject('*')}"]
-        publish += [grant for stream in (AVAILABILITY_KV_STREAM, CHANNEL_KV_STREAM) for grant in _reads(stream)]
+        publish += [*_reads(AVAILABILITY_KV_STREAM), *_reads(CHANNEL_KV_STREAM)]
     return NatsPermissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
 

@@ -103,7 +103,9 @@ def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_
         )
         assert httpx.get(f"{service.base}/v1/pickup", params={"sku": demo["sku"]}).status_code == 401
         shop = {"Authorization": f"Bearer {demo['keys']['ecommerce']}"}
-        web = httpx.get(f"{service.base}/v1/channels/web/availability", params={"sku": demo["sku"]}, headers=shop)
+        web = httpx.get(
+            f"{service.base}/v1/channels/web/availability", params={"sku": demo["sku"]}, headers=shop
+        )
         order = {"order_id": "web-1001", "channel_id": "web", "lines": [{"sku": demo["sku"], "qty": 1}]}
         placed = httpx.post(f"{service.base}/v1/orders", json=order, headers=shop)
     finally:

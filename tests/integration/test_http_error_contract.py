@@ -141,7 +141,9 @@ PRODUCERS: dict[tuple[str, str, int], Produce] = {
     ("GET", C, 400): lambda w: w.admin.get("/v1/channels/bad.id"),
     ("GET", C, 404): lambda w: w.admin.get(f"/v1/channels/{unique('ghost')}"),
     ("GET", C + "/availability", 400): lambda w: w.admin.get(f"/v1/channels/{w.channel}/availability"),
-    ("GET", C + "/availability", 404): lambda w: w.admin.get("/v1/channels/ghost/availability", params={"sku": "a"}),
+    ("GET", C + "/availability", 404): lambda w: w.admin.get(
+        "/v1/channels/ghost/availability", params={"sku": "a"}
+    ),
     ("POST", O, 400): lambda w: w.admin.post(O, json={"order_id": "o"}),
     ("POST", O, 403): lambda w: w.pos.post(O, json=w.order()),
     ("POST", O, 404): lambda w: w.admin.post(O, json={**w.order(), "channel_id": "ghost"}),
@@ -157,7 +159,6 @@ PRODUCERS: dict[tuple[str, str, int], Produce] = {
     ("POST", OC + "/cancel", 403): lambda w: w.staff.post(f"{O}/{unique('order')}/cancel"),
     ("POST", OC + "/cancel", 404): lambda w: w.admin.post(f"{O}/{unique('order')}/cancel"),
     ("POST", OC + "/cancel", 409): lambda w: _order_not_allocated(w, "ship", "cancel"),
-
     ("GET", "/v1/availability", 400): lambda w: w.admin.get("/v1/availability"),
     ("GET", "/v1/availability", 404): lambda w: w.admin.get(
         "/v1/availability", params={"sku": w.sku, "location_id": unique("ghost")}

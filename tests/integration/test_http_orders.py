@@ -28,7 +28,11 @@ def order_body(channel_id: str, *lines: tuple[str, int], **extra: object) -> dic
 
 
 async def test_a_channel_is_defined_listed_and_sums_its_locations_less_the_buffer(admin: Api, ecommerce: Api):
-    wh, ams, other = await admin.store(kind="warehouse", pickup=False), await admin.store(), await admin.store()
+    wh, ams, other = (
+        await admin.store(kind="warehouse", pickup=False),
+        await admin.store(),
+        await admin.store(),
+    )
     sku = unique("sku")
     for location, qty in ((wh, 7), (ams, 4), (other, 100)):
         await admin.receive(location, sku, qty)
@@ -39,16 +43,26 @@ async def test_a_channel_is_defined_listed_and_sums_its_locations_less_the_buffe
     answer = await ecommerce.get(f"/v1/channels/{web}/availability", params={"sku": [sku, "never-seen"]})
     assert answer.status_code == 200, answer.text
     assert answer.json()["items"] == [
-        {"channel_id": web, "sku": sku, "available": 9, "locations": [
-            {"location_id": wh, "available": 7}, {"location_id": ams, "available": 4}]},
-        {"channel_id": web, "sku": "never-seen", "available": 0, "locations": [
-            {"location_id": wh, "available": 0}, {"location_id": ams, "available": 0}]},
+        {
+            "channel_id": web,
+            "sku": sku,
+            "available": 9,
+            "locations": [{"location_id": wh, "available": 7}, {"location_id": ams, "available": 4}],
+        },
+        {
+            "channel_id": web,
+            "sku": "never-seen",
+            "available": 0,
+            "locations": [{"location_id": wh, "available": 0}, {"location_id": ams, "available": 0}],
+        },
     ]
 
 
 async def test_channel_refusals_are_clear(admin: Api, ecommerce: Api):
     store = await admin.store()
-    assert (await ecommerce.put("/v1/channels/web-x", json={"name": "x", "locations": [store]})).status_code == 403
+    assert (
+        await ecommerce.put("/v1/channels/web-x", json={"name": "x", "locations": [store]})
+    ).status_code == 403
     unknown = await admin.put("/v1/channels/web-x", json={"name": "x", "locations": [store, "nowhere"]})
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_location")
     twice = await admin.put("/v1/channels/web-x", json={"name": "x", "locations": [store, store]})
@@ -73,7 +87,11 @@ async def test_an_order_is_allocated_whole_at_one_location_and_ships_as_sales(ad
     order = placed.json()
     assert order["status"] == "allocated" and order["reference"] == "web-1"
     assert order["allocations"] == [
-        {"location_id": ams, "reservation_id": order["order_id"], "lines": [{"sku": a, "qty": 2}, {"sku": b, "qty": 1}]}
+        {
+            "location_id": ams,
+            "reservation_id": order["order_id"],
+            "lines": [{"sku": a, "qty": 2}, {"sku": b, "qty": 1}],
+        }
     ]
     assert [(await admin.position(ams, s))["reserved"] for s in (a, b)] == [2, 1]
     shipped = await ecommerce.post(f"/v1/orders/{order['order_id']}/ship")
@@ -83,7 +101,10 @@ async def test_an_order_is_allocated_whole_at_one_location_and_ships_as_sales(ad
     assert (position["on_hand"], position["reserved"]) == (1, 0)
     refused = await ecommerce.post(f"/v1/orders/{order['order_id']}/cancel")
     assert (refused.status_code, refused.json()["error"], refused.json()["status"]) == (
-        409, "order_not_allocated", "shipped")
+        409,
+        "order_not_allocated",
+        "shipped",
+    )
 
 
 async def test_an_order_no_location_holds_is_split_over_the_fewest(admin: Api, ecommerce: Api):
@@ -107,7 +128,9 @@ async def test_the_nearest_location_to_ship_to_is_chosen(admin: Api, ecommerce: 
     await admin.receive(far, sku, 5)
     await admin.receive(near, sku, 5)
     web = await channel(admin, [far, near])
-    order = await ecommerce.post("/v1/orders", json=order_body(web, (sku, 1), ship_to={"lat": 51.9, "lon": 4.5}))
+    order = await ecommerce.post(
+        "/v1/orders", json=order_body(web, (sku, 1), ship_to={"lat": 51.9, "lon": 4.5})
+    )
     assert [x["location_id"] for x in order.json()["allocations"]] == [near]
 
 
@@ -166,7 +189,9 @@ async def test_a_hundred_orders_racing_tills_for_ten_units_over_four_locations(
         await admin.receive(store, sku, qty)
     web = await channel(admin, stores)
     tills = [await as_key("pos", [store]) for store in stores]
-    sales = [till.event("sale", store, [{"sku": sku, "qty": 1}]) for till, store in zip(tills, stores, strict=True)]
+    sales = [
+        till.event("sale", store, [{"sku": sku, "qty": 1}]) for till, store in zip(tills, stores, strict=True)
+    ]
     orders = [ecommerce.post("/v1/orders", json=order_body(web, (sku, 1 + i % 2))) for i in range(100)]
 
     answers = await asyncio.gather(*orders, *sales)
@@ -201,7 +226,9 @@ async def test_a_hundred_orders_racing_tills_for_ten_units_over_four_locations(
     assert held == allocated
 
 
-async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_follows(admin: Api, ecommerce: Api):
+async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_follows(
+    admin: Api, ecommerce: Api
+):
     wh, ams = await admin.store(kind="warehouse", pickup=False), await admin.store()
     a, b = unique("sku"), unique("sku")
     await admin.receive(wh, a, 3)
@@ -217,7 +244,9 @@ async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_fo
         "return", ams, [{"sku": a, "qty": 1, "disposition": "damaged"}], order_id=order["order_id"]
     )
     too_many = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=order["order_id"])
-    not_ordered = await admin.event("return", ams, [{"sku": unique("sku"), "qty": 1}], order_id=order["order_id"])
+    not_ordered = await admin.event(
+        "return", ams, [{"sku": unique("sku"), "qty": 1}], order_id=order["order_id"]
+    )
     unknown = await admin.event("return", ams, [{"sku": a, "qty": 1}], order_id=unique("order"))
 
     assert [x.json()["outcome"] for x in (returned, damaged)] == ["applied", "applied"]
@@ -230,4 +259,6 @@ async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_fo
     assert (at_ams["on_hand"], at_ams["damaged"], at_ams["available"]) == (1, 1, 1)
     seen = (await ecommerce.get(f"/v1/channels/{web}/availability", params={"sku": a})).json()["items"][0]
     assert seen["available"] == 2 and seen["locations"] == [
-        {"location_id": wh, "available": 1}, {"location_id": ams, "available": 1}]
+        {"location_id": wh, "available": 1},
+        {"location_id": ams, "available": 1},
+    ]

@@ -28,6 +28,7 @@ from nats.aio.client import Client
 
 import stocksync
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
 from stocksync.aio import cancel_and_wait
 from stocksync.clients.ecommerce import EcommerceClient
 from stocksync.clients.pos import PosClient
@@ -41,7 +42,6 @@ from stocksync.messaging.topology import connect, migrate_topology
 from stocksync.migrate import migrate_database_async
 from stocksync.server import serve
 from stocksync.service.keys import create_key
-from stocksync.adapters.locations import upsert_locations
 from stocksync.settings import Settings
 from stocksync.wire import IN_STREAM, key_options
 from tests.support import NatsServer
@@ -394,7 +394,9 @@ async def test_the_service_speaks_tls_to_nats_with_its_ca(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("role", ["pos", "staff", "ecommerce", "admin"])
-async def test_only_the_web_shop_and_admin_place_orders_and_read_channels(secured: Secured, role: str) -> None:
+async def test_only_the_web_shop_and_admin_place_orders_and_read_channels(
+    secured: Secured, role: str
+) -> None:
     allowed = role in ("ecommerce", "admin")
     subject = f"stocksync.in._order.web-{role}.place"
     before = await in_stream(secured, subject)

@@ -3,50 +3,27 @@ following the sales at the stores it sums, and orders placed, shipped and refuse
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
-
 import msgspec
-import pytest
 
 from stocksync.adapters.channels import put_channel
 from stocksync.adapters.database import create_engine
 from stocksync.domain.channels import Channel
 from stocksync.messages import ChannelAvailabilityMessage, OrderBody
 from stocksync.wire import CHANNEL_BUCKET, DLQ_STREAM, OUT_STREAM, DeadLetter, order_inbound_subject
-from tests.support import NatsServer
 from tests.support_ledger import receipt, sale, unique
-from tests.support_nats import (
+from tests.support_nats import (  # noqa: F401  (stack: a fixture)
+    Stack,
+    _no_service_process_left_running,
     decode_availability,
     in_process,
     jetstream,
     prepare,
     publish_events,
     read_stream,
+    stack,
     stop_service_processes,
     wait_until,
 )
-
-
-@dataclasses.dataclass
-class Stack:
-    database_url: str
-    nats: NatsServer
-
-    @property
-    def nats_url(self) -> str:
-        return self.nats.url
-
-
-@pytest.fixture
-def stack(fresh_database: Callable[[], str], nats_server_factory: Callable[[], NatsServer]) -> Stack:
-    return Stack(fresh_database(), nats_server_factory())
-
-
-@pytest.fixture(autouse=True)
-def _no_service_process_left_running() -> Iterator[None]:
-    yield
-    stop_service_processes()
 
 
 async def define(database_url: str, channel: Channel) -> None:
@@ -149,8 +126,13 @@ async def test_orders_over_nats_are_allocated_shipped_and_refused_with_their_rea
         await js.publish(order_inbound_subject("web", "place"), msgspec.json.encode(short))
         refused = await wait_until(lambda: last_order("o-2", "rejected"), what="o-2 refused")
         assert (refused.error, [(s.requested, s.available) for s in refused.shortages]) == (
-            "insufficient_stock", [(9, 3)])
-        await js.publish(order_inbound_subject("nope", "place"), msgspec.json.encode({**order, "order_id": "o-3", "channel_id": "nope"}))
+            "insufficient_stock",
+            [(9, 3)],
+        )
+        await js.publish(
+            order_inbound_subject("nope", "place"),
+            msgspec.json.encode({**order, "order_id": "o-3", "channel_id": "nope"}),
+        )
         unknown = await wait_until(lambda: last_order("o-3", "rejected"), what="o-3 refused")
         assert unknown.error == "unknown_channel"
         await js.publish(order_inbound_subject("web", "ship"), b'{"order_id": "o-1"}')  # again: the same
@@ -158,7 +140,9 @@ async def test_orders_over_nats_are_allocated_shipped_and_refused_with_their_rea
         late = await wait_until(lambda: last_order("o-1", "shipped"), what="o-1 still shipped")
         assert late.status == "shipped"
         await js.publish(order_inbound_subject("web", "place"), b'{"order_id": "o-4"}')  # no lines
-        await js.publish(order_inbound_subject("app", "place"), msgspec.json.encode({**order, "order_id": "o-5"}))
+        await js.publish(
+            order_inbound_subject("app", "place"), msgspec.json.encode({**order, "order_id": "o-5"})
+        )
 
         async def letters():
             msgs = await read_stream(js, DLQ_STREAM, "stocksync.dlq.>")

@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,11 +23,13 @@ from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import migrate_topology, worker_consumer
 from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER, DeadLetter
-from tests.support import NatsServer, run_sql
+from tests.support import run_sql
 from tests.support_ledger import adjust, cancel, collect, count, receipt, reserve, return_, sale, unique
-from tests.support_nats import (
+from tests.support_nats import (  # noqa: F401  (stack: a fixture)
     ReferenceLedger,
     ServiceProcess,
+    Stack,
+    _no_service_process_left_running,
     consumer_settled,
     count_processed,
     decode_availability,
@@ -45,34 +46,13 @@ from tests.support_nats import (
     relay_leader,
     reservation_statuses,
     set_ack_wait,
+    stack,
     stop_service_processes,
     unrelayed,
     versions_in_stream_order,
     wait_until,
     without_version,
 )
-
-
-@dataclasses.dataclass
-class Stack:
-    database_url: str
-    nats: NatsServer
-
-    @property
-    def nats_url(self) -> str:
-        return self.nats.url
-
-
-@pytest.fixture
-def stack(fresh_database: Callable[[], str], nats_server_factory: Callable[[], NatsServer]) -> Stack:
-    return Stack(fresh_database(), nats_server_factory())
-
-
-@pytest.fixture(autouse=True)
-def _no_service_process_left_running() -> Iterator[None]:
-    yield
-    stop_service_processes()
-
 
 # --- one event ------------------------------------------------------------------------------------------
 

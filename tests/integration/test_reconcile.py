@@ -32,12 +32,11 @@ from stocksync.domain.channels import Channel
 from stocksync.domain.events import Command, SetSafetyStock, encode
 from stocksync.embedded.nats import nats_server_binary
 from stocksync.embedded.processes import free_port, terminate
-from stocksync.messaging.relay import OutboxRelay
-from stocksync.service.ledger_service import LedgerService
-from stocksync.service.reconciliation import run as run_module
 from stocksync.http.app import create_app
+from stocksync.messaging.relay import OutboxRelay
 from stocksync.service.keys import create_key
-from stocksync.service.ledger_service import GroupCommitLedger
+from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
+from stocksync.service.reconciliation import run as run_module
 from stocksync.wire import AVAILABILITY_BUCKET, CHANNEL_BUCKET
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import at, receipt, reserve, sale, unique
@@ -805,9 +804,9 @@ async def test_channel_entries_are_checked_against_the_positions_they_sum_and_re
     again = await reconcile(stack)
 
     assert found.code == 1
-    assert [(f["channel_id"], f["sku"], f["expected"], f["actual"]) for f in found.findings("channel_kv_stale")] == [
-        ("web", a, 6, 9)
-    ]
+    assert [
+        (f["channel_id"], f["sku"], f["expected"], f["actual"]) for f in found.findings("channel_kv_stale")
+    ] == [("web", a, 6, 9)]
     assert [(f["channel_id"], f["sku"]) for f in found.findings("channel_kv_missing")] == [("web", b)]
     assert repair.report["summary"]["repaired"] == {"channel_kv_missing": 1, "channel_kv_stale": 1}
     assert (again.code, again.report["findings"]) == (0, [])
@@ -823,7 +822,9 @@ async def test_a_hundred_orders_racing_nats_sales_leave_a_ledger_that_reconciles
     engine = create_engine(stack.database_url, pool_size=10)
     try:
         await put_channel(engine, Channel(channel_id="web", name="Web", locations=tuple(stores)))
-        await apply(stack, *(receipt(store, {sku: qty}) for store, qty in zip(stores, (2, 3, 4, 5), strict=True)))
+        await apply(
+            stack, *(receipt(store, {sku: qty}) for store, qty in zip(stores, (2, 3, 4, 5), strict=True))
+        )
         keep_one = [
             SetSafetyStock(event_id=unique("ss"), location_id=store, occurred_at=at(1), sku=sku, qty=1)
             for store in stores
@@ -843,7 +844,10 @@ async def test_a_hundred_orders_racing_nats_sales_leave_a_ledger_that_reconciles
             ]
             answers, _ = await asyncio.gather(
                 asyncio.gather(
-                    *(http.post("/v1/orders", json=o, headers={"Authorization": f"Bearer {key}"}) for o in orders)
+                    *(
+                        http.post("/v1/orders", json=o, headers={"Authorization": f"Bearer {key}"})
+                        for o in orders
+                    )
                 ),
                 publish_events(nc.jetstream(), sales),
             )

@@ -56,7 +56,9 @@ def test_staff_publishes_every_type_and_ecommerce_reservations_at_pickup_stores(
 def test_no_till_or_store_key_may_place_online_orders() -> None:
     for role in ("pos", "staff"):
         rights = nats_permissions(role, ["a"], key_id="k")
-        assert not any("_order" in subject or ".order." in subject for subject in rights.publish + rights.subscribe)
+        assert not any(
+            "_order" in subject or ".order." in subject for subject in rights.publish + rights.subscribe
+        )
 
 
 def test_the_callout_jwts_are_signed_by_the_issuer_and_expire() -> None:

@@ -36,10 +36,18 @@ def test_channel_available_is_the_sum_less_the_buffer_never_below_zero():
     assert channel_available(0, [3, 4]) == 7
     assert channel_available(5, [3, 4]) == 2
     assert channel_available(9, [3, 4]) == 0
-    positions = {**stock(ams={"a": 5}), ("rot", "a"): Position(location_id="rot", sku="a", on_hand=4, reserved=6)}
+    positions = {
+        **stock(ams={"a": 5}),
+        ("rot", "a"): Position(location_id="rot", sku="a", on_hand=4, reserved=6),
+    }
     seen = channel_stock(WEB, "a", positions)
     assert seen.available == 5  # a location over-reserved adds nothing, never less than nothing
-    assert [(x.location_id, x.available) for x in seen.locations] == [("wh", 0), ("online", 0), ("ams", 5), ("rot", 0)]
+    assert [(x.location_id, x.available) for x in seen.locations] == [
+        ("wh", 0),
+        ("online", 0),
+        ("ams", 5),
+        ("rot", 0),
+    ]
 
 
 def test_one_location_that_holds_every_line_is_the_first_by_priority():
@@ -111,6 +119,10 @@ def test_an_allocation_takes_exactly_the_order_and_never_more_than_a_location_ha
         assert al.lines  # no empty allocation
         for line in al.lines:
             assert line.qty <= positions[(al.location_id, line.sku)].available
-    single = [loc for loc in WEB.locations if a[WEB.locations.index(loc)] >= qa and b[WEB.locations.index(loc)] >= qb]
+    single = [
+        loc
+        for loc in WEB.locations
+        if a[WEB.locations.index(loc)] >= qa and b[WEB.locations.index(loc)] >= qb
+    ]
     if single:
         assert [al.location_id for al in got] == [single[0]]

@@ -1,4 +1,5 @@
-"""The availability buckets (positions, channels) written by compare-and-set: never a newer ``version`` replaced by an older, and an
+"""The availability buckets (positions, channels) written by compare-and-set: never a newer ``version``
+replaced by an older, and an
 entry that is not an availability body counted as older than any (so a bad entry never stops the writer)."""
 
 from __future__ import annotations
@@ -58,9 +59,7 @@ class BucketWriter:
                 slow.append(key)
             elif known[0] < version:  # else already there: a pass sent again after a failure
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
-                sent = await self.js.publish_async(
-                    f"{self.subject_prefix}{key}", payload, headers=headers
-                )
+                sent = await self.js.publish_async(f"{self.subject_prefix}{key}", payload, headers=headers)
                 fast.append((key, version, sent))
         acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
         for (key, version, _), ack in zip(fast, acks, strict=True):

@@ -63,7 +63,9 @@ _NEXT_VERSION = text("SELECT nextval('channel_availability_version')")
 
 
 def _channel(row) -> Channel:
-    return Channel(channel_id=row.channel_id, name=row.name, locations=tuple(row.locations), buffer=row.buffer)
+    return Channel(
+        channel_id=row.channel_id, name=row.name, locations=tuple(row.locations), buffer=row.buffer
+    )
 
 
 async def read_channels(conn: AsyncConnection, ids: Sequence[str] | None = None) -> list[Channel]:
@@ -83,9 +85,7 @@ async def put_channel(engine: AsyncEngine, channel: Channel) -> None:
     async with engine.begin() as conn:
         known = set(
             await conn.scalars(
-                select(t.locations.c.location_id).where(
-                    t.locations.c.location_id == any_(ids_param("ids"))
-                ),
+                select(t.locations.c.location_id).where(t.locations.c.location_id == any_(ids_param("ids"))),
                 {"ids": list(channel.locations)},
             )
         )
@@ -107,7 +107,9 @@ async def put_channel(engine: AsyncEngine, channel: Channel) -> None:
             ),
             {"id": channel.channel_id, "name": channel.name, "buffer": channel.buffer},
         )
-        await conn.execute(t.channel_locations.delete().where(t.channel_locations.c.channel_id == channel.channel_id))
+        await conn.execute(
+            t.channel_locations.delete().where(t.channel_locations.c.channel_id == channel.channel_id)
+        )
         if channel.locations:
             await conn.execute(
                 t.channel_locations.insert(),
@@ -166,7 +168,9 @@ class ChannelReader:
         async with self.engine.connect() as conn:
             return await read_channels(conn, ids)
 
-    async def stock(self, channel_id: str, skus: Sequence[str]) -> tuple[Channel, dict[PositionKey, Position]]:
+    async def stock(
+        self, channel_id: str, skus: Sequence[str]
+    ) -> tuple[Channel, dict[PositionKey, Position]]:
         async with self.engine.connect() as conn:
             found = await read_channels(conn, [channel_id])
             if not found:

@@ -262,8 +262,12 @@ async def held_lines(conn: AsyncConnection, keys: Iterable[PositionKey]) -> dict
 
 # The orders a batch's returns name: locked first, then read in a statement of its own, so that under READ
 # COMMITTED the read sees a concurrent return to the same order that committed while this one waited.
-_LOCK_ORDERS = text("SELECT order_id FROM orders WHERE order_id = ANY(CAST(:ids AS text[])) ORDER BY order_id FOR UPDATE")
-_READ_ORDERS = text("SELECT order_id, status, lines, returned FROM orders WHERE order_id = ANY(CAST(:ids AS text[]))")
+_LOCK_ORDERS = text(
+    "SELECT order_id FROM orders WHERE order_id = ANY(CAST(:ids AS text[])) ORDER BY order_id FOR UPDATE"
+)
+_READ_ORDERS = text(
+    "SELECT order_id, status, lines, returned FROM orders WHERE order_id = ANY(CAST(:ids AS text[]))"
+)
 _RETURNED = """
     UPDATE orders o SET returned = CAST(v.returned AS jsonb), updated_at = :{p}now
     FROM unnest(CAST(:{p}ids AS text[]), CAST(:{p}returned AS text[])) AS v(order_id, returned)

@@ -227,8 +227,6 @@ orders = Table(
     _ts("created_at"),
     _ts("expires_at"),
     _ts("updated_at"),
-    CheckConstraint(
-        "status IN ('allocated', 'shipped', 'cancelled', 'rejected')", name="orders_status"
-    ),
+    CheckConstraint("status IN ('allocated', 'shipped', 'cancelled', 'rejected')", name="orders_status"),
     Index("orders_by_channel", "channel_id", "created_at"),
 )

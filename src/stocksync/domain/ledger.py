@@ -18,10 +18,10 @@ from .errors import (
     InsufficientStock,
     LedgerRefusal,
     ReservationExists,
-    ReturnNotInOrder,
-    UnknownOrder,
     ReservationNotHeld,
+    ReturnNotInOrder,
     UnknownLocation,
+    UnknownOrder,
     UnknownReservation,
 )
 from .events import (
@@ -273,7 +273,7 @@ class Ledger:
             all_positions=dict(self.positions),
             outcomes=tuple(self.outcomes),
             alerts=tuple(self._named(alert, held) for alert in self.alerts),
-            returned_orders=tuple(o for key, o in self.orders.items() if o is not self._loaded_orders.get(key)),
+            returned_orders=tuple(o for k, o in self.orders.items() if o is not self._loaded_orders.get(k)),
         )
 
     def _named(self, alert: Alert, held: Mapping[PositionKey, Sequence[HeldLine]]) -> Alert:
@@ -429,7 +429,7 @@ class Ledger:
             raise UnknownOrder(f"order {event.order_id!r} is not known")
         wanted = merge_lines(ReservationLine(sku=line.sku, qty=line.qty) for line in event.lines)
         if order.status != "shipped":
-            raise ReturnNotInOrder(f"order {order.order_id!r} is {order.status}: it shipped nothing to return")
+            raise ReturnNotInOrder(f"order {order.order_id!r} is {order.status}: nothing shipped to return")
         for line in wanted:
             left = order.shipped.get(line.sku, 0) - order.returned.get(line.sku, 0)
             if line.qty > left:

@@ -89,7 +89,9 @@ def source(
         )
     order = ranked_locations(channel, locations, ship_to)
     have = {
-        (location_id, line.sku): position.available if (position := positions.get((location_id, line.sku))) else 0
+        (location_id, line.sku): position.available
+        if (position := positions.get((location_id, line.sku)))
+        else 0
         for location_id in order
         for line in wanted
     }

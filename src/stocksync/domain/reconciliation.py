@@ -14,10 +14,10 @@ from typing import Final
 
 from msgspec import Struct
 
+from .channels import ChannelStock
 from .errors import StocksyncError
 from .events import ID_PATTERN, MAX_QUANTITY, Count, CountLine
 from .ledger import count_is_stale, reservations_at_risk
-from .channels import ChannelStock
 from .model import available
 
 _ID = re.compile(ID_PATTERN)
@@ -540,7 +540,7 @@ def exit_code(tally: Tally) -> int:
     return 1 if tally.total else 0
 
 
-# -- 4b. the channel bucket ------------------------------------------------------------------------------------
+# -- 4b. the channel bucket ---------------------------------------------------------------------------------
 
 
 def channel_finding(stock: ChannelStock, entry: ChannelStock | None) -> Finding | None:

@@ -13,12 +13,12 @@ from litestar.openapi.spec import Components
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import __version__
+from stocksync.adapters.channels import ChannelReader
 from stocksync.adapters.queries import Queries
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.events import MAX_BODY_BYTES
 from stocksync.http import errors, health
 from stocksync.http.auth import SECURITY, SECURITY_SCHEME, Access, ApiKeyMiddleware, provide_key
-from stocksync.adapters.channels import ChannelReader
 from stocksync.http.channels import ChannelController
 from stocksync.http.events import EventController
 from stocksync.http.locations import LocationController

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters.channels import ChannelReader, put_channel
 from stocksync.domain.channels import channel_stock
-from stocksync.domain.events import MAX_LINES, Sku, decoder
 from stocksync.domain.errors import UnknownChannel
+from stocksync.domain.events import MAX_LINES, Sku, decoder
 from stocksync.http.auth import admin_only
 from stocksync.http.errors import documented
 from stocksync.http.schemas import (
@@ -24,7 +25,6 @@ from stocksync.http.schemas import (
     read_body,
 )
 from stocksync.messages import ChannelAvailabilityBody
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 _decode_channel = decoder(ChannelRequest)
 Skus = Annotated[list[Sku], QueryParameter(min_items=1, max_items=MAX_LINES, description="repeatable")]
@@ -70,5 +70,7 @@ class ChannelController(Controller):
         """``available = max(0, Σ available at its locations − buffer)`` per sku, in the order asked."""
         channel, positions = await channels.stock(channel_id, sku)
         return ChannelAvailabilityList(
-            items=[ChannelAvailabilityBody.of(channel_stock(channel, s, positions)) for s in dict.fromkeys(sku)]
+            items=[
+                ChannelAvailabilityBody.of(channel_stock(channel, s, positions)) for s in dict.fromkeys(sku)
+            ]
         )

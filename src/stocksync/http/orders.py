@@ -58,13 +58,20 @@ class OrderController(Controller):
     async def read(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
         return OrderBody.of(await orders.read(order_id))
 
-    @post("/{order_id:str}/ship", guards=[may_order], status_code=200, responses=documented(400, 403, 404, 409))
+    @post(
+        "/{order_id:str}/ship", guards=[may_order], status_code=200, responses=documented(400, 403, 404, 409)
+    )
     async def ship(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
         """Every allocation collected (a sale at its location); shipping again answers the same; 409
         order_not_allocated with the order's status otherwise."""
         return OrderBody.of(await orders.ship(order_id))
 
-    @post("/{order_id:str}/cancel", guards=[may_order], status_code=200, responses=documented(400, 403, 404, 409))
+    @post(
+        "/{order_id:str}/cancel",
+        guards=[may_order],
+        status_code=200,
+        responses=documented(400, 403, 404, 409),
+    )
     async def cancel(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
         """Every allocation released; cancelling again answers the same; 409 order_not_allocated otherwise."""
         return OrderBody.of(await orders.cancel(order_id))

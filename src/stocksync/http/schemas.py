@@ -19,6 +19,7 @@ from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from stocksync.adapters.queries import MovementView
+from stocksync.domain.channels import Channel as SalesChannel
 from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import (
     DEFAULT_TTL_S,
@@ -39,7 +40,6 @@ from stocksync.domain.events import (
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
-from stocksync.domain.channels import Channel as SalesChannel
 from stocksync.messages import ChannelAvailabilityBody, PositionBody, ReservationBody
 
 T = TypeVar("T")
@@ -122,7 +122,8 @@ class ChannelRequest(Struct, frozen=True, kw_only=True):
             raise ValueError("`locations` names a location twice")
 
     def channel(self, channel_id: str) -> SalesChannel:
-        return SalesChannel(channel_id=channel_id, name=self.name, locations=tuple(self.locations), buffer=self.buffer)
+        locations = tuple(self.locations)
+        return SalesChannel(channel_id=channel_id, name=self.name, locations=locations, buffer=self.buffer)
 
 
 class SafetyStockRequest(Struct, frozen=True, kw_only=True):

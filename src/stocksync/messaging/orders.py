@@ -18,11 +18,12 @@ from nats.js import JetStreamContext
 
 from stocksync.clock import utc_now
 from stocksync.domain.errors import StocksyncError, Unavailable
-from stocksync.domain.events import MAX_BODY_BYTES, OrderAction, OrderRequest, TooDeep, decoder
+from stocksync.domain.events import OrderAction, OrderRequest, decoder
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import ReservationLine
 from stocksync.domain.orders import Order
 from stocksync.messages import OrderBody
+from stocksync.messaging.refusals import Refused, decoded
 from stocksync.service.orders import OrderService
 from stocksync.wire import MSG_ID, ORDER_ACTIONS, order_inbound_parts, order_inbound_subject, order_subject
 
@@ -31,31 +32,16 @@ _decode_place, _decode_action = decoder(OrderRequest), decoder(OrderAction)
 _encode = msgspec.json.encode
 
 
-class InvalidOrder(Exception):
-    def __init__(self, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.error, self.detail = error, detail
-
-
 def decode_order(subject: str, data: bytes) -> tuple[str, OrderRequest | OrderAction]:
-    """(action, body) of an order message; `InvalidOrder` with the dead letter's code otherwise."""
+    """(action, body) of an order message; `Refused` with the dead letter's code otherwise."""
     parts = order_inbound_parts(subject)
     if parts is None or parts[1] not in ORDER_ACTIONS:
-        raise InvalidOrder("subject_mismatch", f"{subject!r} is not stocksync.in._order.<channel_id>.<action>")
-    if len(data) > MAX_BODY_BYTES:
-        raise InvalidOrder("body_too_large", f"the body is {len(data)} bytes; at most {MAX_BODY_BYTES}")
+        raise Refused("subject_mismatch", f"{subject!r} is not stocksync.in._order.<channel_id>.<action>")
     channel_id, action = parts
-    try:
-        body = _decode_place(data) if action == "place" else _decode_action(data)
-    except msgspec.ValidationError as error:
-        raise InvalidOrder("invalid_order", str(error)) from None
-    except TooDeep as error:
-        raise InvalidOrder("too_deep", str(error)) from None
-    except msgspec.DecodeError as error:
-        raise InvalidOrder("undecodable", f"the body is not valid JSON: {error}") from None
+    body = decoded(_decode_place if action == "place" else _decode_action, data, "invalid_order")
     if isinstance(body, OrderRequest) and body.channel_id != channel_id:
         wanted = order_inbound_subject(body.channel_id, action)
-        raise InvalidOrder("subject_mismatch", f"subject {subject!r} does not match the body ({wanted})")
+        raise Refused("subject_mismatch", f"subject {subject!r} does not match the body ({wanted})")
     return action, body
 
 

@@ -37,12 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters import channels, outbox
-from stocksync.adapters.channels import ChannelRefresh
 from stocksync.adapters.bucket import BucketWriter, acknowledged
+from stocksync.adapters.channels import ChannelRefresh
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
-from stocksync.logs import outline
 from stocksync.domain.events import decoder
+from stocksync.logs import outline
 from stocksync.service.outbox import Publication, channel_publications
 from stocksync.wire import (
     AVAILABILITY_BUCKET,

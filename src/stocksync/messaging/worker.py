@@ -23,8 +23,14 @@ from nats.errors import Error as NatsError
 from stocksync import metrics
 from stocksync.aio import pause, quietly
 from stocksync.domain.errors import Unavailable
-from stocksync.domain.events import MAX_BODY_BYTES, InboundEvent, OrderAction, OrderRequest, TooDeep, decode_inbound
-from stocksync.messaging.orders import InvalidOrder, OrderHandler, decode_order
+from stocksync.domain.events import (
+    InboundEvent,
+    OrderAction,
+    OrderRequest,
+    decode_inbound,
+)
+from stocksync.messaging.orders import OrderHandler, decode_order
+from stocksync.messaging.refusals import Refused, decoded
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.orders import OrderService
 from stocksync.wire import (
@@ -50,29 +56,9 @@ MAX_HEADERS, HEADER_MAX_CHARS, DETAIL_MAX_CHARS = 32, 256, 2048
 ISOLATED_RETRIES = 3  # tries of one failing event, each after the database answered, before its dead letter
 
 
-class Refused(Exception):
-    """A message that is not a valid event: it goes to the DLQ with a machine code."""
-
-    def __init__(self, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.error = error
-        self.detail = detail
-
-
 def decode_message(subject: str, headers: dict[str, str] | None, data: bytes) -> InboundEvent:
     """Body and subject must agree: ``stocksync.in.<location_id>.<type>``, and ``Nats-Msg-Id`` = event_id."""
-    if len(data) > MAX_BODY_BYTES:
-        raise Refused(
-            "body_too_large", f"the body is {len(data)} bytes; at most {MAX_BODY_BYTES} are accepted"
-        )
-    try:
-        event = decode_inbound(data)
-    except msgspec.ValidationError as error:
-        raise Refused("invalid_event", str(error)) from None
-    except TooDeep as error:
-        raise Refused("too_deep", str(error)) from None
-    except msgspec.DecodeError as error:
-        raise Refused("undecodable", f"the body is not valid JSON: {error}") from None
+    event = decoded(decode_inbound, data, "invalid_event")
     if inbound_parts(subject) != (event.location_id, event.type):
         raise Refused(
             "subject_mismatch",
@@ -93,8 +79,6 @@ def _refusal_of(msg: Msg) -> InboundEvent | tuple[str, OrderRequest | OrderActio
         return decode_message(msg.subject, msg.headers, msg.data)
     except Refused as refusal:
         return refusal
-    except InvalidOrder as invalid:
-        return Refused(invalid.error, invalid.detail)
     except Exception as error:
         return Refused("decode_failed", f"{type(error).__name__}: {error}")
 

@@ -160,8 +160,10 @@ class LedgerService:
         )
 
 
-async def apply_in(batch: LedgerBatch, events: Sequence[Command], hashes: Sequence[bytes], now: datetime) -> Changes:
-    """Load and lock what the events touch, apply them in the core, and return its record (not yet written)."""
+async def apply_in(
+    batch: LedgerBatch, events: Sequence[Command], hashes: Sequence[bytes], now: datetime
+) -> Changes:
+    """Load and lock what the events touch, apply them in the core, and return its record (not written)."""
     ledger = Ledger.of(await batch.load(events, now))
     for event, digest in zip(events, hashes, strict=True):
         ledger.apply(event, digest)

@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import orders as rows
 from stocksync.adapters.channels import read_channels
-from stocksync.adapters.ledger_store import ConcurrentWrite, PostgresBatch, PostgresLedgerStore, load_locations, lock_positions
+from stocksync.adapters.ledger_store import (
+    ConcurrentWrite,
+    PostgresBatch,
+    PostgresLedgerStore,
+    load_locations,
+    lock_positions,
+)
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import (
     InsufficientStock,
@@ -28,11 +34,10 @@ from stocksync.domain.errors import (
     UnknownChannel,
     UnknownOrder,
 )
-from stocksync.domain.events import Cancel, Collect, QtyLine, Reserve
+from stocksync.domain.events import Cancel, Collect, OrderRequest, QtyLine, Reserve
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import ReservationLine
 from stocksync.domain.orders import Order, must_settle, order_status, source
-from stocksync.domain.events import OrderRequest
 from stocksync.service.ledger_service import LedgerService, apply_in, body_hash
 from stocksync.service.outbox import order_row, outbox_rows
 
@@ -41,7 +46,10 @@ Placed = tuple[Order, bool]  # the order, and whether this call placed it (False
 
 def order_hash(request: OrderRequest) -> bytes:
     """What makes two placements of an order id the same order (lines merged, so their order is no matter)."""
-    lines = [(line.sku, line.qty) for line in merge_lines(ReservationLine(sku=x.sku, qty=x.qty) for x in request.lines)]
+    lines = [
+        (line.sku, line.qty)
+        for line in merge_lines(ReservationLine(sku=x.sku, qty=x.qty) for x in request.lines)
+    ]
     ship_to = (request.ship_to.lat, request.ship_to.lon) if request.ship_to else None
     canonical = (request.channel_id, sorted(lines), ship_to, request.ttl_seconds, request.reference)
     return hashlib.sha256(msgspec.json.encode(canonical)).digest()
@@ -54,7 +62,7 @@ class OrderService:
         self.clock = clock
 
     async def place(self, request: OrderRequest, *, source_name: str) -> Placed:
-        """Allocate the whole order or refuse it (`InsufficientStock`, recorded: the same id answers the same);
+        """Allocate the whole order or refuse it (`InsufficientStock`, recorded: the same id answers so);
         the same id with another body is `OrderIdConflict`; an unknown channel `UnknownChannel`."""
         order, placed = await self.ledger.retrying(lambda: self._place_once(request, source_name))
         if order.status == "rejected":  # raised after the commit that recorded it
@@ -91,7 +99,9 @@ class OrderService:
                 raise ConcurrentWrite(f"order {request.order_id!r} was placed concurrently")
             return order, True
 
-    async def _allocate(self, batch: PostgresBatch, request: OrderRequest, now: datetime, source_name: str) -> Order:
+    async def _allocate(
+        self, batch: PostgresBatch, request: OrderRequest, now: datetime, source_name: str
+    ) -> Order:
         """Source on the locked positions and reserve at each allocation; a refused order is recorded too."""
         found = await read_channels(batch.conn, [request.channel_id])
         if not found:
@@ -155,7 +165,11 @@ class OrderService:
 
 
 def _reserve(
-    request: OrderRequest, location_id: str, lines: tuple[ReservationLine, ...], now: datetime, source_name: str
+    request: OrderRequest,
+    location_id: str,
+    lines: tuple[ReservationLine, ...],
+    now: datetime,
+    source_name: str,
 ) -> Reserve:
     return Reserve(
         event_id=f"order:{request.order_id}",

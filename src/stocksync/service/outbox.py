@@ -22,15 +22,15 @@ from stocksync.messages import (
 )
 from stocksync.wire import (
     alert_msg_id,
+    alert_subject,
+    availability_key,
+    availability_msg_id,
+    availability_subject,
     channel_key,
     channel_msg_id,
     channel_subject,
     order_msg_id,
     order_subject,
-    alert_subject,
-    availability_key,
-    availability_msg_id,
-    availability_subject,
     outcome_msg_id,
     outcome_subject,
     reservation_msg_id,
@@ -143,7 +143,9 @@ def channel_publications(
         Publication(
             subject=channel_subject(channel.channel_id, sku),
             msg_id=channel_msg_id(channel.channel_id, sku, version),
-            payload=_encode(ChannelAvailabilityMessage.of(channel_stock(channel, sku, positions), version, as_of)),
+            payload=_encode(
+                ChannelAvailabilityMessage.of(channel_stock(channel, sku, positions), version, as_of)
+            ),
             kv_key=channel_key(channel.channel_id, sku),
             version=version,
         )
@@ -153,4 +155,5 @@ def channel_publications(
 
 def order_row(order: Order) -> dict:
     """The order as a change left it, on ``stocksync.out.order.<order_id>`` (one message per status)."""
-    return _row(order_subject(order.order_id), order_msg_id(order.order_id, order.status), OrderBody.of(order))
+    msg_id = order_msg_id(order.order_id, order.status)
+    return _row(order_subject(order.order_id), msg_id, OrderBody.of(order))

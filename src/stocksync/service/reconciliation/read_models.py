@@ -226,7 +226,7 @@ async def overwrite(kv: KeyValue, key: str, version: int, payload: bytes) -> Non
             continue
 
 
-# -- the channel bucket ----------------------------------------------------------------------------------------
+# -- the channel bucket -------------------------------------------------------------------------------------
 
 
 async def check_channel_bucket(ctx: Context) -> Findings:
@@ -236,7 +236,8 @@ async def check_channel_bucket(ctx: Context) -> Findings:
     info = await ctx.js.stream_info(CHANNEL_KV_STREAM)
     ctx.progress.phase("channel bucket", info.state.messages)
     entries: dict[tuple[str, str], ChannelStock | None] = {}
-    async for msgs in read_batches(ctx.js, CHANNEL_KV_STREAM, f"{CHANNEL_KV_SUBJECT}>", last_per_subject=True):
+    entries_of = read_batches(ctx.js, CHANNEL_KV_STREAM, f"{CHANNEL_KV_SUBJECT}>", last_per_subject=True)
+    async for msgs in entries_of:
         prefix = len(CHANNEL_KV_SUBJECT)
         entries.update(
             _channel_entry(msg.subject[prefix:], msg.data)
@@ -300,7 +301,8 @@ async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
     if not findings:
         return findings
     kv = await ctx.js.key_value(CHANNEL_BUCKET)
-    stock = {(s.channel_id, s.sku): s for s in await _channel_stock(ctx, [(f.channel_id, f.sku) for f in findings])}
+    fresh = await _channel_stock(ctx, [(f.channel_id, f.sku) for f in findings])
+    stock = {(s.channel_id, s.sku): s for s in fresh}
     async with ctx.engine.connect() as conn:
         version = await channels_sql.next_version(conn)
         await conn.commit()
