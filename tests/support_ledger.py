@@ -99,10 +99,12 @@ def return_(
     at: When = 0,
     event_id: str | None = None,
     reference: str | None = None,
+    order_id: str | None = None,
 ) -> Return:
     return Return(
         **_common("return", location_id, at, event_id, reference),
         lines=[ReturnLine(sku=sku, qty=qty, disposition=disposition) for sku, qty in _pairs(lines)],
+        order_id=order_id,
     )
 
 

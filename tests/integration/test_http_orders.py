@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support_http import Api, admin, as_key, client, ecommerce, engine, scalar, unique  # noqa: F401
@@ -262,3 +263,33 @@ async def test_a_web_order_returned_at_a_store_restocks_there_and_the_channel_fo
         {"location_id": wh, "available": 1},
         {"location_id": ams, "available": 1},
     ]
+
+
+async def test_an_order_not_shipped_in_time_expires_by_rule_7_and_cannot_ship(
+    admin: Api, ecommerce: Api, engine: AsyncEngine
+):
+    one, two = await admin.store(), await admin.store()
+    sku = unique("sku")
+    await admin.receive(one, sku, 1)
+    await admin.receive(two, sku, 1)
+    web = await channel(admin, [one, two])
+    order = (await ecommerce.post("/v1/orders", json=order_body(web, (sku, 2), ttl_seconds=60))).json()
+    assert len(order["allocations"]) == 2
+    async with engine.begin() as conn:  # the hold's time runs out
+        await conn.execute(
+            text(
+                "UPDATE reservations SET expires_at = now() - interval '1 second' WHERE reservation_id = :id"
+            ),
+            {"id": order["order_id"]},
+        )
+
+    read = await ecommerce.get(f"/v1/orders/{order['order_id']}")
+    shipped = await ecommerce.post(f"/v1/orders/{order['order_id']}/ship")
+
+    assert read.json()["status"] == "expired"
+    assert (shipped.status_code, shipped.json()["error"], shipped.json()["status"]) == (
+        409,
+        "order_not_allocated",
+        "expired",
+    )
+    assert [(await admin.position(x, sku))["on_hand"] for x in (one, two)] == [1, 1]  # nothing sold

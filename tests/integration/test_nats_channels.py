@@ -10,7 +10,7 @@ from stocksync.adapters.database import create_engine
 from stocksync.domain.channels import Channel
 from stocksync.messages import ChannelAvailabilityMessage, OrderBody
 from stocksync.wire import CHANNEL_BUCKET, DLQ_STREAM, OUT_STREAM, DeadLetter, order_inbound_subject
-from tests.support_ledger import receipt, sale, unique
+from tests.support_ledger import receipt, return_, sale, unique
 from tests.support_nats import (  # noqa: F401  (stack: a fixture)
     Stack,
     _no_service_process_left_running,
@@ -122,12 +122,16 @@ async def test_orders_over_nats_are_allocated_shipped_and_refused_with_their_rea
 
         await js.publish(order_inbound_subject("web", "ship"), b'{"order_id": "o-1"}')
         await wait_until(lambda: last_order("o-1", "shipped"), what="o-1 shipped")
+        # The customer brings one back to the warehouse's counter: restocked there, and the channel follows.
+        brought = return_(wh, {sku: 1}, at=2, order_id="o-1")
+        await publish_events(js, [brought])
+        await wait_until(lambda: _when(entry(js, "web", sku), lambda e: e.available == 4), what="4 after")
         short = {**order, "order_id": "o-2", "lines": [{"sku": sku, "qty": 9}]}
         await js.publish(order_inbound_subject("web", "place"), msgspec.json.encode(short))
         refused = await wait_until(lambda: last_order("o-2", "rejected"), what="o-2 refused")
         assert (refused.error, [(s.requested, s.available) for s in refused.shortages]) == (
             "insufficient_stock",
-            [(9, 3)],
+            [(9, 4)],
         )
         await js.publish(
             order_inbound_subject("nope", "place"),
