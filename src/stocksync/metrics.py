@@ -26,6 +26,9 @@ OUTBOX_LAG = Gauge(
     "Outbox rows the relay's last pass found unrelayed (at most one batch: a full batch means at least that)",
 )
 RELAY_LEADING = Gauge("stocksync_relay_leading", "1 while this process's relay holds the leader lock")
+WEBHOOK_DELIVERIES = Counter(
+    "stocksync_webhook_deliveries_total", "Webhook deliveries finished, by outcome", ["outcome"]
+)
 BUCKET_MALFORMED = Counter(
     "stocksync_bucket_entries_malformed",
     "Availability bucket entries that were not an availability body, overwritten by the relay",

@@ -21,6 +21,7 @@ from stocksync.http.protocol import uvicorn_config
 from stocksync.messaging.nats_auth import AuthCallout, service_options
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import connect
+from stocksync.messaging.webhooks import WebhookDeliverer
 from stocksync.messaging.worker import EventWorker
 from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
 from stocksync.service.sweeper import ExpirySweeper
@@ -98,7 +99,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if "sweeper" in roles:
         sweeper = ExpirySweeper(engine, ledger, interval_s=settings.sweep_interval_s)
         tasks.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
-    if roles & {"worker", "relay", "auth"}:
+    if roles & {"worker", "relay", "auth", "webhooks"}:
         tasks.append(asyncio.create_task(_nats_roles(settings, roles, engine, ledger, stop), name="nats"))
     gc.collect()
     gc.freeze()  # what start-up built lives for ever: keep full collections from walking it (latency spikes)
@@ -132,7 +133,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
 async def _nats_roles(
     settings: Settings, roles: set[str], engine: AsyncEngine, ledger: LedgerService, stop: asyncio.Event
 ) -> None:
-    """The worker, the relay and the auth callout share one NATS connection (the service user's), made
+    """The worker, the relay, the auth callout and the webhooks share one NATS connection (the service user's), made
     (patiently) before they start. The callout runs only where an issuer seed is configured."""
     nc = await connect(settings.nats_url, **service_options(settings))
     parts = []
@@ -144,6 +145,10 @@ async def _nats_roles(
         parts.append(
             OutboxRelay(engine, nc, retention=timedelta(seconds=settings.outbox_retention_s)).run(stop)
         )
+    if "webhooks" in roles:
+        give_up = timedelta(seconds=settings.webhook_give_up_s)
+        deliverer = WebhookDeliverer(nc, engine, give_up_after=give_up, timeout_s=settings.webhook_timeout_s)
+        parts.append(deliverer.run(stop))
     try:
         await asyncio.gather(*parts)
     finally:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-SERVICE_ROLES = ("api", "worker", "relay", "sweeper", "auth")
+SERVICE_ROLES = ("api", "worker", "relay", "sweeper", "auth", "webhooks")
 TEST_PREFIX = "STOCKSYNC_TEST_"
 _NATS_URLS = r"^(nats|tls|ws|wss)://[^,\s]+(,(nats|tls|ws|wss)://[^,\s]+)*$"
 
@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sweep_interval_s: Annotated[float, Meta(gt=0)] = 1.0
     batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500
     outbox_retention_s: Annotated[int, Meta(ge=0)] = 86400
+    webhook_give_up_s: Annotated[float, Meta(gt=0)] = 86400.0
+    webhook_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 5.0
     # NATS access (docs/reliability.md, "Access to NATS"). The service user's NKey seed (``SU...``), inline or
     # in a file (a seed file or a ``.creds`` file); without either the service connects without credentials.
     nats_nkey_seed: str | None = None
@@ -94,6 +96,8 @@ HELP: dict[str, str] = {
     "sweep_interval_s": "how often the sweeper expires due reservations",
     "batch_max": "events per worker batch, 1 to 10,000",
     "outbox_retention_s": "how long relayed outbox rows are kept",
+    "webhook_give_up_s": "how long a webhook delivery is retried before it is logged gave_up and passed",
+    "webhook_timeout_s": "how long a webhook's receiver has to answer one delivery",
     "nats_nkey_seed": "the service's NATS NKey seed (SU…), inline or a file",
     "nats_creds": "the service's NATS .creds file (instead of a seed)",
     "nats_auth_issuer_seed": "the account seed (SA…) that signs the auth callout's answers",

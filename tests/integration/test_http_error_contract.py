@@ -28,6 +28,7 @@ PATH_VALUES = {
     "event_id": "ev-x",
     "channel_id": "web-x",
     "order_id": "order-x",
+    "webhook_id": "hook-x",
 }
 
 
@@ -133,7 +134,24 @@ async def _order_not_allocated(w: World, settle: str, then: str) -> httpx.Respon
     return await w.admin.post(f"{O}/{order_id}/{then}")
 
 
+W = "/v1/webhooks/{webhook_id}"
+HOOK = {"url": "http://127.0.0.1:9/erp", "subjects": ["stocksync.out.availability.>"], "secret": "x" * 16}
+
 PRODUCERS: dict[tuple[str, str, int], Produce] = {
+    ("GET", "/v1/webhooks", 403): lambda w: w.ecommerce.get("/v1/webhooks"),
+    ("PUT", W, 400): lambda w: w.admin.put(
+        "/v1/webhooks/hook-y", json={**HOOK, "subjects": ["stocksync.in.>"]}
+    ),
+    ("PUT", W, 403): lambda w: w.staff.put("/v1/webhooks/hook-y", json=HOOK),
+    ("PUT", W, 413): _large("PUT", "/v1/webhooks/hook-y"),
+    ("DELETE", W, 400): lambda w: w.admin.request("DELETE", "/v1/webhooks/bad.id"),
+    ("DELETE", W, 403): lambda w: w.pos.request("DELETE", "/v1/webhooks/hook-y"),
+    ("DELETE", W, 404): lambda w: w.admin.request("DELETE", f"/v1/webhooks/{unique('ghost')}"),
+    ("GET", W + "/deliveries", 400): lambda w: w.admin.get(
+        "/v1/webhooks/hook-y/deliveries", params={"limit": 0}
+    ),
+    ("GET", W + "/deliveries", 403): lambda w: w.ecommerce.get("/v1/webhooks/hook-y/deliveries"),
+    ("GET", W + "/deliveries", 404): lambda w: w.admin.get(f"/v1/webhooks/{unique('ghost')}/deliveries"),
     ("PUT", C, 400): lambda w: w.admin.put("/v1/channels/web-y", json={"name": "x"}),
     ("PUT", C, 403): lambda w: w.ecommerce.put("/v1/channels/web-y", json={"name": "x", "locations": []}),
     ("PUT", C, 404): lambda w: w.admin.put("/v1/channels/web-y", json={"name": "x", "locations": ["ghost"]}),

@@ -230,3 +230,32 @@ orders = Table(
     CheckConstraint("status IN ('allocated', 'shipped', 'cancelled', 'rejected')", name="orders_status"),
     Index("orders_by_channel", "channel_id", "created_at"),
 )
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("webhook_id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("subjects", ARRAY(Text), nullable=False),
+    Column("secret", Text, nullable=False),
+    _ts("created_at", now=True),
+    _ts("updated_at", now=True),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("webhook_id", Text, ForeignKey("webhooks.webhook_id", ondelete="CASCADE"), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("msg_id", Text),
+    Column("stream_sequence", BigInteger, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    _ts("first_attempt_at"),
+    _ts("finished_at"),
+    CheckConstraint("outcome IN ('delivered', 'gave_up')", name="webhook_deliveries_outcome"),
+    Index("webhook_deliveries_by_webhook", "webhook_id", "id"),
+)

@@ -25,6 +25,7 @@ from stocksync.http.locations import LocationController
 from stocksync.http.orders import OrderController
 from stocksync.http.reservations import ReservationController
 from stocksync.http.stock import StockController
+from stocksync.http.webhooks import WebhookController
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.orders import OrderService
@@ -66,6 +67,7 @@ def create_app(
             LocationController,
             ChannelController,
             OrderController,
+            WebhookController,
         ],
         middleware=[ApiKeyMiddleware],
         dependencies={"key": Provide(provide_key, sync_to_thread=False)},

@@ -62,9 +62,9 @@ def provide_key(request: Request[ApiKey, Any, Any]) -> ApiKey:
 
 
 def admin_only(connection: ASGIConnection[Any, ApiKey, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard of the routes that change reference data (locations, safety stock)."""
+    """Guard of the routes that change reference data (locations, safety stock, channels, webhooks)."""
     if connection.user.role != "admin":
-        raise Forbidden("only an admin key may change locations and safety stock")
+        raise Forbidden("only an admin key may change locations, safety stock, channels or webhooks")
 
 
 class Access:

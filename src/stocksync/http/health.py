@@ -40,6 +40,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "relay": ("database", "nats"),
     "sweeper": ("database",),
     "auth": ("database", "nats"),  # the NATS auth callout
+    "webhooks": ("database", "nats"),
 }
 
 

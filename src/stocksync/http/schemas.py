@@ -19,6 +19,7 @@ from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from stocksync.adapters.queries import MovementView
+from stocksync.adapters.webhooks import Delivery
 from stocksync.domain.channels import Channel as SalesChannel
 from stocksync.domain.errors import InvalidRequest
 from stocksync.domain.events import (
@@ -40,6 +41,7 @@ from stocksync.domain.events import (
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import Location, Reservation, ReservationLine, ReservationStatus, Shortage
 from stocksync.domain.pickup import LatLon, PickupStore
+from stocksync.domain.webhooks import SUBJECT_PATTERN, Webhook
 from stocksync.messages import ChannelAvailabilityBody, PositionBody, ReservationBody
 
 T = TypeVar("T")
@@ -50,6 +52,7 @@ LocationIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="l
 SkuPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="sku id")]
 ReservationIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="reservation")]
 ChannelIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="channel id")]
+WebhookIdPath = Annotated[str, PathParameter(pattern=ID_PATTERN, description="webhook id")]
 OrderIdPath = Annotated[str, PathParameter(pattern=RESERVATION_ID_PATTERN, description="order id")]
 MAX_CHANNEL_LOCATIONS = 100
 LocationIdQuery = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="location id")]
@@ -126,6 +129,17 @@ class ChannelRequest(Struct, frozen=True, kw_only=True):
         return SalesChannel(channel_id=channel_id, name=self.name, locations=locations, buffer=self.buffer)
 
 
+class WebhookRequest(Struct, frozen=True, kw_only=True):
+    """``PUT /v1/webhooks/{webhook_id}``: where to POST which out-stream messages, and the signing secret."""
+
+    url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    subjects: Annotated[list[Annotated[str, Meta(pattern=SUBJECT_PATTERN)]], Meta(min_length=1, max_length=20)]
+    secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+
+    def webhook(self, webhook_id: str) -> Webhook:
+        return Webhook(webhook_id=webhook_id, url=self.url, subjects=tuple(self.subjects), secret=self.secret)
+
+
 class SafetyStockRequest(Struct, frozen=True, kw_only=True):
     """``PUT /v1/locations/{location_id}/safety-stock/{sku}``."""
 
@@ -164,6 +178,26 @@ class ChannelList(Struct, frozen=True, kw_only=True):
 
 class ChannelAvailabilityList(Struct, frozen=True, kw_only=True):
     items: list[ChannelAvailabilityBody]
+
+
+class WebhookBody(Struct, frozen=True, kw_only=True):
+    """A webhook as HTTP shows it: never its secret."""
+
+    webhook_id: str
+    url: str
+    subjects: tuple[str, ...]
+
+    @classmethod
+    def of(cls, webhook: Webhook) -> WebhookBody:
+        return cls(webhook_id=webhook.webhook_id, url=webhook.url, subjects=webhook.subjects)
+
+
+class WebhookList(Struct, frozen=True, kw_only=True):
+    items: list[WebhookBody]
+
+
+class DeliveryList(Struct, frozen=True, kw_only=True):
+    items: list[Delivery]
 
 
 class LocationList(Struct, frozen=True, kw_only=True):
