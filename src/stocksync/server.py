@@ -15,6 +15,7 @@ import uvicorn
 from nats.errors import Error as NatsError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync import tracing
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
 from stocksync.http.protocol import uvicorn_config
@@ -83,6 +84,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
     if not settings.nats_auth_issuer_seed:  # an open NATS (no access configured): no callout to run
         roles.discard("auth")
     assert settings.database_url is not None
+    tracing.configure(settings.tracing, ",".join(sorted(roles)))
     engine = create_engine(settings.database_url, pool_size=20)
     ledger = LedgerService(engine)
     stop = asyncio.Event()

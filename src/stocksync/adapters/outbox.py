@@ -29,7 +29,7 @@ _HOLDS_LOCK = text(
     """
 )
 _PENDING = text(
-    "SELECT id, subject, msg_id, payload, kv_key, version FROM outbox"
+    "SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox"
     " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
 )
 # A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in

@@ -181,6 +181,7 @@ outbox = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("kv_key", Text),
     Column("version", BigInteger),
+    Column("traceparent", Text),  # the writing transaction's trace, while tracing is on
     _ts("created_at", now=True),
     _ts("relayed_at", nullable=True),
     Index("outbox_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),

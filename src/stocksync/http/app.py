@@ -25,6 +25,7 @@ from stocksync.http.locations import LocationController
 from stocksync.http.orders import OrderController
 from stocksync.http.reservations import ReservationController
 from stocksync.http.stock import StockController
+from stocksync.http.tracing import trace_requests
 from stocksync.http.webhooks import WebhookController
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
@@ -77,6 +78,7 @@ def create_app(
         route_handlers=[api, health.live, health.ready, health.metrics],
         dependencies={name: _constant(value) for name, value in services.items()},
         exception_handlers={Exception: errors.handle},
+        middleware=[trace_requests],
         request_max_body_size=MAX_BODY_BYTES,
         state=State({"key_verifier": verifier}),
         on_startup=[verifier.start],

@@ -32,10 +32,11 @@ import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from stocksync import metrics
+from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
 from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.adapters.channels import ChannelRefresh
@@ -235,10 +236,25 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence) -> None:
-        sent = [await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows]
+        if tracing.enabled():
+            sent = [await self._publish_traced(r) for r in rows]
+        else:
+            sent = [await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows]
         for ack in await acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
+
+    async def _publish_traced(self, row: Any) -> asyncio.Future:
+        """The row's publish as a span of the trace of the transaction that wrote it; the message carries it."""
+        traceparent = getattr(row, "traceparent", None)
+        if not traceparent:  # written while tracing was off, or a channel's sum: no trace to continue
+            return await self.js.publish_async(row.subject, row.payload, headers={MSG_ID: row.msg_id})
+        parent = tracing.parent_of({tracing.TRACEPARENT: traceparent})
+        with tracing.span("relay.publish", parent=parent, kind=SpanKind.PRODUCER, subject=row.subject):
+            headers = {MSG_ID: row.msg_id}
+            if (carried := tracing.current_traceparent()) is not None:
+                headers[tracing.TRACEPARENT] = carried
+            return await self.js.publish_async(row.subject, row.payload, headers=headers)
 
     async def _update_bucket(self, kv: KeyValue, rows: Sequence, writer: BucketWriter) -> None:
         newest: dict[str, tuple[int, bytes]] = {}

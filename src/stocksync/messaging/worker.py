@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from stocksync import metrics
+from stocksync import metrics, tracing
 from stocksync.aio import pause, quietly
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import (
@@ -218,7 +218,11 @@ class EventWorker:
             else:
                 valid.append((msg, decoded))
         stop = stop or asyncio.Event()
-        await self._apply_until_committed(valid, stop)
+        carried = [c for msg, _ in valid if (c := tracing.parent_of(msg.headers)) is not None]
+        with tracing.span(
+            "worker.batch", parent=carried[0] if carried else None, links=carried[1:], events=len(valid)
+        ):
+            await self._apply_until_committed(valid, stop)
         for order in orders:
             await self._order_until_committed(*order, stop)
 

@@ -19,7 +19,7 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stocksync import metrics
+from stocksync import metrics, tracing
 from stocksync.adapters.faults import DATABASE_ERRORS, collided, passing_fault
 from stocksync.adapters.ledger_store import ConcurrentWrite, PostgresLedgerStore
 from stocksync.clock import Clock, utc_now
@@ -133,9 +133,11 @@ class LedgerService:
     async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]) -> BatchResult:
         started = time.perf_counter()
         now = self.clock()
-        async with self.store.transaction() as batch:
-            changes = await apply_in(batch, events, hashes, now)
-            await batch.write(changes, outbox_rows(changes))  # the batch's one write: every table, the outbox
+        with tracing.span("ledger.transaction", events=len(events)):
+            async with self.store.transaction() as batch:
+                changes = await apply_in(batch, events, hashes, now)
+                rows = traced(outbox_rows(changes))
+                await batch.write(changes, rows)  # the batch's one write: every table, the outbox
         self._observe(changes, len(events), time.perf_counter() - started)
         return BatchResult(
             outcomes=list(changes.outcomes),
@@ -158,6 +160,12 @@ class LedgerService:
             ms=round(seconds * 1000, 2),
             **counts,
         )
+
+
+def traced(rows: list[dict]) -> list[dict]:
+    """Outbox rows with the transaction's trace, for the relay to continue (while tracing is on)."""
+    parent = tracing.current_traceparent()
+    return [{**row, "traceparent": parent} for row in rows] if parent else rows
 
 
 async def apply_in(

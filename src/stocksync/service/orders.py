@@ -38,7 +38,7 @@ from stocksync.domain.events import Cancel, Collect, OrderRequest, QtyLine, Rese
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import ReservationLine
 from stocksync.domain.orders import Order, must_settle, order_status, source
-from stocksync.service.ledger_service import LedgerService, apply_in, body_hash
+from stocksync.service.ledger_service import LedgerService, apply_in, body_hash, traced
 from stocksync.service.outbox import order_row, outbox_rows
 
 Placed = tuple[Order, bool]  # the order, and whether this call placed it (False: answered as first placed)
@@ -133,7 +133,7 @@ class OrderService:
         if refused := [o for o in changes.outcomes if o.outcome != "applied"]:
             # Sourced on what this transaction holds locked, a reserve can only meet an id already taken.
             raise OrderIdConflict(f"order {request.order_id!r}: {refused[0].detail or refused[0].error}")
-        await batch.write(changes, [*outbox_rows(changes), order_row(order)])
+        await batch.write(changes, traced([*outbox_rows(changes), order_row(order)]))
         return order
 
     async def _settle_once(self, order_id: str, target: Literal["shipped", "cancelled"]) -> Order:
@@ -160,7 +160,7 @@ class OrderService:
                 raise OrderNotAllocated(f"order {order_id!r} is {status}", status=status)
             order = msgspec.structs.replace(stored.order, status=target)
             await rows.set_status(batch.conn, order_id, target, now)
-            await batch.write(changes, [*outbox_rows(changes), order_row(order)])
+            await batch.write(changes, traced([*outbox_rows(changes), order_row(order)]))
             return order
 
 

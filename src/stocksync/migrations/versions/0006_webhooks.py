@@ -1,5 +1,6 @@
 """Webhooks: out-stream messages delivered by HTTP to systems that cannot consume NATS (an ERP, a
-marketplace connector), and a log of what became of each delivery.
+marketplace connector), and a log of what became of each delivery. And ``outbox.traceparent``: the trace of the
+transaction that wrote a row, continued by the relay's publish (written only while tracing is on).
 
 Revision ID: 0006
 """
@@ -46,8 +47,10 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id)")
+    op.execute("ALTER TABLE outbox ADD COLUMN traceparent text")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE outbox DROP COLUMN traceparent")
     op.execute("DROP TABLE webhook_deliveries")
     op.execute("DROP TABLE webhooks")
