@@ -9,12 +9,14 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from urllib.parse import SplitResult, urlsplit
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 import uvicorn
 from nats.errors import Error as NatsError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync import metrics
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
 from stocksync.http.protocol import uvicorn_config
@@ -90,6 +92,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         loop.add_signal_handler(signum, stop.set)
     tasks: list[asyncio.Task] = []
     http = None
+    scraped = _metrics_listener(settings, roles)
     if "api" in roles:
         http = _http_server(settings, engine, roles)
         http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -124,9 +127,23 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
             for task in tasks:  # ended, or still waiting for a server that never came: give up
                 await cancel_and_wait(task)
         await engine.dispose()
+        if scraped is not None:
+            scraped.shutdown()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         log.info("stopped")
+
+
+def _metrics_listener(settings: Settings, roles: set[str]) -> WSGIServer | None:
+    """Every process is scraped (docs/operations.md, "Metrics"): on its own metrics port when one is set or
+    it has no API, else on the API port's ``/metrics`` (None here)."""
+    for role in roles:
+        metrics.ROLES.labels(role).set(1)
+    port = settings.metrics_port
+    if port is None and "api" in roles:
+        return None
+    server, _ = metrics.serve_metrics(settings.http_host, metrics.DEFAULT_PORT if port is None else port)
+    return server
 
 
 async def _nats_roles(

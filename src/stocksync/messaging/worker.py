@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from stocksync import metrics
-from stocksync.aio import pause, quietly
+from stocksync.aio import cancel_and_wait, pause, quietly
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import MAX_BODY_BYTES, InboundEvent, TooDeep, decode_inbound
 from stocksync.service.ledger_service import LedgerService
@@ -178,6 +178,13 @@ class EventWorker:
         server refuses one shorter than two heartbeats (400, as after a reconnect), and fetch then raises
         and drops the messages it had already received, unacknowledged until ``ack_wait`` runs out.
         """
+        sampling = asyncio.create_task(metrics.sample_every(stop, "consumer", self.sample_lag))
+        try:
+            await self._fetch_until_stopped(stop)
+        finally:
+            await cancel_and_wait(sampling)
+
+    async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
@@ -196,6 +203,13 @@ class EventWorker:
                 log.warning("worker_subscription_lost", error=f"{type(error).__name__}: {error}")
                 await pause(stop, backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def sample_lag(self) -> None:
+        """Consumer lag as JetStream counts it: not yet delivered, and delivered but not acknowledged (the
+        consumer is shared: every worker reports the same numbers)."""
+        info = await self.js.consumer_info(IN_STREAM, WORKER_CONSUMER, timeout=self.fetch_timeout_s)
+        metrics.CONSUMER_PENDING.labels(WORKER_CONSUMER).set(info.num_pending or 0)
+        metrics.CONSUMER_ACK_PENDING.labels(WORKER_CONSUMER).set(info.num_ack_pending or 0)
 
     async def _handle_safely(self, msgs: Sequence[Msg], stop: asyncio.Event, backoff: float) -> None:
         """`handle`, and an error of ours there ends only this batch: what it left unacknowledged comes back
