@@ -90,6 +90,8 @@ for _reason in ("concurrent_write", "deadlock"):
     RETRIES.labels(_reason)
 for _outcome in ("authorised", "refused", "failed"):
     NATS_AUTH.labels(_outcome)
+for _gauge in ("outbox", "consumer", "reservations"):  # the names `sample_every` is given
+    SAMPLE_FAILURES.labels(_gauge)
 
 
 def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:

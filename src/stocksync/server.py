@@ -134,6 +134,10 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         log.info("stopped")
 
 
+class CannotListen(Exception):
+    """A port this process must serve on is taken (or not allowed): said in one line, not a traceback."""
+
+
 def _metrics_listener(settings: Settings, roles: set[str]) -> WSGIServer | None:
     """Every process is scraped (docs/operations.md, "Metrics"): on its own metrics port when one is set or
     it has no API, else on the API port's ``/metrics`` (None here)."""
@@ -142,7 +146,14 @@ def _metrics_listener(settings: Settings, roles: set[str]) -> WSGIServer | None:
     port = settings.metrics_port
     if port is None and "api" in roles:
         return None
-    server, _ = metrics.serve_metrics(settings.http_host, metrics.DEFAULT_PORT if port is None else port)
+    port = metrics.DEFAULT_PORT if port is None else port
+    try:
+        server, _ = metrics.serve_metrics(settings.http_host, port)
+    except OSError as error:
+        raise CannotListen(
+            f"cannot serve /metrics on {settings.http_host}:{port} ({error.strerror}); give each process on"
+            " this machine its own STOCKSYNC_METRICS_PORT"
+        ) from None
     return server
 
 
