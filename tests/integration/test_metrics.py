@@ -24,7 +24,7 @@ from stocksync.service.sweeper import ExpirySweeper
 from stocksync.wire import AVAILABILITY_BUCKET, IN_STREAM, WORKER_CONSUMER
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401  (fixtures)
 from tests.support_ledger import receipt, reserve, store
-from tests.support_nats import jetstream, prepare, publish_events
+from tests.support_nats import jetstream, prepare, publish_events, wait_until
 
 
 def value(name: str, **labels: str) -> float:
@@ -119,12 +119,15 @@ async def test_consumer_lag_is_what_jetstream_counts_pending_and_unacknowledged(
     async with jetstream(server.url) as (nc, js):
         await publish_events(js, [receipt(location_id, {"SKU-A": 1}) for _ in range(7)])
         worker = EventWorker(nc, LedgerService(create_engine("postgresql://unused@127.0.0.1:1/x")))
-        await worker.sample_lag()
-        assert lag() == (7, 0)
+
+        async def sampled(expected: tuple[int, int]) -> bool:
+            await worker.sample_lag()
+            return lag() == expected
+
+        await wait_until(lambda: sampled((7, 0)), what="7 pending, none delivered")
         sub = await js.pull_subscribe_bind(WORKER_CONSUMER, IN_STREAM)
         assert len(await sub.fetch(3, timeout=5)) == 3  # delivered, never acknowledged
-        await worker.sample_lag()
-        assert lag() == (4, 3)
+        await wait_until(lambda: sampled((4, 3)), what="4 pending, 3 unacknowledged")
 
 
 async def test_the_reservation_gauges_count_held_expiring_and_overdue(fresh_database) -> None:
