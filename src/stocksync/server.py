@@ -129,6 +129,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         await engine.dispose()
         if scraped is not None:
             scraped.shutdown()
+            scraped.server_close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         log.info("stopped")

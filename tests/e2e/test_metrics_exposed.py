@@ -47,6 +47,8 @@ def role_process(role: str, database_url: str, nats_url: str, tmp_path: Path) ->
     port = free_port()
     service.env["STOCKSYNC_LOG_FORMAT"] = "json"
     service.env["STOCKSYNC_HTTP_PORT" if role == "api" else "STOCKSYNC_METRICS_PORT"] = str(port)
+    if role == "api":  # the default: /metrics on the API port
+        del service.env["STOCKSYNC_METRICS_PORT"]
     if role == "auth":  # the callout runs only with an issuer; on an open server no request comes
         service.env["STOCKSYNC_NATS_AUTH_ISSUER_SEED"] = new_seed("account")
     return service, f"http://127.0.0.1:{port}/metrics"
