@@ -18,7 +18,7 @@ from stocksync.messaging.nats_auth import new_seed
 from stocksync.service.keys import create_key
 from tests.support_ledger import receipt
 from tests.support_monitoring import queried_metrics
-from tests.support_nats import ServiceProcess, jetstream, prepare, processes
+from tests.support_nats import ServiceProcess, jetstream, prepare, processes, wait_until
 
 ROLES = ("api", "worker", "relay", "sweeper", "auth")
 
@@ -99,3 +99,34 @@ async def test_every_metric_the_rules_and_the_dashboard_query_is_served(
     assert scraped["api"]["stocksync_http_requests_total{method=POST,route=/v1/events,status=200}"] == 1
     assert scraped["worker"]["stocksync_dead_letters_total{error=undecodable}"] == 1
     assert scraped["relay"]["stocksync_relay_leading{}"] == 1
+
+
+async def test_api_processes_sharing_a_port_are_each_scraped_on_their_own_and_sum_to_every_request(
+    tmp_path: Path, fresh_database, nats_server
+) -> None:
+    """SO_REUSEPORT spreads connections among the processes as the kernel likes: each counts its own, and
+    their sum over the per-process metrics ports is every request made."""
+    database_url, api_port = fresh_database(), free_port()
+    await prepare(database_url, nats_server.url, [])
+    services = []
+    for n in range(2):
+        service = ServiceProcess(["api"], database_url, nats_server.url, tmp_path / f"api-{n}.log")
+        ports = {"STOCKSYNC_HTTP_PORT": str(api_port), "STOCKSYNC_METRICS_PORT": str(free_port())}
+        service.env.update(ports, STOCKSYNC_LOG_FORMAT="json")
+        services.append(service)
+    urls = {s.log_path.stem: f"http://127.0.0.1:{s.env['STOCKSYNC_METRICS_PORT']}/metrics" for s in services}
+
+    async def serving() -> bool:  # the API's socket is bound (after the metrics listener)
+        return all('"event": "serving"' in service.current_log() for service in services)
+
+    async with processes(*services):
+        await wait_until(serving, what="both API processes serving")
+        for _ in range(20):  # a connection each, so the kernel may pick either process every time
+            async with httpx.AsyncClient() as fresh:
+                assert (await fresh.get(f"http://127.0.0.1:{api_port}/health/live")).status_code == 200
+        scraped = {n: await asyncio.to_thread(scrape, url) for n, url in urls.items()}
+    counted = [
+        samples.get("stocksync_http_requests_total{method=GET,route=/health/live,status=200}", 0)
+        for samples in scraped.values()
+    ]
+    assert sum(counted) == 20, counted

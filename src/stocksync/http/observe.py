@@ -71,8 +71,7 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     line(
         "http_request",
         method=method,
-        route=route,
-        path=scope["path"],
+        route=route,  # not the path: its ids are the caller's content (tests/e2e/test_log_secrets.py)
         status=status,
         ms=round(seconds * 1000, 2),
         key_id=getattr(user, "key_id", None),

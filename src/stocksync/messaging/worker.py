@@ -172,12 +172,7 @@ class EventWorker:
         self.max_backoff_s = max_backoff_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch with expiry; re-create the pull subscription after any NATS error.
-
-        No idle heartbeat: nats-py sends the lingering pull request with what is left of the timeout, the
-        server refuses one shorter than two heartbeats (400, as after a reconnect), and fetch then raises
-        and drops the messages it had already received, unacknowledged until ``ack_wait`` runs out.
-        """
+        """Fetch and apply until stopped, the consumer lag sampled beside."""
         sampling = asyncio.create_task(metrics.sample_every(stop, "consumer", self.sample_lag))
         try:
             await self._fetch_until_stopped(stop)
@@ -185,6 +180,12 @@ class EventWorker:
             await cancel_and_wait(sampling)
 
     async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
+        """Fetch with expiry; re-create the pull subscription after any NATS error.
+
+        No idle heartbeat: nats-py sends the lingering pull request with what is left of the timeout, the
+        server refuses one shorter than two heartbeats (400, as after a reconnect), and fetch then raises
+        and drops the messages it had already received, unacknowledged until ``ack_wait`` runs out.
+        """
         backoff = 0.1
         while not stop.is_set():
             try:
