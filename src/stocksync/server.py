@@ -119,6 +119,9 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
             if task in tasks and task.exception():
                 raise task.exception()  # type: ignore[misc]
     finally:
+        if scraped is not None:  # first, and without awaiting: a cancelled shutdown must not keep the port
+            scraped.shutdown()
+            scraped.server_close()
         stop.set()
         if http is not None:
             http.should_exit = True
@@ -127,9 +130,6 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
             for task in tasks:  # ended, or still waiting for a server that never came: give up
                 await cancel_and_wait(task)
         await engine.dispose()
-        if scraped is not None:
-            scraped.shutdown()
-            scraped.server_close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         log.info("stopped")

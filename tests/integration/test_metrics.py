@@ -3,6 +3,9 @@ backlog, consumer lag and the reservation gauges, against the real PostgreSQL an
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from stocksync.adapters.database import create_engine
+from stocksync.aio import cancel_and_wait
+from stocksync.embedded.processes import free_port
 from stocksync.adapters.locations import upsert_locations
 from stocksync.clock import ManualClock
 from stocksync.messaging.relay import OutboxRelay
@@ -20,7 +25,9 @@ from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.ledger_service import LedgerService
+from stocksync.server import serve
 from stocksync.service.sweeper import ExpirySweeper
+from stocksync.settings import Settings
 from stocksync.wire import AVAILABILITY_BUCKET, IN_STREAM, WORKER_CONSUMER
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401  (fixtures)
 from tests.support_ledger import receipt, reserve, store
@@ -152,3 +159,26 @@ async def test_the_reservation_gauges_count_held_expiring_and_overdue(fresh_data
         assert [value(name) for name in gauges] == [3, 3]
     finally:
         await engine.dispose()
+
+
+async def test_serve_lets_its_metrics_port_go_even_when_cancelled(migrated_database_url: str) -> None:
+    """An in-process `serve` (the tests run many) cancelled, not signalled, while a part is slow to stop (a
+    worker still waiting for its NATS): the next may take the port."""
+    port, no_nats = free_port(), f"nats://127.0.0.1:{free_port()}"
+    settings = Settings(database_url=migrated_database_url, nats_url=no_nats, metrics_port=port)
+    task = asyncio.create_task(serve(settings, ("worker",)))
+    try:
+        scraped = await wait_until(lambda: asyncio.to_thread(_metrics_text, port), what="/metrics answers")
+        assert 'stocksync_roles{role="worker"} 1.0' in scraped
+    finally:
+        await cancel_and_wait(task)
+        for signum in (signal.SIGINT, signal.SIGTERM):  # serve leaves its handlers when cancelled
+            asyncio.get_running_loop().remove_signal_handler(signum)
+    with socket.socket() as again:  # as the next listener binds (a scrape's TIME_WAIT does not count)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+def _metrics_text(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
