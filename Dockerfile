@@ -13,5 +13,5 @@ RUN pip install . \
 
 USER stocksync
 WORKDIR /home/stocksync
-EXPOSE 8000
+EXPOSE 8000 9464
 CMD ["stocksync", "serve"]

@@ -193,6 +193,7 @@ def stocksync_env(database_url: str, nats_url: str, log_dir: Path) -> dict[str, 
         "STOCKSYNC_NATS_URL": nats_url,
         "STOCKSYNC_LOG_FORMAT": "json",
         "STOCKSYNC_HOME": str(log_dir / ".stocksync"),
+        "STOCKSYNC_METRICS_PORT": "0",  # several processes on one machine: any free port each
     }
 
 

@@ -354,6 +354,7 @@ class ServiceProcess:
             "STOCKSYNC_NATS_URL": nats_url,
             "STOCKSYNC_LOG_LEVEL": "info",
             "STOCKSYNC_HOME": str(log_path.parent / ".stocksync"),
+            "STOCKSYNC_METRICS_PORT": "0",  # several processes on one machine: any free port each
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0

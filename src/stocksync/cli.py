@@ -205,9 +205,12 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from stocksync.server import serve
+    from stocksync.server import CannotListen, serve
 
-    await serve(settings, args.role or SERVICE_ROLES)
+    try:
+        await serve(settings, args.role or SERVICE_ROLES)
+    except CannotListen as error:
+        return _refused("stocksync serve", error)
     return 0
 
 

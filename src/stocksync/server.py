@@ -9,13 +9,14 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from urllib.parse import SplitResult, urlsplit
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 import uvicorn
 from nats.errors import Error as NatsError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stocksync import tracing
+from stocksync import metrics, tracing
 from stocksync.adapters.database import create_engine
 from stocksync.aio import cancel_and_wait
 from stocksync.http.protocol import uvicorn_config
@@ -93,6 +94,7 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         loop.add_signal_handler(signum, stop.set)
     tasks: list[asyncio.Task] = []
     http = None
+    scraped = _metrics_listener(settings, roles)
     if "api" in roles:
         http = _http_server(settings, engine, roles)
         http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -119,6 +121,9 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
             if task in tasks and task.exception():
                 raise task.exception()  # type: ignore[misc]
     finally:
+        if scraped is not None:  # first, and without awaiting: a cancelled shutdown must not keep the port
+            scraped.shutdown()
+            scraped.server_close()
         stop.set()
         if http is not None:
             http.should_exit = True
@@ -130,6 +135,29 @@ async def serve(settings: Settings, roles: Iterable[str] = SERVICE_ROLES) -> Non
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         log.info("stopped")
+
+
+class CannotListen(Exception):
+    """A port this process must serve on is taken (or not allowed): said in one line, not a traceback."""
+
+
+def _metrics_listener(settings: Settings, roles: set[str]) -> WSGIServer | None:
+    """Every process is scraped (docs/operations.md, "Metrics"): on its own metrics port when one is set or
+    it has no API, else on the API port's ``/metrics`` (None here)."""
+    for role in roles:
+        metrics.ROLES.labels(role).set(1)
+    port = settings.metrics_port
+    if port is None and "api" in roles:
+        return None
+    port = metrics.DEFAULT_PORT if port is None else port
+    try:
+        server, _ = metrics.serve_metrics(settings.http_host, port)
+    except OSError as error:
+        raise CannotListen(
+            f"cannot serve /metrics on {settings.http_host}:{port} ({error.strerror}); give each process on"
+            " this machine its own STOCKSYNC_METRICS_PORT"
+        ) from None
+    return server
 
 
 async def _nats_roles(

@@ -29,6 +29,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # This process's own /metrics listener (docs/operations.md, "Metrics"); unset: the API port's /metrics in
+    # a process with the API role, else 9464.
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     home: str = ".stocksync"
@@ -91,6 +94,8 @@ HELP: dict[str, str] = {
     "nats_replicas": "stream replicas, 1 to 5 (3 in compose)",
     "http_host": "the API's listening address",
     "http_port": "the API's port",
+    "metrics_port": "this process's own /metrics port (0: any free one, logged); unset: the API's in a process"
+    " with the api role, else 9464; set one per process when API processes share a port",
     "log_format": "console or json",
     "log_level": "debug, info, warning or error",
     "home": "where embedded servers keep their data and demo keys",

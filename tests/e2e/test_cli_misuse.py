@@ -4,6 +4,7 @@ a traceback: a bad value, a mistyped `STOCKSYNC_` variable, a URL of another kin
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -70,6 +71,23 @@ def test_a_nats_that_does_not_answer_is_named(database_url: str) -> None:
         "migrate", STOCKSYNC_DATABASE_URL=database_url, STOCKSYNC_NATS_URL=f"nats://127.0.0.1:{free_port()}"
     )
     one_line_naming(answer, "migrate", "NATS", done=1)  # after "database schema is current"
+
+
+def test_a_metrics_port_already_taken_is_one_line_naming_the_setting() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        answer = stocksync_cli(
+            "serve",
+            "--role",
+            "worker",
+            STOCKSYNC_DATABASE_URL=f"postgresql://postgres@{nowhere}/ledger",
+            STOCKSYNC_NATS_URL=f"nats://{nowhere}",
+            STOCKSYNC_METRICS_PORT=port,
+        )
+    one_line_naming(answer, "serve", "/metrics", port, "STOCKSYNC_METRICS_PORT")
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ async def running_service(
         await upsert_locations(engine, stores)
     finally:
         await engine.dispose()
-    settings = Settings(database_url=database_url, nats_url=nats_url, http_port=free_port())
+    settings = Settings(database_url=database_url, nats_url=nats_url, http_port=free_port(), metrics_port=0)
     task = asyncio.create_task(serve(settings, roles))
     try:
         yield settings

@@ -296,7 +296,9 @@ async def _processed_and_relayed(database_url: str, n: int) -> bool:
 # --- what the relay reports -----------------------------------------------------------------------------
 
 
-async def test_the_unrelayed_gauge_is_what_each_pass_found_pending(stack: tuple[str, str]) -> None:
+async def test_the_unrelayed_gauge_is_the_whole_backlog_not_one_pass(stack: tuple[str, str]) -> None:
+    """Every row still waiting, however many passes it takes (it was once the last pass's batch: 0 as soon
+    as a pass found nothing, whatever piled up behind a relay that could not lead)."""
     database_url, nats_url = stack
     await prepare(database_url, nats_url, [])
     row = "INSERT INTO outbox (subject, msg_id, payload) VALUES ('stocksync.out.test', $1, '\\x00')"
@@ -308,8 +310,9 @@ async def test_the_unrelayed_gauge_is_what_each_pass_found_pending(stack: tuple[
             relay, kv = OutboxRelay(engine, nc, batch=2), await js.key_value(AVAILABILITY_BUCKET)
             found = []
             for _ in range(3):
-                await relay.relay_once(kv)
+                await relay.sample_backlog()
                 found.append(REGISTRY.get_sample_value("stocksync_outbox_unrelayed"))
+                await relay.relay_once(kv)
     finally:
         await engine.dispose()
-    assert found == [2, 1, 0]  # a full batch, the rest, none
+    assert found == [3, 1, 0]  # all three, what the first batch of two left, none

@@ -236,3 +236,38 @@ def test_nats_runs_with_access_on_from_stocksyncs_own_config(services: dict[str,
     assert env["STOCKSYNC_NATS_NKEY_SEED"] and env["STOCKSYNC_NATS_AUTH_ISSUER_SEED"]
     assert words(services["auth"]["command"]) == ["stocksync", "serve", "--role", "auth"]
     assert environment(services["auth"]) == env
+
+
+def metrics_port(service: Service) -> int:
+    """Where a `stocksync serve` process serves /metrics (`server._metrics_listener`): its own port when set,
+    else the API port in a process with the API, else 9464."""
+    env = environment(service)
+    if "STOCKSYNC_METRICS_PORT" in env:
+        return int(env["STOCKSYNC_METRICS_PORT"])
+    command = words(service["command"])
+    roles = {command[i + 1] for i, word in enumerate(command) if word == "--role"}
+    return int(env.get("STOCKSYNC_HTTP_PORT", "8000")) if not roles or "api" in roles else 9464
+
+
+def test_prometheus_scrapes_every_stocksync_process_on_its_metrics_port(services: dict[str, Service]) -> None:
+    prometheus = services["prometheus"]
+    config_dir = ROOT / mounts(prometheus)["/etc/prometheus"]
+    config = yaml.safe_load((config_dir / "prometheus.yml").read_text())
+    assert "--config.file=/etc/prometheus/prometheus.yml" in words(prometheus["command"])
+    assert all((config_dir / rules).is_file() for rules in config["rule_files"])
+    targets = {
+        (name, sd["port"])
+        for job in config["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
+    serving = {
+        name: service
+        for name, service in services.items()
+        if words(service.get("command", []))[:2] == ["stocksync", "serve"]
+    }
+    assert {"stocksync", "worker", "relay", "auth"} <= set(serving)
+    for name, service in serving.items():
+        assert (name, metrics_port(service)) in targets, name
+        assert metrics_port(service) in container_ports(service), name
+    assert ":9090/-/ready" in healthcheck(prometheus)

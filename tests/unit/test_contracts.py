@@ -359,3 +359,40 @@ def test_the_openapi_error_codes_are_those_the_operations_can_answer(openapi: di
     codes = {*schemas["ErrorBody"]["properties"]["error"]["enum"]}
     codes.add(schemas["ShortageError"]["properties"]["error"]["const"])
     assert codes == set(_answered_codes()) - {"method_not_allowed", "internal"}
+
+
+def test_a_new_v1_route_gets_the_shared_error_answers_without_declaring_them() -> None:
+    """`document_errors` in app assembly, not each route: a route added later (a colleague's) is documented
+    with the real error body, 401 and 503, 400 when it takes input, 413 when it reads a body."""
+    from litestar import Litestar, Router, get, post
+    from litestar.params import FromQuery
+
+    from stocksync.http.errors import document_errors
+    from stocksync.http.schemas import ErrorBody, body_operation
+
+    @get("/plain", sync_to_thread=False)
+    def plain() -> dict[str, str]:
+        return {}
+
+    @get("/query", sync_to_thread=False)
+    def query(sku: FromQuery[str]) -> dict[str, str]:
+        return {"sku": sku}
+
+    @post("/body", operation_class=body_operation(ErrorBody), sync_to_thread=False)
+    def body() -> dict[str, str]:
+        return {}
+
+    app = Litestar(route_handlers=[Router("/v1", route_handlers=[plain, query, body]), plain])
+    document_errors(app)
+    paths = app.openapi_schema.to_schema()["paths"]
+
+    def errors(path: str, method: str) -> dict[str, set[str]]:
+        responses = paths[path][method]["responses"]
+        return {s: set(refs(r)) for s, r in responses.items() if int(s) >= 400}
+
+    body_ref = {"#/components/schemas/ErrorBody"}
+    assert errors("/v1/plain", "get") == {"401": body_ref, "503": body_ref}
+    assert errors("/v1/query", "get") == {"400": body_ref, "401": body_ref, "503": body_ref}
+    assert set(errors("/v1/body", "post")) == {"400", "401", "413", "503"}
+    assert errors("/plain", "get") == {}  # outside /v1: no key, no shared answers
+    assert "status_code" not in json.dumps(paths)

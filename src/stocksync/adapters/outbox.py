@@ -32,6 +32,16 @@ _PENDING = text(
     "SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox"
     " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
 )
+# How many rows wait and how old the oldest is, by the database's clock (the relay's may differ): both by the
+# partial index on unrelayed rows, the oldest being the first by id.
+_BACKLOG = text(
+    """
+    SELECT count(*) AS waiting, coalesce(extract(epoch FROM now() - (
+        SELECT created_at FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT 1
+    )), 0) AS oldest_s
+    FROM outbox WHERE relayed_at IS NULL
+    """
+)
 # A mark lost in a crash only means the rows are sent again (dropped by Nats-Msg-Id, or an older version in
 # the bucket): the mark's commit need not wait for the WAL flush (``synchronous_commit`` off for its own
 # transaction), and the next pass starts that much sooner.
@@ -83,6 +93,12 @@ async def leading(engine: AsyncEngine) -> AsyncIterator[bool]:
 async def pending(conn: AsyncConnection, n: int) -> Sequence[Row]:
     """The oldest ``n`` unrelayed rows, in id order."""
     return (await conn.execute(_PENDING, {"n": n})).all()
+
+
+async def backlog(conn: AsyncConnection) -> tuple[int, float]:
+    """Rows not yet relayed, and the age in seconds of the oldest (0 when none)."""
+    row = (await conn.execute(_BACKLOG)).one()
+    return int(row.waiting), max(0.0, float(row.oldest_s))
 
 
 async def mark_relayed(conn: AsyncConnection, ids: list[int], now: datetime) -> None:

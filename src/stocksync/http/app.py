@@ -17,7 +17,7 @@ from stocksync.adapters.channels import ChannelReader
 from stocksync.adapters.queries import Queries
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.events import MAX_BODY_BYTES
-from stocksync.http import errors, health
+from stocksync.http import errors, health, observe
 from stocksync.http.auth import SECURITY, SECURITY_SCHEME, Access, ApiKeyMiddleware, provide_key
 from stocksync.http.channels import ChannelController
 from stocksync.http.events import EventController
@@ -74,7 +74,7 @@ def create_app(
         dependencies={"key": Provide(provide_key, sync_to_thread=False)},
         security=[{SECURITY_SCHEME: []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api, health.live, health.ready, health.metrics],
         dependencies={name: _constant(value) for name, value in services.items()},
         exception_handlers={Exception: errors.handle},
@@ -91,6 +91,9 @@ def create_app(
         ),
         logging_config=None,
     )
+    errors.document_errors(app)
+    app.asgi_handler = observe.observed(app.asgi_handler)  # outside routing and error answers: sees all
+    return app
 
 
 def _constant(value: Any) -> Provide:

@@ -14,9 +14,11 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import MediaType, Request, Response
+from litestar import Litestar, MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
+from litestar.routes import HTTPRoute
 
 from stocksync import metrics
 from stocksync.adapters.faults import passing_fault
@@ -78,18 +80,42 @@ _MEANINGS = {
 
 
 def documented(*statuses: int, shortages: bool = False) -> dict[int, ResponseSpec]:
-    """The error answers of a ``/v1`` operation for OpenAPI: ``statuses`` plus 401 and 503, which every
-    ``/v1`` route gives (no valid key; the database down). ``shortages``: its 409 may be a `ShortageError`.
-
-    Declaring 400 also replaces Litestar's default 400 body, which is not the one `answer` sends.
-    """
+    """A ``/v1`` operation's own error answers for OpenAPI (403, 404, 409: what only its code knows); the
+    ones every operation shares are added by `document_errors`. ``shortages``: its 409 may be a
+    `ShortageError`."""
     bodies = {409: ShortageError | ErrorBody} if shortages else {}
     return {
         status: ResponseSpec(
             bodies.get(status, ErrorBody), description=_MEANINGS[status], generate_examples=False
         )
-        for status in sorted({*statuses, 401, 503})
+        for status in sorted(statuses)
     }
+
+
+# What a handler's signature may take that is neither a dependency nor a request parameter.
+_NOT_PARAMETERS = {"request", "scope", "state", "socket", "headers", "cookies", "query"}
+
+
+def document_errors(app: Litestar, prefix: str = "/v1/") -> None:
+    """Give every operation under ``prefix`` the error answers it shares with all others, before the OpenAPI
+    is built: 401 and 503 (no valid key; the database down), 400 when it takes a parameter or a body (in
+    place of Litestar's default 400 body, which `answer` never sends), 413 when it reads a body. What a
+    route declares itself (`documented`) stands. Done once here, in app assembly, so a new route is
+    documented right without asking."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path_format.startswith(prefix):
+            continue
+        for handler in route.route_handlers:
+            if "OPTIONS" not in handler.http_methods:
+                shared = documented(*_shared_statuses(handler))
+                handler.responses = {**shared, **(handler.responses or {})}
+
+
+def _shared_statuses(handler: HTTPRouteHandler) -> set[int]:
+    taken = set(handler.parsed_fn_signature.parameters)
+    reads_body = getattr(handler.operation_class, "reads_body", False) or "data" in taken
+    parameters = taken - set(handler.resolve_dependencies()) - _NOT_PARAMETERS
+    return {401, 503} | ({400} if parameters or reads_body else set()) | ({413} if reads_body else set())
 
 
 def _named(error: ValidationException) -> dict[str, str]:

@@ -31,7 +31,7 @@ class EventController(Controller):
         "/",
         status_code=200,
         operation_class=body_operation(InboundEvent),
-        responses=documented(400, 403, 413),
+        responses=documented(403),
     )
     async def apply(
         self,
@@ -53,7 +53,7 @@ class EventController(Controller):
             reservation=ReservationBody.of(reservation) if reservation else None,
         )
 
-    @get("/{event_id:path}", responses=documented(400, 404))
+    @get("/{event_id:path}", responses=documented(404))
     async def outcome(
         self,
         request: Request[ApiKey, Any, Any],

@@ -35,7 +35,7 @@ class LocationController(Controller):
     path = "/locations"
     tags = ["locations"]
 
-    @get("/", responses=documented())
+    @get("/")
     async def list_all(self, engine: NamedDependency[AsyncEngine]) -> LocationList:
         return LocationList(items=await list_locations(engine))
 
@@ -43,7 +43,7 @@ class LocationController(Controller):
         "/{location_id:str}",
         guards=[admin_only],
         operation_class=body_operation(LocationRequest),
-        responses=documented(400, 403, 413),
+        responses=documented(403),
     )
     async def upsert(
         self,
@@ -62,7 +62,7 @@ class LocationController(Controller):
         "/{location_id:str}/safety-stock/{sku:str}",
         guards=[admin_only],
         operation_class=body_operation(SafetyStockRequest),
-        responses=documented(400, 403, 404, 413),
+        responses=documented(403, 404),
     )
     async def safety_stock(
         self,

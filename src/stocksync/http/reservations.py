@@ -42,7 +42,7 @@ class ReservationController(Controller):
         operation_class=body_operation(ReserveRequest),
         responses={
             200: ResponseSpec(ReservationBody, description="the same body again: its reservation"),
-            **documented(400, 403, 404, 409, 413, shortages=True),
+            **documented(403, 404, 409, shortages=True),
         },
     )
     async def reserve(
@@ -69,7 +69,7 @@ class ReservationController(Controller):
         held = result.reservations[(body.location_id, reservation_id)]
         return Response(ReservationBody.of(held), status_code=201)
 
-    @get("/", responses=documented(400, 403))
+    @get("/", responses=documented(403))
     async def list_reservations(
         self,
         key: NamedDependency[ApiKey],
@@ -82,7 +82,7 @@ class ReservationController(Controller):
         found = await queries.reservations(listing_scope(key, location_id), status, limit)
         return ReservationList(items=[ReservationBody.of(reservation) for reservation in found])
 
-    @get("/{reservation_id:str}", responses=documented(400, 404))
+    @get("/{reservation_id:str}", responses=documented(404))
     async def read(
         self,
         queries: NamedDependency[Queries],
@@ -92,7 +92,7 @@ class ReservationController(Controller):
         """A reservation is its location and id: an id at several locations is 400 without ``location_id``."""
         return ReservationBody.of(await _named(queries, reservation_id, location_id))
 
-    @post("/{reservation_id:str}/collect", status_code=200, responses=documented(400, 403, 404, 409))
+    @post("/{reservation_id:str}/collect", status_code=200, responses=documented(403, 404, 409))
     async def collect(
         self,
         key: NamedDependency[ApiKey],
@@ -107,7 +107,7 @@ class ReservationController(Controller):
         reservation = await _named(queries, reservation_id, location_id)
         return await _settle(Collect, reservation, key, ledger, access, clock)
 
-    @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(400, 403, 404, 409))
+    @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(403, 404, 409))
     async def cancel(
         self,
         key: NamedDependency[ApiKey],

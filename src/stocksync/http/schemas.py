@@ -305,6 +305,8 @@ def body_operation(kind: Any) -> type[Operation]:
 
     @dataclass
     class BodyOperation(Operation):
+        reads_body = True  # `errors.document_errors`: its 400 and 413
+
         def __post_init__(self) -> None:
             media = OpenAPIMediaType(schema=schema)  # type: ignore[arg-type]  # plain JSON Schema
             self.request_body = RequestBody(content={"application/json": media}, required=True)

@@ -39,7 +39,7 @@ class StockController(Controller):
     path = "/"
     tags = ["stock"]
 
-    @get("/availability", responses=documented(400, 404))
+    @get("/availability", responses=documented(404))
     async def availability(
         self,
         queries: NamedDependency[Queries],
@@ -61,7 +61,7 @@ class StockController(Controller):
             )
         return PositionList(items=[PositionBody.of(position) for position in positions])
 
-    @get("/pickup", responses=documented(400))
+    @get("/pickup")
     async def pickup(
         self,
         queries: NamedDependency[Queries],
@@ -78,7 +78,7 @@ class StockController(Controller):
         stores, positions = await queries.pickup_stock([line.sku for line in wanted])
         return PickupAnswer(stores=pickup_stores(stores, positions, wanted, near=origin, limit=limit))
 
-    @get("/movements", responses=documented(400))
+    @get("/movements")
     async def movements(
         self,
         queries: NamedDependency[Queries],

@@ -27,6 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync import metrics
 from stocksync.adapters.locations import pickup_location_ids
 from stocksync.domain.errors import StocksyncError
 from stocksync.logs import outline
@@ -221,13 +222,14 @@ class AuthCallout:
             return  # the server times the request out and refuses the connection
         token = (request.get("connect_opts") or {}).get("auth_token") or ""
         try:
-            jwt, error = await self._user_jwt(token, user_nkey), None
+            jwt, error, outcome = await self._user_jwt(token, user_nkey), None, "authorised"
         except StocksyncError as refused:  # never the token itself in the log: only why
             log.info("nats_key_refused", reason=str(refused))
-            jwt, error = None, str(refused)
+            jwt, error, outcome = None, str(refused), "refused"
         except Exception as failure:  # database down: refuse now, the client retries
             log.error("nats_auth_failed", exception=outline(failure))  # frames and types, as http.errors
-            jwt, error = None, "the key could not be checked now"
+            jwt, error, outcome = None, "the key could not be checked now", "failed"
+        metrics.NATS_AUTH.labels(outcome).inc()
         answer = authorization_response(
             user_nkey=user_nkey, server_id=server_id, issuer_seed=self.issuer_seed, jwt=jwt, error=error
         )

@@ -96,16 +96,28 @@ class OutboxRelay:
         self._channel_kv: KeyValue | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                async with self._autocommit.connect() as session:
-                    await self._lead_if_free(session, stop)
-            except _PASSING as error:
-                log.warning("relay_interrupted", error=f"{type(error).__name__}: {error}")
-            except Exception as error:  # a fault of ours must not stop the outbox for every position
-                # frames and types, not the message: it may quote an outbox payload (request content)
-                log.error("relay_failed", exception=outline(error))
-            await pause(stop, 1.0)
+        sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
+        try:
+            while not stop.is_set():
+                try:
+                    async with self._autocommit.connect() as session:
+                        await self._lead_if_free(session, stop)
+                except _PASSING as error:
+                    log.warning("relay_interrupted", error=f"{type(error).__name__}: {error}")
+                except Exception as error:  # a fault of ours must not stop the outbox for every position
+                    # frames and types, not the message: it may quote an outbox payload (request content)
+                    log.error("relay_failed", exception=outline(error))
+                await pause(stop, 1.0)
+        finally:
+            await cancel_and_wait(sampling)
+
+    async def sample_backlog(self) -> None:
+        """The outbox gauges, sampled by every relay, leading or standing by: a relay that cannot lead (no
+        relay can) still shows the rows piling up."""
+        async with self._autocommit.connect() as conn:
+            waiting, oldest_s = await outbox.backlog(conn)
+        metrics.OUTBOX_LAG.set(waiting)
+        metrics.OUTBOX_OLDEST.set(oldest_s)
 
     async def _lead_if_free(self, session: AsyncConnection, stop: asyncio.Event) -> None:
         """Take the leader lock if no one holds it, and relay until stopped, a fault, or the lock is lost.
@@ -217,7 +229,6 @@ class OutboxRelay:
         the rows relayed. Two statements, each its own transaction: only the leader marks rows."""
         async with self._autocommit.connect() as conn:
             rows = await outbox.pending(conn, self.batch)
-            metrics.OUTBOX_LAG.set(len(rows))
             if not rows:
                 return 0
             messages = [r for r in rows if r.subject != CHANNEL_REFRESH]

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from stocksync import metrics, tracing
-from stocksync.aio import pause, quietly
+from stocksync.aio import cancel_and_wait, pause, quietly
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import (
     InboundEvent,
@@ -166,6 +166,14 @@ class EventWorker:
         self.max_backoff_s = max_backoff_s
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and apply until stopped, the consumer lag sampled beside."""
+        sampling = asyncio.create_task(metrics.sample_every(stop, "consumer", self.sample_lag))
+        try:
+            await self._fetch_until_stopped(stop)
+        finally:
+            await cancel_and_wait(sampling)
+
+    async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
         """Fetch with expiry; re-create the pull subscription after any NATS error.
 
         No idle heartbeat: nats-py sends the lingering pull request with what is left of the timeout, the
@@ -190,6 +198,13 @@ class EventWorker:
                 log.warning("worker_subscription_lost", error=f"{type(error).__name__}: {error}")
                 await pause(stop, backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def sample_lag(self) -> None:
+        """Consumer lag as JetStream counts it: not yet delivered, and delivered but not acknowledged (the
+        consumer is shared: every worker reports the same numbers)."""
+        info = await self.js.consumer_info(IN_STREAM, WORKER_CONSUMER, timeout=self.fetch_timeout_s)
+        metrics.CONSUMER_PENDING.labels(WORKER_CONSUMER).set(info.num_pending or 0)
+        metrics.CONSUMER_ACK_PENDING.labels(WORKER_CONSUMER).set(info.num_ack_pending or 0)
 
     async def _handle_safely(self, msgs: Sequence[Msg], stop: asyncio.Event, backoff: float) -> None:
         """`handle`, and an error of ours there ends only this batch: what it left unacknowledged comes back

@@ -8,14 +8,15 @@ expiry of the same reservation a no-op.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import metrics
-from stocksync.adapters.reservations import count_by_status, due_reservations
-from stocksync.aio import pause
+from stocksync.adapters.reservations import count_by_status, due_reservations, held_due
+from stocksync.aio import cancel_and_wait, pause
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.ledger import expiry
 from stocksync.service.ledger_service import LedgerService
@@ -45,20 +46,24 @@ class ExpirySweeper:
         log.info("reservations_expired", expired=expired, due=len(due))
         return expired
 
-    async def count_by_status(self) -> None:
+    async def sample_gauges(self) -> None:
+        """The reservation gauges: by status, and the held ones expiring within a minute or already due."""
         async with self.engine.connect() as conn:
             for status, n in (await count_by_status(conn)).items():
                 metrics.RESERVATIONS.labels(status).set(n)
+            expiring, overdue = await held_due(conn, self.ledger.clock(), timedelta(minutes=1))
+        metrics.RESERVATIONS_EXPIRING.set(expiring)
+        metrics.RESERVATIONS_OVERDUE.set(overdue)
 
     async def run(self, stop: asyncio.Event) -> None:
-        passes = 0
-        while not stop.is_set():
-            try:
-                while await self.sweep_once() == self.batch:
-                    pass
-                if passes % 15 == 0:
-                    await self.count_by_status()
-            except (Unavailable, SQLAlchemyError, OSError) as error:
-                log.warning("sweep_failed", error=f"{type(error).__name__}: {error}")
-            passes += 1
-            await pause(stop, self.interval_s)
+        sampling = asyncio.create_task(metrics.sample_every(stop, "reservations", self.sample_gauges))
+        try:
+            while not stop.is_set():
+                try:
+                    while await self.sweep_once() == self.batch:
+                        pass
+                except (Unavailable, SQLAlchemyError, OSError) as error:
+                    log.warning("sweep_failed", error=f"{type(error).__name__}: {error}")
+                await pause(stop, self.interval_s)
+        finally:
+            await cancel_and_wait(sampling)
