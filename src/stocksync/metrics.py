@@ -30,3 +30,7 @@ BUCKET_MALFORMED = Counter(
     "stocksync_bucket_entries_malformed",
     "Availability bucket entries that were not an availability body, overwritten by the relay",
 )
+STREAM_CLIENTS = Gauge("stocksync_stream_clients", "Clients of GET /v1/stream connected to this process")
+STREAM_DROPPED = Counter(
+    "stocksync_stream_dropped_total", "Live-feed clients disconnected by the server, by reason", ["reason"]
+)
