@@ -50,7 +50,9 @@ class Served:
         self.env = env
         self.base = service.base
         self.nats_url = nats_url
-        self.admin = httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.key('admin')}"})
+        self.admin = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {self.key('admin')}"}
+        )
 
     def key(self, role: str, *locations: str) -> str:
         places = [arg for location in locations for arg in ("--location", location)]
@@ -58,12 +60,20 @@ class Served:
 
     def store(self, *, name: str | None = None, lat: float | None = None, lon: float | None = None) -> str:
         location_id = unique("store")
-        body = {"kind": "store", "name": name or f"Store {location_id}", "pickup_enabled": True, "lat": lat, "lon": lon}
+        body = {
+            "kind": "store",
+            "name": name or f"Store {location_id}",
+            "pickup_enabled": True,
+            "lat": lat,
+            "lon": lon,
+        }
         answer = self.admin.put(f"/v1/locations/{location_id}", json=body)
         assert answer.status_code == 200, answer.text
         return location_id
 
-    def post_event(self, type_: str, location_id: str, lines: list[dict[str, Any]] | None = None, **extra) -> dict:
+    def post_event(
+        self, type_: str, location_id: str, lines: list[dict[str, Any]] | None = None, **extra
+    ) -> dict:
         answer = self.admin.post("/v1/events", json=event(type_, location_id, lines, **extra))
         assert answer.status_code == 200 and answer.json()["outcome"] == "applied", answer.text
         return answer.json()
@@ -91,7 +101,7 @@ class Served:
 
 
 class Events:
-    """The server-sent events of a streamed response, one at a time: ``{"event", "id", "data", "comments"}``."""
+    """The server-sent events of a response, one at a time: ``{"event", "id", "data", "comments"}``."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
@@ -130,7 +140,9 @@ async def sell_over_nats(nats_url: str, location_id: str, sku: str, qty: int) ->
     try:
         body = event("sale", location_id, [{"sku": sku, "qty": qty}])
         await nc.jetstream().publish(
-            f"stocksync.in.{location_id}.sale", json.dumps(body).encode(), headers={"Nats-Msg-Id": body["event_id"]}
+            f"stocksync.in.{location_id}.sale",
+            json.dumps(body).encode(),
+            headers={"Nats-Msg-Id": body["event_id"]},
         )
     finally:
         await nc.close()

@@ -55,7 +55,6 @@ def nats_probe(nats_url: str) -> Callable[[], Awaitable[bool]]:
 
 def _http_server(settings: Settings, engine: AsyncEngine, roles: Iterable[str]) -> uvicorn.Server:
     from stocksync.http.app import create_app
-
     from stocksync.messaging.feed import LiveFeed
 
     readiness = {"nats": nats_probe(settings.nats_url)} if settings.nats_url else {}

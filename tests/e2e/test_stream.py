@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 import httpx
 import nats
 
-from tests.support_http import admin, client, engine  # noqa: F401  (fixtures)
-from tests.support_http import Api
+from tests.support_http import Api, admin, client, engine  # noqa: F401  (fixtures)
 from tests.support_live import (
     HEARTBEAT_S,
     Events,
@@ -48,7 +47,8 @@ async def test_the_stream_sends_the_positions_then_a_sale_over_nats_and_a_reserv
                 json={"location_id": store, "channel": "staff", "lines": [{"sku": sku, "qty": 2}]},
             )
             other_store = served.admin.post(  # at a location not asked for: not on this stream
-                "/v1/reservations", json={"location_id": other, "channel": "staff", "lines": [{"sku": sku, "qty": 1}]}
+                "/v1/reservations",
+                json={"location_id": other, "channel": "staff", "lines": [{"sku": sku, "qty": 1}]},
             )
             seen: dict[str, dict] = {}  # the position and the reservation go out in either order
             while len(seen) < 2:
@@ -87,7 +87,9 @@ def _position(location_id: str, sku: str, *, on_hand: int = 0, reserved: int = 0
 async def test_a_quiet_stream_sends_a_heartbeat_comment(served: Served) -> None:
     store = served.store()
     async with httpx.AsyncClient(base_url=served.base, headers=served.admin.headers, timeout=30) as http:
-        async with http.stream("GET", "/v1/stream", params={"location_id": store, "sku": "SKU-QUIET"}) as answer:
+        async with http.stream(
+            "GET", "/v1/stream", params={"location_id": store, "sku": "SKU-QUIET"}
+        ) as answer:
             events = Events(answer)
             await events.until(availability)
             started = time.monotonic()
@@ -137,17 +139,23 @@ def test_the_stream_names_the_parameter_it_refuses(served: Served) -> None:
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_location")
 
 
-async def test_a_client_that_does_not_read_is_disconnected_and_others_keep_their_stream(served: Served) -> None:
+async def test_a_client_that_does_not_read_is_disconnected_and_others_keep_their_stream(
+    served: Served,
+) -> None:
     stores, skus = [served.store() for _ in range(50)], [f"SKU-SLOW-{n}" for n in range(500)]
     before = served.metric('stocksync_stream_dropped_total{reason="slow_reader"}')
     slow = _slow_reader(served, stores, skus)  # 25,000 first positions (over 5 MB) it never reads
     async with httpx.AsyncClient(base_url=served.base, headers=served.admin.headers, timeout=30) as http:
-        async with http.stream("GET", "/v1/stream", params={"location_id": stores[0], "sku": skus[0]}) as answer:
+        async with http.stream(
+            "GET", "/v1/stream", params={"location_id": stores[0], "sku": skus[0]}
+        ) as answer:
             events = Events(answer)
             await events.until(availability)
             await asyncio.sleep(2 * HEARTBEAT_S + 0.5)  # the slow one has taken nothing for that long
             published = await _flood(served.nats_url, stores[0], skus[:2], updates=200)
-            last = await events.until(lambda e: (availability(e) or {}).get("version") == published, timeout=60)
+            last = await events.until(
+                lambda e: (availability(e) or {}).get("version") == published, timeout=60
+            )
     received = _read_until_closed(slow)
     assert served.metric('stocksync_stream_dropped_total{reason="slow_reader"}') >= before + 1
     assert received < 25_000 * 180, f"the slow client was sent all it asked for ({received} bytes)"
@@ -174,7 +182,13 @@ async def _flood(nats_url: str, location_id: str, skus: list[str], updates: int)
         as_of = datetime.now(UTC).isoformat()
         for version in range(1, updates + 1):
             for sku in skus:
-                body = {"location_id": location_id, "sku": sku, "on_hand": version, "reserved": 0, "damaged": 0}
+                body = {
+                    "location_id": location_id,
+                    "sku": sku,
+                    "on_hand": version,
+                    "reserved": 0,
+                    "damaged": 0,
+                }
                 body |= {"safety_stock": 0, "available": version, "version": version, "as_of": as_of}
                 await nc.publish(f"stocksync.out.availability.{location_id}.{sku}", json.dumps(body).encode())
         await nc.flush()

@@ -15,7 +15,7 @@ from uuid import uuid4
 
 import msgspec
 import structlog
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.response import Redirect, Template
@@ -56,7 +56,7 @@ _WORDS = {
     "reservation_not_held": "This reservation is already {status}: nothing was changed.",
     "forbidden": "Your staff key may not do this at this store.",
     "unauthorized": "You are signed out. Please sign in again.",
-    "unavailable": "The stock system cannot be reached right now. Nothing was changed: try again in a minute.",
+    "unavailable": "The stock system cannot be reached right now. Nothing was changed: try again soon.",
     "event_id_conflict": "This reservation number was already used for something else. Start a new one.",
 }
 
@@ -96,7 +96,9 @@ def in_words(error: Exception) -> tuple[int, str]:
 def _fragment(name: str, status: int = 200, *, changed: bool = False, **context: Any) -> Template:
     """A page or fragment; ``changed``: the store's reservations changed, so the page reloads their list."""
     headers = {"HX-Trigger": "refresh-reservations"} if changed else None
-    return Template(template_name=name, context=context, status_code=status, headers=headers)
+    return Template(
+        template_name=name, context=context, status_code=status, headers=headers, media_type=MediaType.HTML
+    )
 
 
 def _problem(error: Exception) -> Template:
@@ -173,7 +175,10 @@ class StaffPage(Controller):
 
     @post("/sign-out")
     async def sign_out(self, request: Request[Any, Any, Any]) -> Redirect:
-        gone = [_cookie(request, SESSION_COOKIE, "", max_age=0), _cookie(request, STORE_COOKIE, "", max_age=0)]
+        gone = [
+            _cookie(request, SESSION_COOKIE, "", max_age=0),
+            _cookie(request, STORE_COOKIE, "", max_age=0),
+        ]
         return Redirect("/staff", status_code=303, cookies=gone)
 
     @post("/store")
@@ -251,7 +256,10 @@ class StaffPage(Controller):
         return await _settled(request, Cancel, reservation_id, ledger, queries, access, clock)
 
 
-_SETTLED = {"collected": "Handed over: the sale is recorded.", "cancelled": "Cancelled: the items are back on sale."}
+_SETTLED = {
+    "collected": "Handed over: the sale is recorded.",
+    "cancelled": "Cancelled: the items are back on sale.",
+}
 
 
 async def _settled(
@@ -287,7 +295,9 @@ def _invalid(error: Exception, field: str) -> Exception:
     """A form value that is not valid as a sentence about the field it names; other errors as they are."""
     if isinstance(error, msgspec.ValidationError | ValueError):
         message = str(error)
-        named = message.rpartition(" - at ")[2].replace("`$.", "").strip("`") if " - at " in message else field
+        named = (
+            message.rpartition(" - at ")[2].replace("`$.", "").strip("`") if " - at " in message else field
+        )
     elif isinstance(error, InvalidRequest) and not error.detail.startswith("type or scan"):
         named = str(error.extra.get("field", field))
     else:

@@ -31,8 +31,8 @@ from stocksync.service.keys import SCOPED_ROLES, ApiKey
 MAX_STREAM_LOCATIONS = 50
 MAX_STREAM_SKUS = 500
 HEARTBEAT = b": heartbeat\n\n"
-RETRY_MS = 2000
-SNAPSHOT_CHUNK = 200  # positions per write of the first positions  # what EventSource waits before it reconnects after the server ended a stream
+RETRY_MS = 2000  # what EventSource waits before it reconnects after the server ended a stream
+SNAPSHOT_CHUNK = 200  # positions per write of the first positions
 
 StreamLocations = Annotated[
     list[LocationId],
@@ -44,9 +44,9 @@ StreamSkus = Annotated[
 
 _EVENTS = (
     "Server-sent events: first `event: availability` with `id: <location_id>.<sku>.<version>` and a position "
-    "as data for every pair asked for, then one per committed change of any of them (increasing `version` per "
-    "position), `event: reservation` with the reservation message of the NATS contract for every change of a "
-    "reservation at a location asked for, and `: heartbeat` comments. A client that does not read is "
+    "as data for every pair asked for, then one per committed change of any of them (increasing `version` "
+    "per position), `event: reservation` with the reservation message of the NATS contract for every change "
+    "of a reservation at a location asked for, and `: heartbeat` comments. A client that does not read is "
     "disconnected; it reconnects and starts again from the current positions."
 )
 
@@ -60,7 +60,9 @@ class StreamController(Controller):
         media_type="text/event-stream",
         security=[{SESSION_SCHEME: []}],  # beside the router's bearer key
         responses={
-            200: ResponseSpec(str, description=_EVENTS, media_type="text/event-stream", generate_examples=False),
+            200: ResponseSpec(
+                str, description=_EVENTS, media_type="text/event-stream", generate_examples=False
+            ),
             **documented(400, 404),
         },
     )

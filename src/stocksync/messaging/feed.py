@@ -1,11 +1,12 @@
-"""The live feed's source: one NATS subscription per API process, fanned out in process to its SSE clients.
+"""The live feed's source: one NATS subscription per API process, fanned out in process to SSE clients.
 
-N browsers cost one subscription on ``stocksync.out.availability.>`` and one on ``stocksync.out.reservation.>``,
-not N. Each message is decoded and framed once, then offered to the listeners of its location. A listener's
-queue is bounded, a newer update of a position replacing the one still waiting: a client that does not read is
-dropped (``abort`` closes its connection), so a slow reader never grows the server's memory. When NATS goes away every listener is ended too: its client
-reconnects (answered 503 until NATS is back) and starts again from the current positions, which is the
-catch-up, since core NATS keeps nothing for a subscriber that was away.
+N browsers cost one subscription on ``stocksync.out.availability.>`` and one on
+``stocksync.out.reservation.>``, not N. Each message is decoded and framed once, then offered to the listeners
+of its location. What waits for a listener is bounded, a newer update of a position replacing the one still
+waiting: a client that does not read is dropped (``abort`` closes its connection), so a slow reader never
+grows the server's memory. When NATS goes away every listener is ended too: its client reconnects (answered
+503 until NATS is back) and starts again from the current positions, which is the catch-up, since core NATS
+keeps nothing for a subscriber that was away.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any, NamedTuple
@@ -65,8 +67,9 @@ class Listener:
     """One client's interest (its pairs, and where it sees reservation changes) and what waits for it.
 
     Availability is a state: a newer update of a position waiting to be sent replaces the older one (its
-    versions then skip, never go back, as the out stream's may). What waits is bounded (``queue_max`` positions
-    and reservation changes), and a client that took nothing for ``stall_s`` while updates wait is not reading:
+    versions then skip, never go back, as the out stream's may). What waits is bounded (``queue_max``
+    positions and reservation changes), and a client that took nothing for ``stall_s`` while updates wait is
+    not reading:
     it is dropped, and ``abort`` closes its connection, stuck as its response is behind a full socket.
     """
 
@@ -128,7 +131,9 @@ class Listener:
 class LiveFeed:
     """The process's subscription to the out stream, and its listeners by location."""
 
-    def __init__(self, nats_url: str, *, queue_max: int = 1000, stall_s: float = 30.0, **options: Any) -> None:
+    def __init__(
+        self, nats_url: str, *, queue_max: int = 1000, stall_s: float = 30.0, **options: Any
+    ) -> None:
         self.nats_url = nats_url
         self.queue_max = queue_max
         self.stall_s = stall_s
@@ -136,7 +141,8 @@ class LiveFeed:
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
-        self._by_location: dict[str, set[Listener]] = {}
+        # Weak: a stream whose body never started (its client gone first) never runs its `forget`.
+        self._by_location: dict[str, weakref.WeakSet[Listener]] = {}
 
     @property
     def ready(self) -> bool:
@@ -167,17 +173,18 @@ class LiveFeed:
             locations, skus, reservations_at, queue_max=self.queue_max, stall_s=self.stall_s, abort=abort
         )
         for location_id in listener.locations:
-            self._by_location.setdefault(location_id, set()).add(listener)
+            self._by_location.setdefault(location_id, weakref.WeakSet()).add(listener)
         metrics.STREAM_CLIENTS.inc()
+        weakref.finalize(listener, metrics.STREAM_CLIENTS.dec)
         return listener
 
     def forget(self, listener: Listener) -> None:
         for location_id in listener.locations:
-            listeners = self._by_location.get(location_id, set())
-            listeners.discard(listener)
-            if not listeners:
-                self._by_location.pop(location_id, None)
-        metrics.STREAM_CLIENTS.dec()
+            listeners = self._by_location.get(location_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._by_location[location_id]
 
     def _listeners(self) -> set[Listener]:
         return set().union(*self._by_location.values())

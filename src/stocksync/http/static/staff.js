@@ -107,6 +107,15 @@
     if (event.detail.target.id === "lookup-result") connect(); // watch what is shown now
     countdowns();
   });
+  document.body.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (form.id !== "reserve-form" || !event.detail.successful || event.detail.xhr.status !== 200) return;
+    var lines = form.querySelectorAll(".line");
+    for (var i = 1; i < lines.length; i++) lines[i].remove();
+    form.querySelector(".line-sku").value = "";
+    form.querySelector(".line-qty").value = "1";
+    form.querySelector("#reference").value = "";
+  });
   document.body.addEventListener("htmx:sendError", function () {
     var notice = document.getElementById("settle-result");
     status("down");
