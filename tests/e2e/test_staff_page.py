@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from tests.support import NatsServer
+from tests.support import NatsServer, run_sql
 from tests.support_live import Served, sell_over_nats, served, unique  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +191,40 @@ async def test_the_page_shows_a_web_order_live_and_catches_up_after_the_connecti
     await expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
     await expect(page.locator("#offline")).to_be_hidden()
     await expect(page.locator(AVAILABLE)).to_have_text("14", timeout=10_000)
+
+    _due_now(served, web.json()["reservation_id"])  # as if its hold time had passed: the sweeper expires it
+    await expect(order).to_have_count(0, timeout=10_000)
+    await expect(page.locator(AVAILABLE)).to_have_text("15")
     await context.close()
+
+
+def _due_now(served: Served, reservation_id: str) -> None:
+    """Move a hold's expiry to a second ago (the shortest hold is a minute: too long to wait for here)."""
+    database_url = served.env["STOCKSYNC_DATABASE_URL"]
+    run_sql(
+        database_url,
+        "UPDATE reservations SET expires_at = now() - interval '1 second' "
+        f"WHERE reservation_id = '{reservation_id}'",
+    )
+
+
+def test_the_page_refuses_writes_from_elsewhere_and_fragments_without_a_session(served: Served) -> None:
+    shop = Shop(served)
+    signed_in = httpx.Client(base_url=served.base, cookies={"stocksync_session": shop.key})
+    form = {"sku": shop.sku, "qty": "1", "hold_minutes": "120"}
+    from_elsewhere = signed_in.post("/staff/reservations", data=form)  # a form on another site: no HX-Request
+    from_page = signed_in.post("/staff/reservations", data=form, headers={"HX-Request": "true"})
+    bad_qty = signed_in.post("/staff/reservations", data=form | {"qty": "lots"}, headers={"HX-Request": "true"})
+    signed_out = httpx.get(f"{served.base}/staff/lookup", params={"sku": shop.sku})
+    pos_key = httpx.post(f"{served.base}/staff/sign-in", data={"key": served.key("pos", shop.store)})
+    assert from_elsewhere.status_code == 400 and "from the staff page" in from_elsewhere.text
+    assert from_page.status_code == 200 and "Reserved" in from_page.text
+    assert bad_qty.status_code == 400
+    assert "each quantity is a whole number from 1 to 100,000" in bad_qty.text
+    assert (signed_out.status_code, signed_out.headers["HX-Redirect"]) == (401, "/staff")
+    assert pos_key.status_code == 403 and "needs a staff key" in pos_key.text
+    assert served.position(shop.store, shop.sku)["reserved"] == 1
+    signed_in.close()
 
 
 async def _screenshots(page: Page, browser: Browser, served: Served, key: str, sku: str, out: Path) -> None:

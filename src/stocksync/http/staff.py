@@ -292,18 +292,16 @@ _FIELD_WORDS = (
 
 
 def _invalid(error: Exception, field: str) -> Exception:
-    """A form value that is not valid as a sentence about the field it names; other errors as they are."""
-    if isinstance(error, msgspec.ValidationError | ValueError):
-        message = str(error)
-        named = (
-            message.rpartition(" - at ")[2].replace("`$.", "").strip("`") if " - at " in message else field
-        )
-    elif isinstance(error, InvalidRequest) and not error.detail.startswith("type or scan"):
-        named = str(error.extra.get("field", field))
-    else:
+    """A form value msgspec refused, as a sentence about the field it names; other errors as they are."""
+    if not isinstance(error, msgspec.ValidationError):
         return error
-    words = next((words for part, words in _FIELD_WORDS if part in named), "a value is not valid")
-    return InvalidRequest(words, field=named)
+    message = str(error)
+    named = message.rpartition(" - at ")[2].replace("`$.", "").strip("`") if " - at " in message else field
+    return InvalidRequest(_field_words(named), field=named)
+
+
+def _field_words(field: str) -> str:
+    return next((words for part, words in _FIELD_WORDS if part in field), "a value is not valid")
 
 
 def _reserve_request(form: Any, store: str) -> ReserveRequest:
@@ -329,7 +327,7 @@ def _reserve_request(form: Any, store: str) -> ReserveRequest:
 def _whole(value: Any, field: str) -> int:
     text = str(value).strip()
     if not text.isdigit() or len(text) > 9:
-        raise InvalidRequest(f"{field} is not a whole number", field=field)
+        raise InvalidRequest(_field_words(field), field=field)
     return int(text)
 
 

@@ -79,16 +79,19 @@ class StreamController(Controller):
         """The positions of every (location, sku) asked for, then their changes, live.
 
         503 while this process is not connected to NATS (the feed's source); 404 for an unknown location."""
-        if feed is None or not feed.ready:
-            raise Unavailable("the live feed is not connected to NATS; retry in a few seconds")
         locations, skus = list(dict.fromkeys(location_id)), list(dict.fromkeys(sku))
-        abort = request.scope.get("extensions", {}).get("stocksync.abort")
-        listener = feed.listen(locations, skus, _reservations_at(key, locations), abort)
+        listener = None
+        if feed is not None and feed.ready:  # listening before the read: no change after it is missed
+            abort = request.scope.get("extensions", {}).get("stocksync.abort")
+            listener = feed.listen(locations, skus, _reservations_at(key, locations), abort)
         try:
-            snapshot = await queries.positions(skus, locations)
+            snapshot = await queries.positions(skus, locations)  # an unknown location is 404, NATS or not
         except BaseException:
-            feed.forget(listener)
+            if listener is not None:
+                feed.forget(listener)  # type: ignore[union-attr]
             raise
+        if feed is None or listener is None:
+            raise Unavailable("the live feed is not connected to NATS; retry in a few seconds")
         return Stream(
             _events(feed, listener, snapshot, heartbeat_s),
             media_type="text/event-stream",

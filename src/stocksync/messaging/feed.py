@@ -141,6 +141,7 @@ class LiveFeed:
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
+        self._stopping = False
         # Weak: a stream whose body never started (its client gone first) never runs its `forget`.
         self._by_location: dict[str, weakref.WeakSet[Listener]] = {}
 
@@ -154,6 +155,7 @@ class LiveFeed:
         self._task = asyncio.create_task(self._connect(), name="live-feed")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             await cancel_and_wait(self._task)
         for listener in self._listeners():
@@ -203,9 +205,10 @@ class LiveFeed:
         log.info("live_feed_subscribed", nats=self.nats_url)
 
     async def _disconnected(self) -> None:
-        log.warning("live_feed_disconnected", clients=len(self._listeners()))
+        if not self._stopping:
+            log.warning("live_feed_disconnected", clients=len(self._listeners()))
         for listener in self._listeners():
-            listener.drop("nats_disconnected")
+            listener.drop("shutdown" if self._stopping else "nats_disconnected")
 
     async def _reconnected(self) -> None:
         log.info("live_feed_reconnected")
