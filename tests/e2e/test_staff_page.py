@@ -214,7 +214,9 @@ def test_the_page_refuses_writes_from_elsewhere_and_fragments_without_a_session(
     form = {"sku": shop.sku, "qty": "1", "hold_minutes": "120"}
     from_elsewhere = signed_in.post("/staff/reservations", data=form)  # a form on another site: no HX-Request
     from_page = signed_in.post("/staff/reservations", data=form, headers={"HX-Request": "true"})
-    bad_qty = signed_in.post("/staff/reservations", data=form | {"qty": "lots"}, headers={"HX-Request": "true"})
+    bad_qty = signed_in.post(
+        "/staff/reservations", data=form | {"qty": "lots"}, headers={"HX-Request": "true"}
+    )
     signed_out = httpx.get(f"{served.base}/staff/lookup", params={"sku": shop.sku})
     pos_key = httpx.post(f"{served.base}/staff/sign-in", data={"key": served.key("pos", shop.store)})
     assert from_elsewhere.status_code == 400 and "from the staff page" in from_elsewhere.text
@@ -239,3 +241,19 @@ async def _screenshots(page: Page, browser: Browser, served: Served, key: str, s
     if os.environ.get("STOCKSYNC_TEST_SCREENSHOTS"):
         for name in ("staff-360.png", "staff-desktop.png"):
             shutil.copy(out / name, ROOT / "docs" / name)
+
+
+def test_a_key_for_two_stores_chooses_which_one_the_page_is_for(served: Served) -> None:
+    first, second = sorted([served.store(name="Store One"), served.store(name="Store Two")])
+    page = httpx.Client(
+        base_url=served.base, cookies={"stocksync_session": served.key("staff", first, second)}
+    )
+    before = page.get("/staff")
+    page.post("/staff/store", data={"store": second})
+    after = page.get("/staff")
+    page.post("/staff/store", data={"store": unique("not-mine")})
+    not_mine = page.get("/staff")
+    page.close()
+    assert 'id="store-choice"' in before.text and f'data-store="{first}"' in before.text
+    assert f'data-store="{second}"' in after.text
+    assert f'data-store="{first}"' in not_mine.text, "a store the key may not act at is never chosen"

@@ -48,7 +48,8 @@ def create_app(
     ``roles`` are the parts this process runs, which readiness reports on.
 
     The key verifier listens for revocations from the app's start-up to its shutdown (see `KeyVerifier`), and
-    ``feed`` (NATS) feeds ``GET /v1/stream`` and the staff page, which answer 503 without one.
+    ``feed`` (NATS) feeds ``GET /v1/stream`` and so the staff page's live numbers (the stream answers 503
+    without one).
     """
     queries = Queries(engine)
     verifier = key_verifier or KeyVerifier(engine)

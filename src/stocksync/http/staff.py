@@ -119,7 +119,7 @@ def _from_page(request: Request[Any, Any, Any]) -> None:
 
 
 async def _required(request: Request[Any, Any, Any]) -> Session:
-    """The session, or a redirect to sign in (HTMX follows ``HX-Redirect``; a browser the 303)."""
+    """The session; without one the fragment answers 401 with ``HX-Redirect: /staff`` (to sign in)."""
     session = await signed_in(request)
     if session is None:
         raise _SignIn()
@@ -143,10 +143,15 @@ class StaffPage(Controller):
 
     @get("/")
     async def page(self, request: Request[Any, Any, Any], queries: NamedDependency[Queries]) -> Any:
-        session = await signed_in(request)
+        """The page of the signed-in staff member's store, else the sign-in form."""
+        try:
+            session = await signed_in(request)
+            store = session and await queries.location(session.store)
+        except StocksyncError as error:  # the database away: say so in words, as everywhere on the page
+            status, words = in_words(error)
+            return _fragment("sign_in.html", status, problem=words)
         if session is None:
             return _fragment("sign_in.html")
-        store = await queries.location(session.store)
         return _fragment(
             "page.html",
             store_id=session.store,
@@ -165,8 +170,8 @@ class StaffPage(Controller):
         try:
             key = await verifier.verify(presented)
         except StocksyncError as error:
-            status, _ = in_words(error)
-            words = "That key is not valid, or it was revoked." if status == 401 else in_words(error)[1]
+            status, words = in_words(error)
+            words = "That key is not valid, or it was revoked." if status == 401 else words
             return _fragment("sign_in.html", status, problem=words)
         if key.role != "staff" or not key.locations:
             return _fragment("sign_in.html", 403, problem="This page needs a staff key for a store.")
