@@ -29,12 +29,13 @@ AVAILABLE = "#position [data-field=available]"
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium, installed with apt when it is missing (the tests install what they need)."""
-    if not CHROMIUM.exists():
-        for command in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"]):
-            subprocess.run(command, capture_output=True, timeout=1200, check=False)
-        if not CHROMIUM.exists():
-            subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=1200)
-    assert CHROMIUM.exists(), f"no {CHROMIUM}: `apt-get install -y chromium` did not provide it"
+    as_root = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo", "-n"]
+    install, update = [*as_root, "apt-get", "install", "-y", "chromium"], [*as_root, "apt-get", "update"]
+    for command in (install, update, install):  # the package lists may be missing or stale the first time
+        if CHROMIUM.exists():
+            break
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+    assert CHROMIUM.exists(), f"no {CHROMIUM}: `apt-get install -y chromium` did not provide it: {done.stderr}"
     return CHROMIUM
 
 
