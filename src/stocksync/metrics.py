@@ -79,6 +79,11 @@ BUCKET_MALFORMED = Counter(
     "stocksync_bucket_entries_malformed",
     "Availability bucket entries that were not an availability body, overwritten by the relay",
 )
+STREAM_CLIENTS = Gauge("stocksync_stream_clients", "Clients of GET /v1/stream connected to this process")
+STREAM_DROPPED = Counter(
+    "stocksync_stream_dropped_total", "Live-feed clients disconnected by the server, by reason", ["reason"]
+)
+
 NATS_AUTH = Counter(
     "stocksync_nats_auth_total", "NATS connections the auth callout answered, by outcome", ["outcome"]
 )

@@ -58,10 +58,21 @@ def nats_probe(nats_url: str) -> Callable[[], Awaitable[bool]]:
 
 def _http_server(settings: Settings, engine: AsyncEngine, roles: Iterable[str]) -> uvicorn.Server:
     from stocksync.http.app import create_app
+    from stocksync.messaging.feed import LiveFeed
 
     readiness = {"nats": nats_probe(settings.nats_url)} if settings.nats_url else {}
+    feed = None
+    if settings.nats_url:  # the live feed's one subscription for this process's clients
+        options = service_options(settings)
+        stall_s = 2 * settings.stream_heartbeat_s  # a client stuck that long on a send does not read
+        feed = LiveFeed(settings.nats_url, queue_max=settings.stream_queue_max, stall_s=stall_s, **options)
     app = create_app(
-        engine=engine, ledger=GroupCommitLedger(engine), readiness=readiness, roles=sorted(roles)
+        engine=engine,
+        ledger=GroupCommitLedger(engine),
+        readiness=readiness,
+        roles=sorted(roles),
+        feed=feed,
+        heartbeat_s=settings.stream_heartbeat_s,
     )
     config = uvicorn_config(app, settings.http_host, settings.http_port, lifespan="on")
     return uvicorn.Server(config)

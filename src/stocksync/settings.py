@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str | None = None
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
+    # The live feed (`GET /v1/stream`, docs/staff.md): a comment line at least this often (a client stuck
+    # on a send for twice as long is dropped), and how many updates one client may have waiting.
+    stream_heartbeat_s: Annotated[float, Meta(gt=0, le=15)] = 15.0
+    stream_queue_max: Annotated[int, Meta(ge=1, le=100_000)] = 1000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -113,4 +117,6 @@ HELP: dict[str, str] = {
     "nats_tls_ca": "CA file for TLS to NATS",
     "nats_tls_cert": "client certificate for TLS to NATS",
     "nats_tls_key": "client key for TLS to NATS",
+    "stream_heartbeat_s": "seconds between the live feed's heartbeat comments, at most 15",
+    "stream_queue_max": "positions and reservation changes one live-feed client may have waiting",
 }

@@ -181,6 +181,10 @@ PRODUCERS: dict[tuple[str, str, int], Produce] = {
     ("GET", "/v1/availability", 404): lambda w: w.admin.get(
         "/v1/availability", params={"sku": w.sku, "location_id": unique("ghost")}
     ),
+    ("GET", "/v1/stream", 400): lambda w: w.admin.get("/v1/stream", params={"location_id": w.store}),
+    ("GET", "/v1/stream", 404): lambda w: w.admin.get(
+        "/v1/stream", params={"sku": w.sku, "location_id": unique("ghost")}
+    ),
     ("GET", "/v1/pickup", 400): lambda w: w.admin.get("/v1/pickup", params={"sku": w.sku, "near": "north"}),
     ("GET", "/v1/movements", 400): lambda w: w.admin.get("/v1/movements", params={"limit": 0}),
     ("GET", R, 400): lambda w: w.admin.get(R, params={"status": "lost"}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Router
@@ -10,6 +11,9 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync import __version__
@@ -24,9 +28,12 @@ from stocksync.http.events import EventController
 from stocksync.http.locations import LocationController
 from stocksync.http.orders import OrderController
 from stocksync.http.reservations import ReservationController
+from stocksync.http.staff import StaffPage
 from stocksync.http.stock import StockController
 from stocksync.http.tracing import trace_requests
 from stocksync.http.webhooks import WebhookController
+from stocksync.http.stream import StreamController
+from stocksync.messaging.feed import LiveFeed
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.orders import OrderService
@@ -40,11 +47,15 @@ def create_app(
     clock: Clock = utc_now,
     roles: Sequence[str] = ("api",),
     key_verifier: KeyVerifier | None = None,
+    feed: LiveFeed | None = None,
+    heartbeat_s: float = 15.0,
 ) -> Litestar:
     """The API over ``engine`` and ``ledger``; ``readiness`` adds checks (``"nats"``) to the database's, and
     ``roles`` are the parts this process runs, which readiness reports on.
 
-    The key verifier listens for revocations from the app's start-up to its shutdown (see `KeyVerifier`).
+    The key verifier listens for revocations from the app's start-up to its shutdown (see `KeyVerifier`), and
+    ``feed`` (NATS) feeds ``GET /v1/stream`` and so the staff page's live numbers (the stream answers 503
+    without one).
     """
     queries = Queries(engine)
     verifier = key_verifier or KeyVerifier(engine)
@@ -58,7 +69,10 @@ def create_app(
         "clock": clock,
         "probes": {"database": health.database_probe(engine), **readiness},
         "roles": tuple(roles),
+        "feed": feed,
+        "heartbeat_s": heartbeat_s,
     }
+    lifecycle = [verifier] + ([feed] if feed is not None else [])
     api = Router(
         "/v1",
         route_handlers=[
@@ -69,20 +83,22 @@ def create_app(
             ChannelController,
             OrderController,
             WebhookController,
+            StreamController,
         ],
         middleware=[ApiKeyMiddleware],
         dependencies={"key": Provide(provide_key, sync_to_thread=False)},
         security=[{SECURITY_SCHEME: []}],
     )
     app = Litestar(
-        route_handlers=[api, health.live, health.ready, health.metrics],
+        route_handlers=[api, health.live, health.ready, health.metrics, StaffPage, _STATIC],
         dependencies={name: _constant(value) for name, value in services.items()},
         exception_handlers={Exception: errors.handle},
         middleware=[trace_requests],
         request_max_body_size=MAX_BODY_BYTES,
         state=State({"key_verifier": verifier}),
-        on_startup=[verifier.start],
-        on_shutdown=[verifier.stop],
+        on_startup=[part.start for part in lifecycle],
+        on_shutdown=[part.stop for part in reversed(lifecycle)],
+        template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(
             title="stocksync",
             version=__version__,
@@ -94,6 +110,13 @@ def create_app(
     errors.document_errors(app)
     app.asgi_handler = observe.observed(app.asgi_handler)  # outside routing and error answers: sees all
     return app
+
+
+_HERE = Path(__file__).parent
+# The staff page's script and styles, vendored HTMX among them: no CDN, no front-end build.
+_STATIC = create_static_files_router(
+    path="/staff/static", directories=[_HERE / "static"], include_in_schema=False, name="staff-static"
+)
 
 
 def _constant(value: Any) -> Provide:

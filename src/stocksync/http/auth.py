@@ -8,6 +8,10 @@
 | staff | all (reservation lists at its locations) | every event type at its locations |
 | pos | all (reservation lists at its locations) | sale and return at its locations |
 
+A GET may instead carry the staff page's session cookie (``stocksync_session``, HttpOnly, SameSite=Strict,
+set by signing in at ``/staff``): the page's live feed is an EventSource, which cannot send a header. Writes
+take the header only, so no other site can make a browser write with its cookie.
+
 A missing, malformed or unknown key is 401; a key acting outside its scope 403. A write at a location that
 does not exist is no scope question: the ledger refuses it as ``unknown_location`` (404, or a recorded
 rejection).
@@ -31,13 +35,22 @@ from stocksync.domain.model import Location
 from stocksync.service.keys import SCOPED_ROLES, ApiKey, KeyVerifier
 
 SECURITY_SCHEME = "apiKey"
+SESSION_SCHEME = "staffSession"
+SESSION_COOKIE = "stocksync_session"
+_SAFE_METHODS = ("GET", "HEAD")
 SECURITY: dict[str, SecurityScheme | Reference] = {
     SECURITY_SCHEME: SecurityScheme(
         type="http",
         scheme="bearer",
         bearer_format="ssk_<key_id>_<secret>",
         description="An API key from `stocksync keys create`",
-    )
+    ),
+    SESSION_SCHEME: SecurityScheme(
+        type="apiKey",
+        name=SESSION_COOKIE,
+        security_scheme_in="cookie",
+        description="The staff page's session (sign in at `/staff`); accepted on GET requests only",
+    ),
 }
 
 
@@ -50,11 +63,20 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
         verifier: KeyVerifier = connection.app.state.key_verifier
-        return AuthenticationResult(user=await verifier.verify(presented.strip()), auth=None)
+        return AuthenticationResult(user=await verifier.verify(presented_key(connection)), auth=None)
+
+
+def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The key of the ``Authorization`` header; on a GET without one, the staff session's."""
+    header = connection.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() == "bearer" and presented.strip():
+        return presented.strip()
+    session = connection.cookies.get(SESSION_COOKIE, "")
+    if not header and session and connection.scope.get("method") in _SAFE_METHODS:
+        return session
+    raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
 
 
 def provide_key(request: Request[ApiKey, Any, Any]) -> ApiKey:

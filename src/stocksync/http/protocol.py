@@ -26,7 +26,13 @@ NOT_HTTP = msgspec.json.encode(
 
 
 class JsonErrorsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose 400 for an unparsable request is the API's error body."""
+    """uvicorn's httptools protocol whose 400 for an unparsable request is the API's error body, and which
+    lends each request a way to drop its connection at once (scope extension ``stocksync.abort``): the live
+    feed's only way to end a client that stopped reading, whose response is stuck behind a full socket."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {"stocksync.abort": self.transport.abort}  # type: ignore[typeddict-unknown-key]
 
     def send_400_response(self, msg: str) -> None:
         head = [STATUS_LINE[400]]

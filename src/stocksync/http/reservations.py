@@ -56,18 +56,8 @@ class ReservationController(Controller):
     ) -> Response[ReservationBody]:
         """Hold every line or none (201); 409 insufficient_stock with the shortages; 404 unknown_location."""
         body = await read_body(request, _decode_reserve)
-        await access.check(key, "reserve", body.location_id)
-        if body.reservation_id is not None and (again := await _posted_before(queries, body)) is not None:
-            return Response(again, status_code=200)
-        reservation_id = body.reservation_id or f"res-{uuid4().hex}"
-        result = await ledger.apply([body.event(reservation_id, clock(), source=f"http:{key.key_id}")])
-        outcome = result.outcomes[0]
-        if outcome.error == EventIdConflict.code and (again := await _posted_before(queries, body)):
-            return Response(again, status_code=200)  # an identical request committed first
-        if outcome.outcome == "rejected":
-            raise refusal(outcome)
-        held = result.reservations[(body.location_id, reservation_id)]
-        return Response(ReservationBody.of(held), status_code=201)
+        held, new = await place(body, key, ledger, queries, access, clock)
+        return Response(held, status_code=201 if new else 200)
 
     @get("/", responses=documented(403))
     async def list_reservations(
@@ -104,8 +94,7 @@ class ReservationController(Controller):
         location_id: LocationIdQuery = None,
     ) -> ReservationBody:
         """Turn the hold into a sale; collecting again answers the same; else 409 reservation_not_held."""
-        reservation = await _named(queries, reservation_id, location_id)
-        return await _settle(Collect, reservation, key, ledger, access, clock)
+        return await settle(Collect, reservation_id, location_id, key, ledger, queries, access, clock)
 
     @post("/{reservation_id:str}/cancel", status_code=200, responses=documented(403, 404, 409))
     async def cancel(
@@ -119,8 +108,25 @@ class ReservationController(Controller):
         location_id: LocationIdQuery = None,
     ) -> ReservationBody:
         """Release the hold; cancelling again answers the same; 409 reservation_not_held otherwise."""
-        reservation = await _named(queries, reservation_id, location_id)
-        return await _settle(Cancel, reservation, key, ledger, access, clock)
+        return await settle(Cancel, reservation_id, location_id, key, ledger, queries, access, clock)
+
+
+async def place(
+    body: ReserveRequest, key: ApiKey, ledger: LedgerService, queries: Queries, access: Access, clock: Clock
+) -> tuple[ReservationBody, bool]:
+    """Rule 5 for ``key`` (the API's and the staff page's one way): the reservation and whether it is new
+    (False: a repeat of one posted before, answered as it was); a refusal is raised."""
+    await access.check(key, "reserve", body.location_id)
+    if body.reservation_id is not None and (again := await _posted_before(queries, body)) is not None:
+        return again, False
+    reservation_id = body.reservation_id or f"res-{uuid4().hex}"
+    result = await ledger.apply([body.event(reservation_id, clock(), source=f"http:{key.key_id}")])
+    outcome = result.outcomes[0]
+    if outcome.error == EventIdConflict.code and (again := await _posted_before(queries, body)):
+        return again, False  # an identical request committed first
+    if outcome.outcome == "rejected":
+        raise refusal(outcome)
+    return ReservationBody.of(result.reservations[(body.location_id, reservation_id)]), True
 
 
 async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationBody | None:
@@ -148,6 +154,21 @@ async def _named(queries: Queries, reservation_id: str, location_id: str | None)
     missing = UnknownReservation(f"reservation {reservation_id!r} is not known{where}")
     found = await queries.reservations_named(reservation_id, location_id)
     return at_one_location(found, missing, f"reservation {reservation_id!r}")
+
+
+async def settle(
+    kind: type[Collect | Cancel],
+    reservation_id: str,
+    location_id: str | None,
+    key: ApiKey,
+    ledger: LedgerService,
+    queries: Queries,
+    access: Access,
+    clock: Clock,
+) -> ReservationBody:
+    """Collect or cancel the reservation named (the API's and the staff page's one way); rule 6."""
+    reservation = await _named(queries, reservation_id, location_id)
+    return await _settle(kind, reservation, key, ledger, access, clock)
 
 
 async def _settle(
