@@ -44,21 +44,50 @@ _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
 _POSITIONS = select(*_POSITION).where(
     t.positions.c.location_id == any_(ids_param("locations")), t.positions.c.sku == any_(ids_param("skus"))
 )
-# The channels a set of changed positions belongs to, each with the skus that changed there, and the skus of
-# the locations a refresh names: the (channel, sku) pairs a relay pass publishes.
-_TOUCHED = text(
+# For a relay pass, in one statement (one round trip, one snapshot): the (channel, sku) pairs it publishes (the
+# channels its changed positions belong to, each with the skus that changed there, and the skus held at the
+# locations a refresh names), the definitions of those channels, a fresh version (taken only when there is a
+# pair), and the positions those pairs sum; each as parallel arrays of one row, which the driver decodes in C
+# (thousands of positions a pass under load: rows through SQLAlchemy's result machinery cost the relay more).
+_TOUCHED_STOCK = """
+    WITH pairs AS (
+        SELECT cl.channel_id, k.sku
+        FROM unnest($1::text[], $2::text[]) AS k(location_id, sku)
+        JOIN channel_locations cl ON cl.location_id = k.location_id
+        UNION
+        SELECT r.channel_id, p.sku
+        FROM unnest($3::text[], $4::text[]) AS r(channel_id, location_id)
+        JOIN positions p ON p.location_id = r.location_id
+        JOIN channels c ON c.channel_id = r.channel_id
+    ), fresh AS (
+        SELECT nextval('channel_availability_version') AS version WHERE EXISTS (SELECT FROM pairs)
+    ), defs AS (
+        SELECT c.channel_id, c.name, c.buffer,
+               array_to_string(ARRAY(SELECT cl.location_id FROM channel_locations cl
+                                     WHERE cl.channel_id = c.channel_id ORDER BY cl.priority), chr(31)) AS locations
+        FROM channels c WHERE c.channel_id IN (SELECT channel_id FROM pairs)
+    ), stock AS (
+        SELECT DISTINCT p.location_id, p.sku, p.on_hand, p.reserved, p.damaged, p.safety_stock, p.version,
+               p.last_count_at
+        FROM pairs JOIN channel_locations cl ON cl.channel_id = pairs.channel_id
+        JOIN positions p ON p.location_id = cl.location_id AND p.sku = pairs.sku
+    )
+    SELECT (SELECT version FROM fresh) AS version,
+           (SELECT array_agg(channel_id ORDER BY channel_id, sku) FROM pairs) AS pair_channels,
+           (SELECT array_agg(sku ORDER BY channel_id, sku) FROM pairs) AS pair_skus,
+           (SELECT array_agg(channel_id ORDER BY channel_id) FROM defs) AS def_ids,
+           (SELECT array_agg(name ORDER BY channel_id) FROM defs) AS def_names,
+           (SELECT array_agg(buffer ORDER BY channel_id) FROM defs) AS def_buffers,
+           (SELECT array_agg(locations ORDER BY channel_id) FROM defs) AS def_locations,
+           (SELECT array_agg(location_id ORDER BY location_id, sku) FROM stock) AS p_location,
+           (SELECT array_agg(sku ORDER BY location_id, sku) FROM stock) AS p_sku,
+           (SELECT array_agg(on_hand ORDER BY location_id, sku) FROM stock) AS p_on_hand,
+           (SELECT array_agg(reserved ORDER BY location_id, sku) FROM stock) AS p_reserved,
+           (SELECT array_agg(damaged ORDER BY location_id, sku) FROM stock) AS p_damaged,
+           (SELECT array_agg(safety_stock ORDER BY location_id, sku) FROM stock) AS p_safety_stock,
+           (SELECT array_agg(version ORDER BY location_id, sku) FROM stock) AS p_version,
+           (SELECT array_agg(last_count_at ORDER BY location_id, sku) FROM stock) AS p_last_count_at
     """
-    SELECT DISTINCT cl.channel_id, k.sku
-    FROM unnest(CAST(:locations AS text[]), CAST(:skus AS text[])) AS k(location_id, sku)
-    JOIN channel_locations cl ON cl.location_id = k.location_id
-    UNION
-    SELECT r.channel_id, p.sku
-    FROM unnest(CAST(:refresh_channels AS text[]), CAST(:refresh_locations AS text[]))
-         AS r(channel_id, location_id)
-    JOIN positions p ON p.location_id = r.location_id
-    JOIN channels c ON c.channel_id = r.channel_id
-    """
-)
 _NEXT_VERSION = text("SELECT nextval('channel_availability_version')")
 
 
@@ -132,28 +161,59 @@ async def touched_stock(
     conn: AsyncConnection, changed: Sequence[PositionKey], refreshes: Sequence[ChannelRefresh]
 ) -> tuple[int, list[tuple[Channel, str]], dict[PositionKey, Position]]:
     """For a relay pass: a fresh version, the (channel, sku) pairs the pass changes, and the positions
-    they sum, all read after the pass's rows (so they include every change the pass publishes)."""
+    they sum, all read in one statement after the pass's rows (so they include every change the pass publishes).
+    Nothing changed, or nothing that a channel sums: no statement, or no version taken."""
     if not changed and not refreshes:
         return 0, [], {}
-    pairs = (
-        await conn.execute(
-            _TOUCHED,
-            {
-                "locations": [key[0] for key in changed],
-                "skus": [key[1] for key in changed],
-                "refresh_channels": [r.channel_id for r in refreshes for _ in r.location_ids],
-                "refresh_locations": [location for r in refreshes for location in r.location_ids],
-            },
-        )
-    ).all()
-    if not pairs:
+    driver = (await conn.get_raw_connection()).driver_connection
+    row = await driver.fetchrow(
+        _TOUCHED_STOCK,
+        [key[0] for key in changed],
+        [key[1] for key in changed],
+        [r.channel_id for r in refreshes for _ in r.location_ids],
+        [location for r in refreshes for location in r.location_ids],
+    )
+    if row["version"] is None:
         return 0, [], {}
-    channels = {c.channel_id: c for c in await read_channels(conn, sorted({row.channel_id for row in pairs}))}
-    version = int(await conn.scalar(_NEXT_VERSION))
-    locations = {location for channel in channels.values() for location in channel.locations}
-    positions = await read_positions(conn, locations, {row.sku for row in pairs})
-    touched = [(channels[row.channel_id], row.sku) for row in pairs if row.channel_id in channels]
-    return version, touched, positions
+    found = {
+        channel_id: Channel(
+            channel_id=channel_id,
+            name=name,
+            locations=tuple(locations.split("\x1f")) if locations else (),
+            buffer=buffer,
+        )
+        for channel_id, name, buffer, locations in zip(
+            row["def_ids"] or (), row["def_names"] or (), row["def_buffers"] or (), row["def_locations"] or ()
+        )
+    }
+    touched = [
+        (found[channel_id], sku)
+        for channel_id, sku in zip(row["pair_channels"], row["pair_skus"])
+        if channel_id in found
+    ]
+    positions = {
+        (location_id, sku): Position(
+            location_id=location_id,
+            sku=sku,
+            on_hand=on_hand,
+            reserved=reserved,
+            damaged=damaged,
+            safety_stock=safety_stock,
+            version=version,
+            last_count_at=last_count_at,
+        )
+        for location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at in zip(
+            row["p_location"] or (),
+            row["p_sku"] or (),
+            row["p_on_hand"] or (),
+            row["p_reserved"] or (),
+            row["p_damaged"] or (),
+            row["p_safety_stock"] or (),
+            row["p_version"] or (),
+            row["p_last_count_at"] or (),
+        )
+    }
+    return int(row["version"]), touched, positions
 
 
 class ChannelReader:
