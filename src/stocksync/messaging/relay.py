@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -37,12 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics
 from stocksync.adapters import channels, outbox
-from stocksync.adapters.channels import ChannelRefresh
+from stocksync.adapters.channels import ChannelRefresh, ChannelStock
 from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
 from stocksync.logs import outline
 from stocksync.domain.events import decoder
+from stocksync.domain.model import Position
 from stocksync.service.outbox import Publication, channel_publications
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
@@ -55,6 +57,21 @@ from stocksync.wire import (
 
 log = structlog.get_logger("stocksync.relay")
 _decode_refresh = decoder(ChannelRefresh)
+
+
+class _PositionState(msgspec.Struct, frozen=True):
+    """What a channel sum needs of an availability row's payload (an `AvailabilityMessage`)."""
+
+    location_id: str
+    sku: str
+    on_hand: int
+    reserved: int
+    damaged: int
+    safety_stock: int
+    version: int
+
+
+_decode_position = msgspec.json.Decoder(_PositionState).decode
 
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
@@ -93,6 +110,7 @@ class OutboxRelay:
         self._bucket = BucketWriter(self.js, ack_timeout_s)
         self._channel_bucket = BucketWriter(self.js, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
         self._channel_kv: KeyValue | None = None
+        self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -155,6 +173,7 @@ class OutboxRelay:
     ) -> None:
         """Passes until stopped or a pass fails, while a watch on the lock's session ends them at once if the
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
+        self._channel_stock.clear()  # another leader may have relayed meanwhile
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
@@ -249,9 +268,16 @@ class OutboxRelay:
 
     async def _channel_sums(self, conn: AsyncConnection, rows: Sequence) -> list[Publication]:
         """Every channel sku the pass's positions (and refresh rows) touch, as the positions are now."""
-        changed = [key for r in rows if r.kv_key and (key := split_availability_key(r.kv_key))]
+        changed = []
+        for r in rows:
+            if r.kv_key and (key := split_availability_key(r.kv_key)):
+                changed.append(key)
+                try:
+                    self._channel_stock.saw(_position(_decode_position(r.payload)))
+                except (msgspec.DecodeError, msgspec.ValidationError):  # not an availability body: read it
+                    self._channel_stock.forget(key)
         refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
-        version, touched, positions = await channels.touched_stock(conn, changed, refreshes)
+        version, touched, positions = await channels.touched_stock(conn, changed, refreshes, self._channel_stock)
         return channel_publications(version, touched, positions, utc_now())
 
     async def _update_channels(self, sums: Sequence[Publication]) -> None:
@@ -269,6 +295,18 @@ class OutboxRelay:
             pruned += deleted
             if deleted < self.prune_slice:
                 return pruned
+
+
+def _position(state: _PositionState) -> Position:
+    return Position(
+        location_id=state.location_id,
+        sku=state.sku,
+        on_hand=state.on_hand,
+        reserved=state.reserved,
+        damaged=state.damaged,
+        safety_stock=state.safety_stock,
+        version=state.version,
+    )
 
 
 async def relay_all(engine: AsyncEngine, nc: Client) -> bool:
