@@ -14,10 +14,13 @@ awaited together (one round trip per pass, not per message). One connection deli
 stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole, and
 ``Nats-Msg-Id`` drops the rows that had been stored.
 
-Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads what every
-channel sku those positions belong to may sell now, and publishes it beside them under one fresh version (a
+Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
+skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
 sequence), so a channel's entry is never later than the positions it sums, several commits of a pass cost one
-message per channel sku, and a pass sent again publishes a newer version, never an older one.
+message per channel sku, and a pass sent again publishes a newer version, never an older one. The sums are made
+from the positions as the leader has relayed them (`ChannelStock`: every availability row carries its position's
+new state and version), read from the database only the first time a position is needed; a new leader starts
+from the database again. An entry is therefore exactly the positions whose updates are published by then.
 """
 
 from __future__ import annotations
