@@ -712,8 +712,8 @@ def _channels_and_orders(results) -> list[str]:
         refresh = [sc.get("channel_refresh_s") for sc in cost["with"].values() if sc.get("channel_refresh_s")]
         if refresh:
             out[-1] += (
-                f" Defining the channels and relaying the clone's outbox with their refresh "
-                f"({_num(first.get('channel_keys'))} channel entries) took {', '.join(f'{x:.1f}' for x in refresh)} s."
+                f" Defining the channels and relaying their refresh ({_num(first.get('channel_keys'))} channel "
+                f"entries, once the clone's own outbox was relayed) took {', '.join(f'{x:.1f}' for x in refresh)} s."
             )
     out += [""]
     f = order_figures(results)

@@ -69,7 +69,7 @@ async def run_with_channels(bench: Bench, n: int = 1) -> None:
         refresh_s = await define_channels(group, channels)
         say(
             f"- channels {', '.join(c['channel_id'] for c in channels)} defined, their refresh relayed in "
-            f"{refresh_s:.1f} s"
+            f"{refresh_s:.1f} s (after the clone's own outbox)"
         )
         scenario = await throughput(group, key, plan.spec(events=plan.mixed_events, prefix=f"mch{n}"))
         scenario["channels"] = [
@@ -94,12 +94,14 @@ async def caught_up(group: Group) -> float:
 
 
 async def define_channels(group: Group, channels: list[dict]) -> float:
-    """The channels through the product's own `put_channel` (what ``PUT /v1/channels/{id}`` does); returns the
-    seconds until the relay has published their refresh (every sku of their locations)."""
+    """The channels through the product's own `put_channel` (what ``PUT /v1/channels/{id}`` does), once the
+    relay has caught up with the clone's outbox; returns the seconds until it has published their refresh (every
+    sku of their locations)."""
     from stocksync.adapters.channels import put_channel
     from stocksync.adapters.database import create_engine
     from stocksync.domain.channels import Channel
 
+    await caught_up(group)
     started = time.perf_counter()
     engine = create_engine(group.url, pool_size=1)
     try:
