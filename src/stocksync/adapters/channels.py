@@ -90,9 +90,10 @@ _POSITIONS_OF_KEYS = """
 
 
 class ChannelStock:
-    """The positions channels sum, as the relay last saw them: from the rows it relays (each changed position's
-    new state, with its version), and read from the database only when never seen. It is the leader's: a new
-    leader starts empty (another may have relayed meanwhile). A position's state never goes back to an older
+    """The positions channels sum, as the relay last saw them: read from the database the first time a pass
+    needs one, then kept up to date from the rows it relays (each changed position's new state, with its
+    version); positions no channel has needed are not kept (without channels, nothing is). It is the leader's: a
+    new leader starts empty (another may have relayed meanwhile). A position's state never goes back to an older
     version, so a row relayed late after a read never undoes the newer state read."""
 
     def __init__(self, max_keys: int = 2_000_000) -> None:
@@ -103,6 +104,9 @@ class ChannelStock:
         known = self.positions.get(position.key)
         if known is None or position.version >= known.version:
             self.positions[position.key] = position
+
+    def holds(self, key: PositionKey) -> bool:
+        return key in self.positions
 
     def forget(self, key: PositionKey) -> None:
         self.positions.pop(key, None)

@@ -275,10 +275,11 @@ class OutboxRelay:
         for r in rows:
             if r.kv_key and (key := split_availability_key(r.kv_key)):
                 changed.append(key)
-                try:
-                    self._channel_stock.saw(_position(_decode_position(r.payload)))
-                except (msgspec.DecodeError, msgspec.ValidationError):  # not an availability body: read it
-                    self._channel_stock.forget(key)
+                if self._channel_stock.holds(key):  # a position a channel sums: keep it as relayed
+                    try:
+                        self._channel_stock.saw(_position(_decode_position(r.payload)))
+                    except (msgspec.DecodeError, msgspec.ValidationError):  # not an availability body: read it
+                        self._channel_stock.forget(key)
         refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
         version, touched, positions = await channels.touched_stock(conn, changed, refreshes, self._channel_stock)
         return channel_publications(version, touched, positions, utc_now())
