@@ -150,12 +150,14 @@ async def reset_nats(nats_url: str) -> None:
     import nats
 
     from stocksync.messaging.topology import ensure_topology
-    from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM
+    from stocksync.wire import AVAILABILITY_BUCKET, CHANNEL_KV_STREAM, DLQ_STREAM, IN_STREAM, OUT_STREAM
 
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        for stream in (IN_STREAM, OUT_STREAM, DLQ_STREAM, f"KV_{AVAILABILITY_BUCKET}"):
+        # the channel bucket too: a clone's version sequence restarts, and an older scenario's entries would
+        # hold newer versions than its own
+        for stream in (IN_STREAM, OUT_STREAM, DLQ_STREAM, f"KV_{AVAILABILITY_BUCKET}", CHANNEL_KV_STREAM):
             try:
                 await js.delete_stream(stream)
             except Exception:

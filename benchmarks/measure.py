@@ -22,6 +22,7 @@ async def throughput(
     timeout: float | None = None,
     memory: bool = False,
     profile_s: float = 0,
+    profile_label: str = " during the mixed run",
 ) -> dict:
     """``spec`` published as fast as possible; ``timeout`` (default ``plan.timeout_for(spec.events)``) for the
     ledger to settle; ``memory``: the applier's and the relay's peaks go to the report's memory table."""
@@ -40,7 +41,7 @@ async def throughput(
             group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout, relayed=group.relay
         )
     if profiler is not None:
-        await profile.collect(profiler, results, " during the mixed run")
+        await profile.collect(profiler, results, profile_label)
     rate = await ledger_rate(group.url, spec.prefix, published["wall_start"], published["wall_end"])
     peak = sampler.peak_mb()
     results.scenarios[key] = scenario = {

@@ -35,6 +35,7 @@ class Plan:
     availability_rate: int
     recon_positions: int
     recon_movements: int
+    channel_rounds: int
     naive_concurrency: int = 4
     # API processes sharing the port (SO_REUSEPORT). One: on 2 cores that also run PostgreSQL and the load
     # generator, a second gave no more availability reads and fewer, slower reservations (smaller groups).
@@ -72,6 +73,8 @@ SIZES = {
     "availability_rate": (3_000, 3_000),
     "recon_positions": (10_000, 100_000),
     "recon_movements": (100_000, 1_000_000),
+    # mixed throughput runs without and with channels, alternated (the first without is "mixed" itself)
+    "channel_rounds": (2, 2),
 }
 
 

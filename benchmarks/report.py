@@ -40,6 +40,73 @@ def _verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("**met**" if ok else "**missed**")
 
 
+CHANNEL_COST_TARGET = 0.15  # issue 11: channel publishing costs the mixed event throughput less than 15%
+
+
+def _own_cpu_per_event(sc: dict) -> float | None:
+    """CPU microseconds per event of the pipeline's own processes (not the rest of the machine)."""
+    cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
+    own = sum(cpu.get(name, 0) for name in ("worker", "relay", "postgres", "nats-server", "publisher"))
+    return own / n * 1e6 if n and own else None
+
+
+def channel_cost(results) -> dict | None:
+    """The mixed runs without and with channels (alternated in one run), the best of each side (a shared
+    machine only ever slows a run down), their ratios, and the CPU each side spent per event."""
+    s = results.scenarios
+    without = {k: v for k, v in s.items() if k == "mixed" or k.startswith("mixed (round")}
+    with_ = {k: v for k, v in s.items() if k.startswith("mixed, with channels")}
+    if not without or not with_:
+        return None
+
+    def best(runs: dict, figure: str) -> float | None:
+        values = [v["ledger"].get(figure) for v in runs.values()]
+        values = [x for x in values if x is not None and not math.isnan(x)]
+        return max(values) if values else None
+
+    def mean(runs: dict, fn) -> float | None:
+        values = [x for x in (fn(v) for v in runs.values()) if x is not None]
+        return sum(values) / len(values) if values else None
+
+    out = {"without": without, "with": with_}
+    for figure in ("sustained_per_s", "visible_per_s"):
+        out[figure] = (best(without, figure), best(with_, figure), _ratio(best(with_, figure), best(without, figure)))
+    out["cpu_per_event"] = (mean(without, _own_cpu_per_event), mean(with_, _own_cpu_per_event))
+    out["relay_cpu_per_event"] = tuple(
+        mean(runs, lambda v: (v.get("cpu_seconds") or {}).get("relay", 0) / v["ledger"]["recorded"] * 1e6)
+        for runs in (without, with_)
+    )
+    ratios = [out[f][2] for f in ("sustained_per_s", "visible_per_s")]
+    out["ok"] = None if None in ratios else all(r >= 1 - CHANNEL_COST_TARGET for r in ratios)
+    return out
+
+
+def _cost(ratio: float) -> str:
+    if ratio >= 1:
+        return "no cost above this machine's noise: the best run with channels was the faster"
+    return f"cost {1 - ratio:.0%}"
+
+
+def order_figures(results) -> dict:
+    """The order loads of this run and the reservation loads they are set against."""
+    http = results.http
+    pick = lambda name, mode: next(  # noqa: E731
+        (v for k, v in http.items() if k.startswith(f"{name} (") and mode in k), None
+    )
+    return {
+        "orders_max": pick("orders", "max"),
+        "orders_fixed": pick("orders", "offered"),
+        "reservations_max": pick("reservations", "max"),
+        "reservations_fixed": pick("reservations", "offered"),
+    }
+
+
+def _created_per_s(answer: dict | None) -> float | None:
+    if answer is None:
+        return None
+    return answer["statuses"].get("201", 0) / answer["seconds"] if answer["seconds"] else None
+
+
 def headline(results) -> list[dict]:
     """One row per figure: value, baseline, ratio, target and whether it is met."""
     s, http, mem = results.scenarios, results.http, results.memory
@@ -81,6 +148,27 @@ def headline(results) -> list[dict]:
                 "unit": "events/s",
                 "ratio": f"relay {_num(led.get('relayed_per_s'))} rows/s, "
                 f"{_num(led.get('relay_lag_at_end_s'), 1)} s behind at the end",
+            }
+        )
+    cost = channel_cost(results)
+    if cost is not None:
+        _, _, visible_ratio = cost["visible_per_s"]
+        without_applied, with_applied, applied_ratio = cost["sustained_per_s"]
+        rows.append(
+            {
+                "figure": "mixed events visible with two channels over every store (best of "
+                f"{len(cost['with'])} runs, against the best of {len(cost['without'])} without, same run)",
+                "value": _num(cost["visible_per_s"][1]),
+                "unit": "events/s",
+                "ratio": (
+                    f"visible {visible_ratio:.2f}× / applied {applied_ratio:.2f}× without channels "
+                    f"({_num(cost['visible_per_s'][0])} / {_num(without_applied)}/s); pipeline CPU per event "
+                    f"{_num(cost['cpu_per_event'][0])} → {_num(cost['cpu_per_event'][1])} µs"
+                    if visible_ratio and applied_ratio
+                    else "—"
+                ),
+                "target": f"cost < {CHANNEL_COST_TARGET:.0%} (≥ {1 - CHANNEL_COST_TARGET:.2f}×)",
+                "ok": cost["ok"],
             }
         )
     r2 = _ratio(mixed, naive)
@@ -170,6 +258,7 @@ def headline(results) -> list[dict]:
                     else (at_target and fixed["latency_ms"]["p99"] < target_p99 and ok_share >= 0.97),
                 }
             )
+    rows.extend(_order_rows(results))
     worker = next((v for k, v in mem.items() if k.startswith("worker")), None)
     rows.append(
         {
@@ -210,6 +299,43 @@ def headline(results) -> list[dict]:
                 "value": NOT_YET,
                 "unit": "",
                 "ratio": rec.get("summary", "not measured"),
+            }
+        )
+    return rows
+
+
+def _order_rows(results) -> list[dict]:
+    """``POST /v1/orders``: orders/s in a closed loop and p99 at a fixed rate, against the reservations."""
+    f = order_figures(results)
+    closed, fixed = f["orders_max"], f["orders_fixed"]
+    if closed is None:
+        return [{"figure": "POST /v1/orders (201s)", "value": NOT_YET, "unit": "", "target": "", "ok": None}]
+    reserved, reserved_fixed = f["reservations_max"], f["reservations_fixed"]
+    orders_per_s, reservations_per_s = _created_per_s(closed), _created_per_s(reserved)
+    r = _ratio(orders_per_s, reservations_per_s)
+    rows = [
+        {
+            "figure": f"POST /v1/orders (201s), {closed['mode']}",
+            "value": _num(orders_per_s),
+            "unit": "orders/s",
+            "ratio": (f"{r:.2f}× reservations ({_num(reservations_per_s)}/s)" if r else "no reservations measured")
+            + f", p99 {_num(closed['latency_ms']['p99'], 1)} ms",
+        }
+    ]
+    if fixed is not None:
+        against = (
+            f"; reservations p99 {_num(reserved_fixed['latency_ms']['p99'], 1)} ms at "
+            f"{reserved_fixed['offered_rate']:,.0f}/s"
+            if reserved_fixed
+            else ""
+        )
+        rows.append(
+            {
+                "figure": f"POST /v1/orders, {fixed['mode']}",
+                "value": _num(fixed["latency_ms"]["p99"], 1),
+                "unit": "ms p99",
+                "ratio": f"{_num(_created_per_s(fixed))} orders/s, p50 {_num(fixed['latency_ms']['p50'], 1)} ms"
+                + against,
             }
         )
     return rows
@@ -430,6 +556,8 @@ def markdown(results, plot_name: str | None) -> str:
     else:
         out.append(f"HTTP measures: {NOT_YET}.")
 
+    out += _channels_and_orders(results)
+
     out += [
         "",
         "## Memory",
@@ -526,6 +654,112 @@ def markdown(results, plot_name: str | None) -> str:
     if notes.exists():
         out += ["", notes.read_text().strip(), ""]
     return "\n".join(out) + "\n"
+
+
+def _channels_and_orders(results) -> list[str]:
+    out = ["", "## Channels and online orders", ""]
+    cost = channel_cost(results)
+    if cost is None:
+        out.append(f"Channel publishing cost: {NOT_YET} (the mixed runs with and without channels did not both run).")
+    else:
+        first = next(iter(cost["with"].values()))
+        channels = ", ".join(
+            f"`{c['channel_id']}` ({c['locations']} locations, buffer {c['buffer']})" for c in first.get("channels", [])
+        )
+        out += [
+            " ".join(
+                [
+                    "The mixed throughput run (the same events, under other ids, on a fresh clone each time) without",
+                    f"channels and with {channels}: every store is in both, so each change of a store position makes",
+                    "the relay publish two channel entries (on `stocksync.out.channel.<channel_id>.<sku>` and in the",
+                    "bucket `stocksync_channel_availability`) beside the position's own, once per pass however many",
+                    "of the pass's changes they sum. The channels are defined (`put_channel`, what `PUT",
+                    "/v1/channels/{id}` does) and their refresh relayed before the first event is published. The runs",
+                    "alternate (without, the latency sweep, with, without, with, …); as the machine is shared and only",
+                    "ever slows a run down, the best run of each side is compared. *Pipeline CPU* is the worker, the",
+                    "relay, PostgreSQL, nats-server and the publisher together, per event.",
+                ]
+            ),
+            "",
+            "| run | sustained applied/s | visible /s | relay behind at the end | relay CPU s | relay CPU µs/event "
+            "| pipeline CPU µs/event | other processes CPU s | STOCKSYNC_OUT messages | channel entries |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for key, sc in {**cost["without"], **cost["with"]}.items():
+            led, cpu = sc["ledger"], sc.get("cpu_seconds") or {}
+            out.append(
+                f"| {key} | {_num(led['sustained_per_s'])} | {_num(led.get('visible_per_s'))} | "
+                f"{_num(led.get('relay_lag_at_end_s'), 1)} s | {_num(cpu.get('relay'), 1)} | "
+                f"{_num(cpu.get('relay', 0) / led['recorded'] * 1e6 if led['recorded'] else None)} | "
+                f"{_num(_own_cpu_per_event(sc))} | {_num(cpu.get('other processes'), 1)} | "
+                f"{_num(sc['end_state'].get('STOCKSYNC_OUT'))} | {_num(sc.get('channel_keys'))} |"
+            )
+        (wa, ca, ra), (wv, cv, rv) = cost["sustained_per_s"], cost["visible_per_s"]
+        cpu_without, cpu_with = cost["cpu_per_event"]
+        relay_without, relay_with = cost["relay_cpu_per_event"]
+        cpu_ratio = _ratio(cpu_with, cpu_without)
+        out += [
+            "",
+            f"Best with channels against best without: applied {_num(ca)} / {_num(wa)} = "
+            f"**{ra:.2f}×** ({_cost(ra)}), visible {_num(cv)} / {_num(wv)} = **{rv:.2f}×** "
+            f"({_cost(rv)}); target: cost < {CHANNEL_COST_TARGET:.0%}, {_verdict(cost['ok'])}. "
+            if ra and rv
+            else "Best with channels against best without: —. ",
+            f"CPU per event, mean of the runs: pipeline {_num(cpu_without)} → {_num(cpu_with)} µs"
+            + (f" ({cpu_ratio - 1:+.0%})" if cpu_ratio else "")
+            + f", of which the relay {_num(relay_without)} → {_num(relay_with)} µs.",
+        ]
+        refresh = [sc.get("channel_refresh_s") for sc in cost["with"].values() if sc.get("channel_refresh_s")]
+        if refresh:
+            out[-1] += (
+                f" Defining the channels and relaying their refresh ({_num(first.get('channel_keys'))} channel "
+                f"entries, once the clone's own outbox was relayed) took {', '.join(f'{x:.1f}' for x in refresh)} s."
+            )
+    out += [""]
+    f = order_figures(results)
+    if f["orders_max"] is None:
+        out.append(f"Online orders: {NOT_YET}.")
+        return out
+    orders = results.orders or {}
+    out += [
+        " ".join(
+            [
+                f"`POST /v1/orders` on the channel `{orders.get('channel', '?')}` over every bench store (the API",
+                "alone, one process, on a fresh clone of the seeded ledger, loaded as the reservations above), set",
+                "against the reservations measured in this run. Each order has a unique `order_id` and 1–3 lines",
+                "(qty 1, sometimes 2) of skus drawn by popularity among those the stores still hold enough of, half",
+                "of them with a `ship_to` point; it locks its skus at every store of the channel, is sourced in the",
+                "core (one store holding every line, nearest to `ship_to`, else the fewest stores) and becomes one",
+                "reservation per store, in one transaction per order (a reservation request joins a group commit).",
+                "The fixed rate is the reservations' own when the orders' closed loop reached it, else half of what it",
+                "reached.",
+            ]
+        ),
+        "",
+        "| load | created/s | p50 ms | p95 ms | p99 ms | statuses |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for key in ("reservations_max", "reservations_fixed", "orders_max", "orders_fixed"):
+        a = f[key]
+        if a is None:
+            continue
+        lat = a["latency_ms"]
+        name = "POST /v1/reservations" if key.startswith("reservations") else "POST /v1/orders"
+        out.append(
+            f"| {name}, {a['mode']} | {_num(_created_per_s(a))} | {_num(lat['p50'], 1)} | {_num(lat['p95'], 1)} | "
+            f"{_num(lat['p99'], 1)} | {a['statuses']} |"
+        )
+    ratio = _ratio(_created_per_s(f["orders_max"]), _created_per_s(f["reservations_max"]))
+    if orders:
+        out += [
+            "",
+            f"Orders/s against reservations/s in the closed loop: **{ratio:.2f}×**. " if ratio else "",
+            f"In the ledger afterwards: {orders['allocated']:,} orders allocated, {orders['split']:,} of them "
+            f"({orders['split_share']:.0%}) split over several stores, {orders['rejected']:,} refused; "
+            f"{orders['reserved_units']:,} units reserved at the positions, the allocated orders' lines "
+            f"{orders['ordered_units']:,} (the checks below).",
+        ]
+    return out
 
 
 def plot(results, path: Path) -> bool:

@@ -18,6 +18,7 @@ class Results:
     sweep: list[dict] = field(default_factory=list)
     http: dict[str, dict] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    orders: dict | None = None
     reconcile: dict | None = None
     profile: dict | None = None
     notes: list[str] = field(default_factory=list)

@@ -21,7 +21,7 @@ from benchmarks import infra as inf
 from benchmarks.infra import Infra, fetchval
 from benchmarks.plan import Bench, Plan
 from benchmarks.results import Results, say
-from benchmarks.scenarios import hot, http, mixed, naive, pgbench, profiled, reconcile
+from benchmarks.scenarios import hot, http, mixed, naive, orders, pgbench, profiled, reconcile
 from benchmarks.template import seed_template
 
 # in this order; ``--only`` picks them by name (both naive baselines are "naive"); ``--profile`` adds profiled.run
@@ -32,6 +32,7 @@ SCENARIOS = (
     ("hot", hot.run),
     ("naive", naive.run_hot),
     ("http", http.run),
+    ("orders", orders.run),  # after http: set against the reservations it measured
     ("reconcile", reconcile.run),
 )
 NAMES = ",".join(dict.fromkeys(name for name, _ in SCENARIOS))

@@ -8,7 +8,7 @@ computed by the core (`domain.channels.channel_stock`) from the positions, which
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 from sqlalchemy import any_, func, select, text
@@ -44,21 +44,94 @@ _POSITION = [t.positions.c[name] for name in Position.__struct_fields__]
 _POSITIONS = select(*_POSITION).where(
     t.positions.c.location_id == any_(ids_param("locations")), t.positions.c.sku == any_(ids_param("skus"))
 )
-# The channels a set of changed positions belongs to, each with the skus that changed there, and the skus of
-# the locations a refresh names: the (channel, sku) pairs a relay pass publishes.
-_TOUCHED = text(
+# For a relay pass, in one statement (one round trip, one snapshot): the (channel, sku) pairs it publishes (the
+# channels its changed positions belong to, each with the skus that changed there, and the skus held at the
+# locations a refresh names), the definitions of those channels, and a fresh version (taken only when there is a
+# pair); as parallel arrays of one row, which the driver decodes in C. The positions those pairs sum are the
+# relay's own (`ChannelStock`): it saw every change of them in the rows it relayed; only those it has not seen
+# yet are read, by `_POSITIONS_OF_KEYS`.
+_TOUCHED = """
+    WITH pairs AS (
+        SELECT cl.channel_id, k.sku
+        FROM unnest($1::text[], $2::text[]) AS k(location_id, sku)
+        JOIN channel_locations cl ON cl.location_id = k.location_id
+        UNION
+        SELECT r.channel_id, p.sku
+        FROM unnest($3::text[], $4::text[]) AS r(channel_id, location_id)
+        JOIN positions p ON p.location_id = r.location_id
+        JOIN channels c ON c.channel_id = r.channel_id
+    ), fresh AS (
+        SELECT nextval('channel_availability_version') AS version WHERE EXISTS (SELECT FROM pairs)
+    ), defs AS (
+        SELECT c.channel_id, c.name, c.buffer,
+               array_to_string(ARRAY(SELECT cl.location_id FROM channel_locations cl
+                                     WHERE cl.channel_id = c.channel_id ORDER BY cl.priority), chr(31)) AS locations
+        FROM channels c WHERE c.channel_id IN (SELECT channel_id FROM pairs)
+    ), ordered_pairs AS (
+        SELECT array_agg(channel_id ORDER BY channel_id, sku) AS channels,
+               array_agg(sku ORDER BY channel_id, sku) AS skus
+        FROM pairs
+    ), ordered_defs AS (
+        SELECT array_agg(channel_id ORDER BY channel_id) AS ids, array_agg(name ORDER BY channel_id) AS names,
+               array_agg(buffer ORDER BY channel_id) AS buffers,
+               array_agg(locations ORDER BY channel_id) AS locations
+        FROM defs
+    )
+    SELECT (SELECT version FROM fresh) AS version, ordered_pairs.channels AS pair_channels,
+           ordered_pairs.skus AS pair_skus, ordered_defs.ids AS def_ids, ordered_defs.names AS def_names,
+           ordered_defs.buffers AS def_buffers, ordered_defs.locations AS def_locations
+    FROM ordered_pairs, ordered_defs
     """
-    SELECT DISTINCT cl.channel_id, k.sku
-    FROM unnest(CAST(:locations AS text[]), CAST(:skus AS text[])) AS k(location_id, sku)
-    JOIN channel_locations cl ON cl.location_id = k.location_id
-    UNION
-    SELECT r.channel_id, p.sku
-    FROM unnest(CAST(:refresh_channels AS text[]), CAST(:refresh_locations AS text[]))
-         AS r(channel_id, location_id)
-    JOIN positions p ON p.location_id = r.location_id
-    JOIN channels c ON c.channel_id = r.channel_id
+_POSITIONS_OF_KEYS = """
+    SELECT p.location_id, p.sku, p.on_hand, p.reserved, p.damaged, p.safety_stock, p.version, p.last_count_at
+    FROM unnest($1::text[], $2::text[]) AS k(location_id, sku)
+    JOIN positions p ON p.location_id = k.location_id AND p.sku = k.sku
     """
-)
+
+
+class ChannelStock:
+    """The positions channels sum, as the relay last saw them: read from the database the first time a pass
+    needs one, then kept up to date from the rows it relays (each changed position's new state, with its
+    version); positions no channel has needed are not kept (without channels, nothing is). It is the leader's: a
+    new leader starts empty (another may have relayed meanwhile). A position's state never goes back to an older
+    version, so a row relayed late after a read never undoes the newer state read."""
+
+    def __init__(self, max_keys: int = 2_000_000) -> None:
+        self.max_keys = max_keys
+        self.positions: dict[PositionKey, Position] = {}
+
+    def saw(self, position: Position) -> None:
+        known = self.positions.get(position.key)
+        if known is None or position.version >= known.version:
+            self.positions[position.key] = position
+
+    def holds(self, key: PositionKey) -> bool:
+        return key in self.positions
+
+    def forget(self, key: PositionKey) -> None:
+        self.positions.pop(key, None)
+
+    def clear(self) -> None:
+        self.positions.clear()
+
+    async def read_missing(self, conn: AsyncConnection, keys: Iterable[PositionKey]) -> int:
+        """Read the positions of ``keys`` not seen yet (one that does not exist is a position of zeros,
+        version 0: its first change comes as a row); returns how many were read."""
+        if len(self.positions) > self.max_keys:
+            self.positions.clear()
+        missing = [key for key in dict.fromkeys(keys) if key not in self.positions]
+        if not missing:
+            return 0
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await driver.fetch(_POSITIONS_OF_KEYS, [k[0] for k in missing], [k[1] for k in missing])
+        for row in rows:
+            self.saw(Position(**dict(row.items())))
+        for location_id, sku in missing:
+            if (location_id, sku) not in self.positions:
+                self.positions[(location_id, sku)] = Position(location_id=location_id, sku=sku)
+        return len(missing)
+
+
 _NEXT_VERSION = text("SELECT nextval('channel_availability_version')")
 
 
@@ -131,31 +204,48 @@ async def put_channel(engine: AsyncEngine, channel: Channel) -> None:
 
 
 async def touched_stock(
-    conn: AsyncConnection, changed: Sequence[PositionKey], refreshes: Sequence[ChannelRefresh]
-) -> tuple[int, list[tuple[Channel, str]], dict[PositionKey, Position]]:
-    """For a relay pass: a fresh version, the (channel, sku) pairs the pass changes, and the positions
-    they sum, all read after the pass's rows (so they include every change the pass publishes)."""
+    conn: AsyncConnection,
+    changed: Sequence[PositionKey],
+    refreshes: Sequence[ChannelRefresh],
+    stock: ChannelStock | None = None,
+) -> tuple[int, list[tuple[Channel, str]], Mapping[PositionKey, Position]]:
+    """For a relay pass: a fresh version, the (channel, sku) pairs the pass changes, and the positions they sum,
+    read after the pass's rows (so they include every change the pass publishes): from ``stock`` (the relay's,
+    already holding the pass's rows) where it has them, else from the database. Nothing changed, or nothing
+    that a channel sums: no version taken."""
     if not changed and not refreshes:
         return 0, [], {}
-    pairs = (
-        await conn.execute(
-            _TOUCHED,
-            {
-                "locations": [key[0] for key in changed],
-                "skus": [key[1] for key in changed],
-                "refresh_channels": [r.channel_id for r in refreshes for _ in r.location_ids],
-                "refresh_locations": [location for r in refreshes for location in r.location_ids],
-            },
-        )
-    ).all()
-    if not pairs:
+    driver = (await conn.get_raw_connection()).driver_connection
+    row = await driver.fetchrow(
+        _TOUCHED,
+        [key[0] for key in changed],
+        [key[1] for key in changed],
+        [r.channel_id for r in refreshes for _ in r.location_ids],
+        [location for r in refreshes for location in r.location_ids],
+    )
+    if row["version"] is None:
         return 0, [], {}
-    channels = {c.channel_id: c for c in await read_channels(conn, sorted({row.channel_id for row in pairs}))}
-    version = int(await conn.scalar(_NEXT_VERSION))
-    locations = {location for channel in channels.values() for location in channel.locations}
-    positions = await read_positions(conn, locations, {row.sku for row in pairs})
-    touched = [(channels[row.channel_id], row.sku) for row in pairs if row.channel_id in channels]
-    return version, touched, positions
+    found = {
+        channel_id: Channel(
+            channel_id=channel_id,
+            name=name,
+            locations=tuple(locations.split("\x1f")) if locations else (),
+            buffer=buffer,
+        )
+        for channel_id, name, buffer, locations in zip(
+            row["def_ids"] or (), row["def_names"] or (), row["def_buffers"] or (), row["def_locations"] or ()
+        )
+    }
+    touched = [
+        (found[channel_id], sku)
+        for channel_id, sku in zip(row["pair_channels"], row["pair_skus"])
+        if channel_id in found
+    ]
+    stock = stock if stock is not None else ChannelStock()
+    await stock.read_missing(
+        conn, ((location, sku) for channel, sku in touched for location in channel.locations)
+    )
+    return int(row["version"]), touched, stock.positions
 
 
 class ChannelReader:

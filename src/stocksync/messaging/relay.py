@@ -14,10 +14,13 @@ awaited together (one round trip per pass, not per message). One connection deli
 stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole, and
 ``Nats-Msg-Id`` drops the rows that had been stored.
 
-Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads what every
-channel sku those positions belong to may sell now, and publishes it beside them under one fresh version (a
-sequence), so a channel's entry is never later than the positions it sums, several commits of a pass cost one
-message per channel sku, and a pass sent again publishes a newer version, never an older one.
+Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
+skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
+sequence), so a channel's entry is never later than the positions it sums, several commits of a pass cost
+one message per channel sku, and a pass sent again publishes a newer version, never an older one. The sums are
+made from the positions as the leader has relayed them (`ChannelStock`: every availability row carries its
+position's new state and version), read from the database only the first time one is needed; a new leader starts
+from the database again. An entry is therefore exactly the positions whose updates are published by then.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -39,10 +43,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
 from stocksync.adapters.bucket import BucketWriter, acknowledged
-from stocksync.adapters.channels import ChannelRefresh
+from stocksync.adapters.channels import ChannelRefresh, ChannelStock
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
+from stocksync.domain.model import Position
 from stocksync.logs import outline
 from stocksync.service.outbox import Publication, channel_publications
 from stocksync.wire import (
@@ -56,6 +61,10 @@ from stocksync.wire import (
 
 log = structlog.get_logger("stocksync.relay")
 _decode_refresh = decoder(ChannelRefresh)
+
+
+# An availability row's payload as the position it carries (`available` and `as_of` left out).
+_decode_position = msgspec.json.Decoder(Position).decode
 
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
@@ -94,6 +103,7 @@ class OutboxRelay:
         self._bucket = BucketWriter(self.js, ack_timeout_s)
         self._channel_bucket = BucketWriter(self.js, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
         self._channel_kv: KeyValue | None = None
+        self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
@@ -168,6 +178,7 @@ class OutboxRelay:
     ) -> None:
         """Passes until stopped or a pass fails, while a watch on the lock's session ends them at once if the
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
+        self._channel_stock.clear()  # another leader may have relayed meanwhile
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
@@ -250,7 +261,9 @@ class OutboxRelay:
         if tracing.enabled():
             sent = [await self._publish_traced(r) for r in rows]
         else:
-            sent = [await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows]
+            sent = [
+                await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows
+            ]
         for ack in await acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
@@ -276,9 +289,22 @@ class OutboxRelay:
 
     async def _channel_sums(self, conn: AsyncConnection, rows: Sequence) -> list[Publication]:
         """Every channel sku the pass's positions (and refresh rows) touch, as the positions are now."""
-        changed = [key for r in rows if r.kv_key and (key := split_availability_key(r.kv_key))]
+        changed = []
+        for r in rows:
+            if r.kv_key and (key := split_availability_key(r.kv_key)):
+                changed.append(key)
+                if self._channel_stock.holds(key):  # a position a channel sums: keep it as relayed
+                    try:
+                        self._channel_stock.saw(_decode_position(r.payload))
+                    except (
+                        msgspec.DecodeError,
+                        msgspec.ValidationError,
+                    ):  # not an availability body: read it
+                        self._channel_stock.forget(key)
         refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
-        version, touched, positions = await channels.touched_stock(conn, changed, refreshes)
+        version, touched, positions = await channels.touched_stock(
+            conn, changed, refreshes, self._channel_stock
+        )
         return channel_publications(version, touched, positions, utc_now())
 
     async def _update_channels(self, sums: Sequence[Publication]) -> None:
