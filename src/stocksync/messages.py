@@ -145,18 +145,17 @@ class ChannelAvailabilityBody(Struct, frozen=True, kw_only=True):
         )
 
 
-class ChannelAvailabilityMessage(ChannelAvailabilityBody, frozen=True, kw_only=True):
-    """``stocksync.out.channel.<channel_id>.<sku>`` and the channel bucket's value: ``version`` increases with
-    every change of the entry, ``as_of`` is when the relay read the positions it sums."""
+class ChannelAvailabilityMessage(Struct, frozen=True, kw_only=True):
+    """``stocksync.out.channel.<channel_id>.<sku>`` and the channel bucket's value: what the channel may sell.
+    ``version`` increases with every change of the entry; ``as_of`` is when the relay made it. What each
+    location adds is left out (``GET /v1/channels/{id}/availability`` has it): a web shop needs the total, and
+    a channel of twenty locations would make every message twenty times larger."""
 
+    channel_id: str
+    sku: str
+    available: int
     version: int
     as_of: datetime
-
-    @classmethod
-    def of(  # type: ignore[override]
-        cls, stock: ChannelStock, version: int, as_of: datetime
-    ) -> ChannelAvailabilityMessage:
-        return cls(**structs.asdict(ChannelAvailabilityBody.of(stock)), version=version, as_of=as_of)
 
 
 class AllocationBody(Struct, frozen=True, kw_only=True):

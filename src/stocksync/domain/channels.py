@@ -39,6 +39,14 @@ def channel_available(buffer: int, availables: Sequence[int]) -> int:
     return max(0, sum(availables) - buffer)
 
 
+def channel_total(channel: Channel, sku: str, positions: Mapping[PositionKey, Position]) -> int:
+    """`channel_stock`'s ``available`` alone: what the relay publishes, without the per-location lines."""
+    return channel_available(
+        channel.buffer,
+        [p.available for location_id in channel.locations if (p := positions.get((location_id, sku)))],
+    )
+
+
 def channel_stock(channel: Channel, sku: str, positions: Mapping[PositionKey, Position]) -> ChannelStock:
     """A sku never seen at a location adds nothing there (a position of zeros)."""
     at = tuple(

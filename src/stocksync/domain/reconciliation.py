@@ -543,21 +543,16 @@ def exit_code(tally: Tally) -> int:
 # -- 4b. the channel bucket ---------------------------------------------------------------------------------
 
 
-def channel_finding(stock: ChannelStock, entry: ChannelStock | None) -> Finding | None:
-    """A channel's entry against what the ledger's positions say it may sell (spec section 7). ``entry``:
-    None where the bucket has none; a sku no location of the channel ever held needs none."""
+def channel_finding(stock: ChannelStock, entry: int | None) -> Finding | None:
+    """A channel's entry (the ``available`` it says, None where the bucket has none) against what the
+    ledger's positions say the channel may sell (spec section 7); a sku none of its locations holds needs none."""
     where = {"channel_id": stock.channel_id, "sku": stock.sku, "expected": stock.available}
     if entry is None:
         if all(line.available == 0 for line in stock.locations):
             return None
         return Finding(kind=CHANNEL_KV_MISSING, **where, detail="no entry in the channel bucket")
-    if entry == stock:
+    if entry == stock.available:
         return None
-    said = ", ".join(f"{x.location_id} {x.available}" for x in entry.locations)
     says = ", ".join(f"{x.location_id} {x.available}" for x in stock.locations)
-    return Finding(
-        kind=CHANNEL_KV_STALE,
-        **where,
-        actual=entry.available,
-        detail=f"bucket says {entry.available} ({said}); ledger says {stock.available} ({says})",
-    )
+    detail = f"bucket says {entry}; ledger says {stock.available} ({says}, buffer kept back)"
+    return Finding(kind=CHANNEL_KV_STALE, **where, actual=entry, detail=detail)

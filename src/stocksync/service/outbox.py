@@ -7,7 +7,7 @@ from datetime import datetime
 
 import msgspec
 
-from stocksync.domain.channels import Channel, channel_stock
+from stocksync.domain.channels import Channel, channel_total
 from stocksync.domain.events import INBOUND_TYPES
 from stocksync.domain.ledger import Changes
 from stocksync.domain.model import Outcome, Position, PositionKey
@@ -144,7 +144,13 @@ def channel_publications(
             subject=channel_subject(channel.channel_id, sku),
             msg_id=channel_msg_id(channel.channel_id, sku, version),
             payload=_encode(
-                ChannelAvailabilityMessage.of(channel_stock(channel, sku, positions), version, as_of)
+                ChannelAvailabilityMessage(
+                    channel_id=channel.channel_id,
+                    sku=sku,
+                    available=channel_total(channel, sku, positions),
+                    version=version,
+                    as_of=as_of,
+                )
             ),
             kv_key=channel_key(channel.channel_id, sku),
             version=version,

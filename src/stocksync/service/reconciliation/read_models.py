@@ -235,7 +235,7 @@ async def check_channel_bucket(ctx: Context) -> Findings:
     the relay may have published that sku while the bucket was scanned."""
     info = await ctx.js.stream_info(CHANNEL_KV_STREAM)
     ctx.progress.phase("channel bucket", info.state.messages)
-    entries: dict[tuple[str, str], ChannelStock | None] = {}
+    entries: dict[tuple[str, str], int | None] = {}
     entries_of = read_batches(ctx.js, CHANNEL_KV_STREAM, f"{CHANNEL_KV_SUBJECT}>", last_per_subject=True)
     async for msgs in entries_of:
         prefix = len(CHANNEL_KV_SUBJECT)
@@ -258,16 +258,13 @@ async def check_channel_bucket(ctx: Context) -> Findings:
     yield await _republish(ctx, findings) if ctx.options.repair else findings
 
 
-def _channel_entry(key: str, data: bytes | None) -> tuple[tuple[str, str], ChannelStock | None]:
-    """The (channel_id, sku) of a key, and what its entry says (None: not a channel availability body)."""
+def _channel_entry(key: str, data: bytes | None) -> tuple[tuple[str, str], int | None]:
+    """The (channel_id, sku) of a key, and the ``available`` its entry says (None: not a channel body)."""
     channel_id, _, sku = key.partition(".")
     try:
-        body = _decode_channel(data or b"")
+        return (channel_id, sku), _decode_channel(data or b"").available
     except msgspec.DecodeError:
         return (channel_id, sku), None
-    return (channel_id, sku), ChannelStock(
-        channel_id=body.channel_id, sku=body.sku, available=body.available, locations=body.locations
-    )
 
 
 async def _channel_stock(ctx: Context, also: Iterable[tuple[str, str]] = ()) -> list[ChannelStock]:
@@ -308,7 +305,10 @@ async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
         await conn.commit()
     fixed = []
     for finding in findings:
-        message = ChannelAvailabilityMessage.of(stock[(finding.channel_id, finding.sku)], version, ctx.now)
+        total = stock[(finding.channel_id, finding.sku)].available
+        message = ChannelAvailabilityMessage(
+            channel_id=finding.channel_id, sku=finding.sku, available=total, version=version, as_of=ctx.now
+        )
         await put_if_newer(kv, f"{finding.channel_id}.{finding.sku}", version, msgspec.json.encode(message))
         fixed.append(repaired(finding, f"channel entry rewritten from the ledger at version {version}"))
     return fixed
