@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
@@ -82,8 +81,3 @@ async def insert_order(
 
 async def set_status(conn: AsyncConnection, order_id: str, status: str, now: datetime) -> None:
     await conn.execute(_SET_STATUS, {"id": order_id, "status": status, "now": now})
-
-
-async def orders_of_channel(conn: AsyncConnection, channel_id: str) -> Sequence[str]:
-    rows = await conn.execute(text("SELECT order_id FROM orders WHERE channel_id = :c"), {"c": channel_id})
-    return [row.order_id for row in rows]

@@ -278,19 +278,22 @@ async def _channel_stock(ctx: Context, also: Iterable[tuple[str, str]] = ()) -> 
 
 
 async def _channel_still_different(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    """Each finding judged again on its entry read anew, then on the positions read anew, all at once."""
     kv = await ctx.js.key_value(CHANNEL_BUCKET)
 
-    async def again(finding: Finding) -> Finding | None:
+    async def entry_now(finding: Finding) -> int | None:
+        key = f"{finding.channel_id}.{finding.sku}"
         try:
-            key = f"{finding.channel_id}.{finding.sku}"
-            _, entry = _channel_entry(key, (await kv.get(key)).value)
+            return _channel_entry(key, (await kv.get(key)).value)[1]
         except KeyNotFoundError:
-            entry = None
-        fresh = await _channel_stock(ctx, [(finding.channel_id, finding.sku)])
-        stock = next(s for s in fresh if (s.channel_id, s.sku) == (finding.channel_id, finding.sku))
-        return channel_finding(stock, entry)
+            return None
 
-    return [f for f in await asyncio.gather(*map(again, findings)) if f is not None]
+    entries = await asyncio.gather(*map(entry_now, findings))
+    fresh = await _channel_stock(ctx, [(f.channel_id, f.sku) for f in findings])
+    stock = {(s.channel_id, s.sku): s for s in fresh}
+    pairs = zip(findings, entries, strict=True)
+    judged = (channel_finding(stock[(f.channel_id, f.sku)], entry) for f, entry in pairs)
+    return [f for f in judged if f is not None]
 
 
 async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
