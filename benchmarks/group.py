@@ -37,14 +37,16 @@ class Group:
         return self
 
     def _applier(self) -> Service:
-        """The product's worker, or the naive baseline (``benchmarks/naive.py``)."""
+        """The product's worker, or a naive baseline (``benchmarks/naive.py``, ``benchmarks/naive_sql.py``)."""
         if self.applier == "worker":
             return Service.serve(
                 ["worker"], self.url, self.infra.nats_url, self.log_dir, name=f"{self.name}-worker"
             )
-        args = ["-m", "benchmarks.naive", "--database", self.url, "--nats", self.infra.nats_url]
-        concurrency = str(self.bench.plan.naive_concurrency)
-        return Service(f"{self.name}-naive", [*args, "--concurrency", concurrency], {}, self.log_dir)
+        plan = self.bench.plan
+        raw = self.applier == "naive_sql"
+        module, concurrency = ("naive_sql", plan.raw_concurrency) if raw else ("naive", plan.naive_concurrency)
+        args = ["-m", f"benchmarks.{module}", "--database", self.url, "--nats", self.infra.nats_url]
+        return Service(f"{self.name}-{module}", [*args, "--concurrency", str(concurrency)], {}, self.log_dir)
 
     def sampler(self) -> ProcessSampler:
         infra = self.infra

@@ -37,6 +37,7 @@ class Plan:
     recon_movements: int
     channel_rounds: int
     naive_concurrency: int = 4
+    raw_concurrency: int = 16  # the raw asyncpg baseline's connections (issue 13, point 5)
     # API processes sharing the port (SO_REUSEPORT). One: on 2 cores that also run PostgreSQL and the load
     # generator, a second gave no more availability reads and fewer, slower reservations (smaller groups).
     api_processes: int = 1

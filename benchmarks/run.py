@@ -24,11 +24,12 @@ from benchmarks.results import Results, say
 from benchmarks.scenarios import hot, http, mixed, naive, orders, pgbench, profiled, reconcile
 from benchmarks.template import seed_template
 
-# in this order; ``--only`` picks them by name (both naive baselines are "naive"); ``--profile`` adds profiled.run
+# in this order; ``--only`` picks them by name (every naive baseline is "naive"); ``--profile`` adds profiled.run
 SCENARIOS = (
     ("pgbench", pgbench.run),
     ("mixed", mixed.run),
     ("naive", naive.run_mixed),
+    ("naive", naive.run_mixed_sql),
     ("hot", hot.run),
     ("naive", naive.run_hot),
     ("http", http.run),

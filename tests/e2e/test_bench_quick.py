@@ -91,7 +91,7 @@ def test_the_bench_reports_every_figure(bench: dict) -> None:
     assert bench["_exit"] == 0, [c for c in bench["checks"] if not c["ok"]]
     assert all(check["ok"] for check in bench["checks"]), [c for c in bench["checks"] if not c["ok"]]
     assert bench["pgbench"]["tps"] > 0
-    for name in ("mixed", "naive mixed", "hot sku", "naive hot sku"):
+    for name in ("mixed", "naive mixed", "raw asyncpg mixed", "hot sku", "naive hot sku"):
         assert bench["scenarios"][name]["ledger"]["sustained_per_s"] > 0, name
     report = bench["_report"]
     for heading in (
