@@ -18,42 +18,59 @@ class Group:
     flatter the ratio. Without it the baseline is as fast as one transaction per event can be here.
     """
 
-    def __init__(self, bench: Bench, name: str, applier: str, relay: bool = True) -> None:
+    def __init__(
+        self, bench: Bench, name: str, applier: str, relay: bool = True, *, workers: int = 1, relays: int = 1
+    ) -> None:
         self.bench, self.infra, self.log_dir = bench, bench.infra, bench.log_dir
         self.name, self.applier, self.relay = name, applier, relay
-        self.services: list[Service] = []
+        self.copies = (workers, relays if relay else 0)  # several workers share the consumer; one relay leads
+        self.appliers: list[Service] = []
+        self.relays: list[Service] = []
         self.url = ""
 
     async def __aenter__(self) -> Group:
         self.url = await self.infra.create_database(f"bench_{self.name}", template=TEMPLATE)
         await reset_nats(self.infra.nats_url)
-        relay = Service.serve(
-            ["relay"], self.url, self.infra.nats_url, self.log_dir, name=f"{self.name}-relay"
-        )
-        self.services = [self._applier().start(), *([relay.start()] if self.relay else [])]
+        workers, relays = self.copies
+        self.appliers = [self._applier(n).start() for n in range(workers)]
+        self.relays = [
+            Service.serve(
+                ["relay"], self.url, self.infra.nats_url, self.log_dir, name=self._named("relay", n)
+            ).start()
+            for n in range(relays)
+        ]
         for service in self.services:
             await wait_for_log(service, "serving")
         await asyncio.sleep(0.5)  # the relay takes the lead, the worker binds its pull subscription
         return self
 
-    def _applier(self) -> Service:
-        """The product's worker, or a naive baseline (``benchmarks/naive.py``, ``benchmarks/naive_sql.py``)."""
+    @property
+    def services(self) -> list[Service]:
+        return [*self.appliers, *self.relays]
+
+    def _named(self, role: str, n: int) -> str:
+        return f"{self.name}-{role}" + (f"-{n + 1}" if n else "")
+
+    def _applier(self, n: int) -> Service:
+        """The product's worker, or a naive baseline (``benchmarks/naive.py``, ``naive_sql.py``)."""
         if self.applier == "worker":
             return Service.serve(
-                ["worker"], self.url, self.infra.nats_url, self.log_dir, name=f"{self.name}-worker"
+                ["worker"], self.url, self.infra.nats_url, self.log_dir, name=self._named("worker", n)
             )
         plan = self.bench.plan
         raw = self.applier == "naive_sql"
-        module, concurrency = ("naive_sql", plan.raw_concurrency) if raw else ("naive", plan.naive_concurrency)
+        module, concurrency = (
+            ("naive_sql", plan.raw_concurrency) if raw else ("naive", plan.naive_concurrency)
+        )
         args = ["-m", f"benchmarks.{module}", "--database", self.url, "--nats", self.infra.nats_url]
-        return Service(f"{self.name}-{module}", [*args, "--concurrency", str(concurrency)], {}, self.log_dir)
+        return Service(self._named(module, n), [*args, "--concurrency", str(concurrency)], {}, self.log_dir)
 
     def sampler(self) -> ProcessSampler:
         infra = self.infra
         return ProcessSampler(
             {
-                "worker": fixed(self.applier_service.pid),
-                "relay": fixed(self.relay_service.pid if self.relay_service else None),
+                "worker": fixed(*(service.pid for service in self.appliers)),
+                "relay": fixed(*(service.pid for service in self.relays)),
                 "postgres": tree(infra.postgres_pid),
                 "nats-server": fixed(infra.nats_pid),
                 "bench": fixed(os.getpid()),
@@ -62,11 +79,11 @@ class Group:
 
     @property
     def applier_service(self) -> Service:
-        return self.services[0]
+        return self.appliers[0]
 
     @property
     def relay_service(self) -> Service | None:
-        return self.services[1] if len(self.services) > 1 else None
+        return self.relays[0] if self.relays else None
 
     async def __aexit__(self, *exc) -> None:
         for service in self.services:

@@ -81,6 +81,52 @@ def channel_cost(results) -> dict | None:
     return out
 
 
+SCALE_RUNS = ("mixed, 1 worker + 1 relay", "mixed, 2 workers + 2 relays")
+
+
+def scale_figures(results) -> dict | None:
+    """Two workers and two relays against one of each: their visible and applied ratios, and whether they lost
+    nothing (within 5%, no deadlock, lock waits not growing over the run)."""
+    runs = [results.scenarios.get(key) for key in SCALE_RUNS]
+    if None in runs:
+        return None
+    one, two = runs
+    ratios = {f: _ratio(two["ledger"].get(f), one["ledger"].get(f)) for f in ("sustained_per_s", "visible_per_s")}
+    found = two["contention"]
+    steady = found["lock_waiting_second_half"] <= 1.5 * found["lock_waiting_first_half"] + 0.5
+    ok = None if None in ratios.values() else min(ratios.values()) >= 0.95 and found["deadlocks"] == 0 and steady
+    return {"one": one, "two": two, "ratios": ratios, "ok": ok}
+
+
+def _scale_section(results) -> list[str]:
+    figures = scale_figures(results)
+    if figures is None:
+        return []
+    out = [
+        "",
+        "## Two workers and two relays",
+        "",
+        "The mixed workload (half the size of the mixed run) on clones of their own, back to back: one worker and "
+        "one relay, then two of each (the workers share the durable consumer; one relay leads, the other stands "
+        "by). Lock waits are the backends of the clone's database waiting for a lock, sampled from "
+        "`pg_stat_activity` every 0.2 s; deadlocks and rolled-back transactions are `pg_stat_database`'s counts "
+        "over the run. Two of each lose nothing when they apply and publish within 5% of one of each, with no "
+        "deadlock and lock waits not growing from the first half of the run to the second.",
+        "",
+        "| run | sustained applied/s | visible /s | lock-waiting backends, mean first half → second half (max) "
+        "| deadlocks | rolled back |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in SCALE_RUNS:
+        sc, c = results.scenarios[key], results.scenarios[key]["contention"]
+        out.append(
+            f"| {key} | {_num(sc['ledger'].get('sustained_per_s'))} | {_num(sc['ledger'].get('visible_per_s'))} "
+            f"| {c['lock_waiting_first_half']} → {c['lock_waiting_second_half']} ({c['lock_waiting_max']}) "
+            f"| {c['deadlocks']} | {c['rolled_back']} |"
+        )
+    return out
+
+
 def _cost(ratio: float) -> str:
     if ratio >= 1:
         return "no cost above this machine's noise: the best run with channels was the faster"
@@ -179,6 +225,22 @@ def headline(results) -> list[dict]:
                 ),
                 "target": f"cost < {CHANNEL_COST_TARGET:.0%} (≥ {1 - CHANNEL_COST_TARGET:.2f}×)",
                 "ok": cost["ok"],
+            }
+        )
+    scale = scale_figures(results)
+    if scale is not None:
+        ratios = scale["ratios"]
+        rows.append(
+            {
+                "figure": "two workers and two relays against one of each (same run)",
+                "value": f"{ratios['visible_per_s']:.2f}×" if ratios["visible_per_s"] else "—",
+                "unit": "visible",
+                "ratio": f"applied {ratios['sustained_per_s']:.2f}×, "
+                f"{scale['two']['contention']['deadlocks']} deadlocks"
+                if ratios["sustained_per_s"]
+                else "—",
+                "target": "lose nothing (≥ 0.95×, no deadlock, lock waits not growing)",
+                "ok": scale["ok"],
             }
         )
     r2 = _ratio(mixed, naive)
@@ -578,6 +640,7 @@ def markdown(results, plot_name: str | None) -> str:
         out.append(f"HTTP measures: {NOT_YET}.")
 
     out += _channels_and_orders(results)
+    out += _scale_section(results)
 
     out += [
         "",

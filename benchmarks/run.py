@@ -21,7 +21,7 @@ from benchmarks import infra as inf
 from benchmarks.infra import Infra, fetchval
 from benchmarks.plan import Bench, Plan
 from benchmarks.results import Results, say
-from benchmarks.scenarios import hot, http, mixed, naive, orders, pgbench, profiled, reconcile
+from benchmarks.scenarios import hot, http, mixed, naive, orders, pgbench, profiled, reconcile, scale
 from benchmarks.template import seed_template
 
 # in this order; ``--only`` picks them by name (every naive baseline is "naive"); ``--profile`` adds profiled.run
@@ -30,6 +30,7 @@ SCENARIOS = (
     ("mixed", mixed.run),
     ("naive", naive.run_mixed),
     ("naive", naive.run_mixed_sql),
+    ("scale", scale.run),
     ("hot", hot.run),
     ("naive", naive.run_hot),
     ("http", http.run),
