@@ -43,10 +43,69 @@ def _verdict(ok: bool | None) -> str:
 CHANNEL_COST_TARGET = 0.15  # issue 11: channel publishing costs the mixed event throughput less than 15%
 
 
+PIPELINE = ("worker", "relay", "postgres", "nats-server", "publisher")
+CPU_PER_EVENT_TARGET = 200  # issue 13: 10,000 events/s on two cores leaves 200 µs of CPU per event in all
+CPU_SHARES = (  # what each process spends its share on, per event (benchmarks/profiling.md has the profiles)
+    (
+        "worker",
+        "fetching from the durable consumer, decoding and validating, the ledger rules over the batch, "
+        "and its three reads and one write statement, shared by up to 500 events",
+    ),
+    (
+        "relay",
+        "reading the pass's outbox rows, and one publish per row: the outcome, each changed position and "
+        "channel entry (on the out stream and in its bucket), reservation changes and alerts",
+    ),
+    ("postgres", "the batch's statements and commit (WAL), the relay's reads and marks of the outbox"),
+    (
+        "nats-server",
+        "storing each inbound message, delivering it to a worker and taking its ack, storing each "
+        "outbound message and bucket entry",
+    ),
+    ("publisher", "the load generator's pipelined publishes: the tills' side, on the same cores here"),
+)
+
+
+def cpu_per_event(sc: dict) -> dict[str, float] | None:
+    """CPU microseconds per recorded event of each pipeline process, and their total."""
+    cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
+    if not n or not cpu:
+        return None
+    shares = {name: cpu.get(name, 0) / n * 1e6 for name in PIPELINE}
+    return {**shares, "total": sum(shares.values())}
+
+
+def _cpu_section(results) -> list[str]:
+    runs = {k: v for k, v in results.scenarios.items() if v.get("applier") == "worker" and cpu_per_event(v)}
+    if not runs:
+        return []
+    out = [
+        "",
+        f"CPU microseconds per event of each pipeline process (its CPU seconds over the events recorded), against "
+        f"the {CPU_PER_EVENT_TARGET} µs that 10,000 events/s on two cores leaves; *out/event* is the messages in "
+        "STOCKSYNC_OUT per event. What each share is spent on:",
+        "",
+        *(f"- **{name}**: {text}." for name, text in CPU_SHARES),
+        "",
+        "| scenario | " + " | ".join(PIPELINE) + " | total | out/event |",
+        "| --- | " + " | ".join("---:" for _ in PIPELINE) + " | ---: | ---: |",
+    ]
+    for key, sc in runs.items():
+        per = cpu_per_event(sc)
+        outbound = sc["end_state"].get("STOCKSYNC_OUT")
+        out.append(
+            f"| {key} | "
+            + " | ".join(_num(per[name]) for name in PIPELINE)
+            + f" | **{_num(per['total'])}** | "
+            f"{_num(outbound / sc['ledger']['recorded'] if outbound else None, 1)} |"
+        )
+    return out
+
+
 def _own_cpu_per_event(sc: dict) -> float | None:
     """CPU microseconds per event of the pipeline's own processes (not the rest of the machine)."""
     cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
-    own = sum(cpu.get(name, 0) for name in ("worker", "relay", "postgres", "nats-server", "publisher"))
+    own = sum(cpu.get(name, 0) for name in PIPELINE)
     return own / n * 1e6 if n and own else None
 
 
@@ -70,7 +129,11 @@ def channel_cost(results) -> dict | None:
 
     out = {"without": without, "with": with_}
     for figure in ("sustained_per_s", "visible_per_s"):
-        out[figure] = (best(without, figure), best(with_, figure), _ratio(best(with_, figure), best(without, figure)))
+        out[figure] = (
+            best(without, figure),
+            best(with_, figure),
+            _ratio(best(with_, figure), best(without, figure)),
+        )
     out["cpu_per_event"] = (mean(without, _own_cpu_per_event), mean(with_, _own_cpu_per_event))
     out["relay_cpu_per_event"] = tuple(
         mean(runs, lambda v: (v.get("cpu_seconds") or {}).get("relay", 0) / v["ledger"]["recorded"] * 1e6)
@@ -91,10 +154,16 @@ def scale_figures(results) -> dict | None:
     if None in runs:
         return None
     one, two = runs
-    ratios = {f: _ratio(two["ledger"].get(f), one["ledger"].get(f)) for f in ("sustained_per_s", "visible_per_s")}
+    ratios = {
+        f: _ratio(two["ledger"].get(f), one["ledger"].get(f)) for f in ("sustained_per_s", "visible_per_s")
+    }
     found = two["contention"]
     steady = found["lock_waiting_second_half"] <= 1.5 * found["lock_waiting_first_half"] + 0.5
-    ok = None if None in ratios.values() else min(ratios.values()) >= 0.95 and found["deadlocks"] == 0 and steady
+    ok = (
+        None
+        if None in ratios.values()
+        else min(ratios.values()) >= 0.95 and found["deadlocks"] == 0 and steady
+    )
     return {"one": one, "two": two, "ratios": ratios, "ok": ok}
 
 
@@ -225,6 +294,18 @@ def headline(results) -> list[dict]:
                 ),
                 "target": f"cost < {CHANNEL_COST_TARGET:.0%} (≥ {1 - CHANNEL_COST_TARGET:.2f}×)",
                 "ok": cost["ok"],
+            }
+        )
+    per = cpu_per_event(s["mixed"]) if "mixed" in s else None
+    if per is not None:
+        rows.append(
+            {
+                "figure": "CPU per mixed event, every pipeline process",
+                "value": _num(per["total"]),
+                "unit": "µs",
+                "ratio": ", ".join(f"{name} {_num(per[name])}" for name in PIPELINE),
+                "target": f"≤ {CPU_PER_EVENT_TARGET} µs",
+                "ok": per["total"] <= CPU_PER_EVENT_TARGET,
             }
         )
     scale = scale_figures(results)
@@ -401,7 +482,9 @@ def _order_rows(results) -> list[dict]:
             "figure": f"POST /v1/orders (201s), {closed['mode']}",
             "value": _num(orders_per_s),
             "unit": "orders/s",
-            "ratio": (f"{r:.2f}× reservations ({_num(reservations_per_s)}/s)" if r else "no reservations measured")
+            "ratio": (
+                f"{r:.2f}× reservations ({_num(reservations_per_s)}/s)" if r else "no reservations measured"
+            )
             + f", p99 {_num(closed['latency_ms']['p99'], 1)} ms",
         }
     ]
@@ -544,6 +627,7 @@ def markdown(results, plot_name: str | None) -> str:
                 + " | ".join(f"{cpu.get(c, 0):.1f}" for c in cols)
                 + " |"
             )
+        out += _cpu_section(results)
 
     out += [
         "",
@@ -751,11 +835,14 @@ def _channels_and_orders(results) -> list[str]:
     out = ["", "## Channels and online orders", ""]
     cost = channel_cost(results)
     if cost is None:
-        out.append(f"Channel publishing cost: {NOT_YET} (the mixed runs with and without channels did not both run).")
+        out.append(
+            f"Channel publishing cost: {NOT_YET} (the mixed runs with and without channels did not both run)."
+        )
     else:
         first = next(iter(cost["with"].values()))
         channels = ", ".join(
-            f"`{c['channel_id']}` ({c['locations']} locations, buffer {c['buffer']})" for c in first.get("channels", [])
+            f"`{c['channel_id']}` ({c['locations']} locations, buffer {c['buffer']})"
+            for c in first.get("channels", [])
         )
         out += [
             " ".join(
