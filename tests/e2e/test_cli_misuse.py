@@ -167,3 +167,20 @@ def test_version_and_help_with_examples_and_every_variable() -> None:
     assert helped.returncode == 0
     assert "examples:" in helped.stdout and "stocksync keys create --role pos" in helped.stdout
     assert all(f"STOCKSYNC_{field.upper()}" in helped.stdout for field in Settings.__struct_fields__)
+
+
+@pytest.mark.parametrize(
+    ("roles", "port_variable", "path"),
+    [
+        ((), "STOCKSYNC_HTTP_PORT", "/health/ready"),
+        (("--role", "worker"), "STOCKSYNC_METRICS_PORT", "/metrics"),
+    ],
+)
+def test_health_with_no_process_answering_exits_1_naming_what_it_asked(
+    roles: tuple[str, ...], port_variable: str, path: str
+) -> None:
+    """1, not 2: Docker reads 1 as unhealthy and reserves 2. (The topology tests see it pass for every role.)"""
+    port = str(free_port())
+    answer = stocksync_cli("health", *roles, STOCKSYNC_HTTP_HOST="0.0.0.0", **{port_variable: port})
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr, answer.stderr
+    assert f"http://127.0.0.1:{port}{path} does not answer" in answer.stderr
