@@ -141,9 +141,11 @@ class ComposeTopology:
                 self._until_healthy(name, process)
 
     def stop(self) -> None:
-        for replicas in self.processes.values():
-            for process in replicas:
-                process.stop()
+        running = [p.process for replicas in self.processes.values() for p in replicas if p.alive]
+        for process in running:  # all at once, then wait for each: they stop in parallel
+            process.terminate()
+        for process in running:
+            terminate(process)
         self.stop_nats()
 
     def until_logged(self, name: str, text: str, timeout: float = 60) -> None:

@@ -163,9 +163,9 @@ def availability(event: dict[str, Any]) -> dict[str, Any] | None:
     return json.loads(event["data"]) if event.get("event") == "availability" else None
 
 
-async def sell_over_nats(served: Served, location_id: str, sku: str, qty: int) -> None:
-    """A till's sale, published on the inbound stream as a till publishes it: with its store's pos key."""
-    nc = await nats.connect(served.nats_servers, **key_options(served.key("pos", location_id)))
+async def sell_over_nats(served: Served, pos_key: str, location_id: str, sku: str, qty: int) -> None:
+    """A till's sale, published on the inbound stream as a till publishes it: connected with its pos key."""
+    nc = await nats.connect(served.nats_servers, **key_options(pos_key))
     try:
         body = event("sale", location_id, [{"sku": sku, "qty": qty}])
         await nc.jetstream().publish(

@@ -60,6 +60,7 @@ class Shop:
         for location_id, qty in ((self.store, 10), (self.near, 4), (self.far, 9)):
             served.post_event("receipt", location_id, [{"sku": self.sku, "qty": qty}])
         self.key = served.key("staff", self.store)
+        self.till = served.key("pos", self.store)  # the NATS token of the store's tills
 
 
 async def _signed_in(
@@ -154,7 +155,7 @@ async def test_a_sale_over_nats_changes_the_number_on_two_pages_within_two_secon
         await _look_up(page, shop.sku)
         await expect(page.locator(AVAILABLE)).to_have_text("10")
     sold_at = time.monotonic()
-    await sell_over_nats(served, shop.store, shop.sku, 2)
+    await sell_over_nats(served, shop.till, shop.store, shop.sku, 2)
     for _, page in opened:
         left_ms = max(1.0, (2.0 - (time.monotonic() - sold_at)) * 1000)
         await expect(page.locator(AVAILABLE)).to_have_text("8", timeout=left_ms)

@@ -31,7 +31,7 @@ async def test_the_stream_sends_the_positions_then_a_sale_over_nats_and_a_reserv
     store, other = served.store(), served.store()
     sku, never = unique("SKU"), unique("SKU")
     served.post_event("receipt", store, [{"sku": sku, "qty": 10}])
-    key = served.key("staff", store)
+    key, till = served.key("staff", store), served.key("pos", store)
     params = [("location_id", store), ("sku", sku), ("sku", never)]
     async with httpx.AsyncClient(base_url=served.base, headers=_bearer(key), timeout=30) as http:
         async with http.stream("GET", "/v1/stream", params=params) as answer:
@@ -39,7 +39,7 @@ async def test_the_stream_sends_the_positions_then_a_sale_over_nats_and_a_reserv
             assert answer.headers["content-type"].startswith("text/event-stream")
             events = Events(answer)
             first = [await events.until(availability) for _ in range(2)]
-            await sell_over_nats(served, store, sku, 3)
+            await sell_over_nats(served, till, store, sku, 3)
             sold = await events.until(availability)
             served.admin.post(
                 "/v1/reservations",
