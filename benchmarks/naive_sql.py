@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import signal
 from datetime import datetime, timedelta
 
 import asyncpg
 import msgspec
-import nats
+from nats.aio.msg import Msg
 
-from stocksync.wire import IN_STREAM, WORKER_CONSUMER
+from benchmarks.pull import arguments, serve
 
 _decode = msgspec.json.decode
 
@@ -119,47 +118,26 @@ async def settle(conn: asyncpg.Connection, event: dict, move) -> None:
         await move(sku, -qty if kind == "collect" else 0, reserved=-qty)
 
 
-async def consume(js, pool: asyncpg.Pool, stop: asyncio.Event, counts: dict[str, int]) -> None:
-    sub = await js.pull_subscribe_bind(WORKER_CONSUMER, IN_STREAM)
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(10, timeout=0.5)
-        except TimeoutError:
-            continue
-        for msg in msgs:
-            while True:
-                try:
-                    async with pool.acquire() as conn:
-                        await apply(conn, _decode(msg.data), msg.data)
-                    break
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                    counts["retried"] += 1
-            await msg.ack()
-            counts["applied"] += 1
-
-
 async def run(args: argparse.Namespace) -> None:
     pool = await asyncpg.create_pool(args.database, min_size=args.concurrency, max_size=args.concurrency)
-    nc = await nats.connect(args.nats, name="stocksync-bench-naive-sql")
-    js = nc.jetstream()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     counts = {"applied": 0, "retried": 0}
-    print("serving", flush=True)
-    await asyncio.gather(*(consume(js, pool, stop, counts) for _ in range(args.concurrency)))
-    await nc.close()
+
+    async def apply_one(msg: Msg) -> None:
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    await apply(conn, _decode(msg.data), msg.data)
+                break
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                counts["retried"] += 1
+        counts["applied"] += 1
+
+    await serve(args.nats, "stocksync-bench-naive-sql", args.concurrency, apply_one, counts)
     await pool.close()
-    print(f"stopped {counts}", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--database", required=True)
-    parser.add_argument("--nats", required=True)
-    parser.add_argument("--concurrency", type=int, default=16)
-    asyncio.run(run(parser.parse_args()))
+    asyncio.run(run(arguments(concurrency=16)))
 
 
 if __name__ == "__main__":

@@ -104,9 +104,8 @@ def _cpu_section(results) -> list[str]:
 
 def _own_cpu_per_event(sc: dict) -> float | None:
     """CPU microseconds per event of the pipeline's own processes (not the rest of the machine)."""
-    cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
-    own = sum(cpu.get(name, 0) for name in PIPELINE)
-    return own / n * 1e6 if n and own else None
+    per = cpu_per_event(sc)
+    return (per["total"] or None) if per else None
 
 
 def channel_cost(results) -> dict | None:
@@ -324,28 +323,18 @@ def headline(results) -> list[dict]:
                 "ok": scale["ok"],
             }
         )
-    r2 = _ratio(mixed, naive)
-    rows.append(
-        {
-            "figure": "mixed: batching worker over naive applier",
-            "value": f"{r2:.1f}×" if r2 else "—",
-            "unit": "",
-            "ratio": "",
-            "target": "",
-            "ok": None,
-        }
-    )
-    r3 = _ratio(mixed, raw)
-    rows.append(
-        {
-            "figure": "mixed: batching worker over raw asyncpg applier",
-            "value": f"{r3:.1f}×" if r3 else "—",
-            "unit": "",
-            "ratio": "",
-            "target": "",
-            "ok": None,
-        }
-    )
+    for baseline, base in (("naive applier", naive), ("raw asyncpg applier", raw)):
+        r = _ratio(mixed, base)
+        rows.append(
+            {
+                "figure": f"mixed: batching worker over {baseline}",
+                "value": f"{r:.1f}×" if r else "—",
+                "unit": "",
+                "ratio": "",
+                "target": "",
+                "ok": None,
+            }
+        )
     r = _ratio(hot, naive_hot)
     rows.append(
         {
