@@ -1,5 +1,5 @@
 # Sourced by scripts/test and scripts/run: cd to the repo root and make sure .venv holds stocksync
-# (editable, with test extras). pip runs only when pyproject.toml changed since the last successful
+# (editable, with the embedded servers and the test extras). pip runs only when pyproject.toml changed since the last successful
 # install, so repeated runs are fast while a fresh clone always installs.
 
 set -euo pipefail
@@ -27,6 +27,6 @@ stamp="$VENV/.stocksync-installed"
 wanted="$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "installing stocksync into .venv ..." >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[embedded,test]'
     echo "$wanted" >"$stamp"
 fi

@@ -1,5 +1,10 @@
-"""The whole service (`stocksync serve`, every role) in a process of its own, over a database of its own and
-the session's nats-server, for the live feed and the staff page: its feed is fed by the real worker and relay.
+"""The running service for the live feed and the staff page, their feed fed by the real worker and relay, in
+two shapes (the ``served`` fixture's parameters), each over a database of its own:
+
+- ``process``: `stocksync serve` with every role in one process, on the session's (open) nats-server;
+- ``compose``: compose.yaml's topology as local processes (`tests.support_compose`): three clustered
+  nats-servers with NATS access on, two API processes sharing one port, two workers, two relays, two auth
+  callouts, the sweeper and the webhooks deliverer.
 
 Test modules import the fixture they use (``from tests.support_live import served``).
 """
@@ -7,6 +12,7 @@ Test modules import the fixture they use (``from tests.support_live import serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -20,8 +26,12 @@ import nats
 import pytest
 
 from stocksync.embedded.processes import free_port
+from stocksync.messaging.nats_auth import service_options
+from stocksync.settings import Settings
+from stocksync.wire import key_options
 from tests.e2e.test_service import Service, _env, _stocksync
 from tests.support import NatsServer, drop_database, make_database
+from tests.support_compose import ComposeTopology
 
 HEARTBEAT_S = 0.5  # the feed's heartbeat in these tests (15 s in production)
 QUEUE_MAX = 32  # updates one feed client may have waiting before it is dropped
@@ -43,13 +53,23 @@ def event(type_: str, location_id: str, lines: list[dict[str, Any]] | None = Non
 
 
 class Served:
-    """The running service, an admin client for setting up, and keys of any role made with the CLI."""
+    """The running service, an admin client for setting up, and keys of any role made with the CLI.
 
-    def __init__(self, service: Service, env: dict[str, str], nats_url: str) -> None:
-        self.service = service
+    ``metrics_urls``: the /metrics of every API process; ``nats_down``: a context in which NATS is away."""
+
+    def __init__(
+        self,
+        base: str,
+        env: dict[str, str],
+        *,
+        metrics_urls: list[str],
+        nats_down: Callable[[], contextlib.AbstractContextManager[object]],
+    ) -> None:
         self.env = env
-        self.base = service.base
-        self.nats_url = nats_url
+        self.base = base
+        self.nats_url = env["STOCKSYNC_NATS_URL"]
+        self.metrics_urls = metrics_urls
+        self.nats_down = nats_down
         self.admin = httpx.Client(
             base_url=self.base, headers={"Authorization": f"Bearer {self.key('admin')}"}
         )
@@ -95,9 +115,18 @@ class Served:
             time.sleep(0.2)
 
     def metric(self, name: str) -> float:
-        """The sum of a Prometheus sample's values (every label set) on ``/metrics``."""
-        text = httpx.get(f"{self.base}/metrics").text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+        """The sum of a Prometheus sample's values (every label set) on every API process's ``/metrics``."""
+        texts = [httpx.get(url).text for url in self.metrics_urls]
+        lines = [line for text in texts for line in text.splitlines()]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+    async def nats(self) -> nats.NATS:
+        """A connection as the service's own processes make it (the service user where access is on)."""
+        return await nats.connect(self.nats_servers, **service_options(Settings.from_env(self.env)))
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return self.nats_url.split(",")
 
 
 class Events:
@@ -134,9 +163,9 @@ def availability(event: dict[str, Any]) -> dict[str, Any] | None:
     return json.loads(event["data"]) if event.get("event") == "availability" else None
 
 
-async def sell_over_nats(nats_url: str, location_id: str, sku: str, qty: int) -> None:
-    """A till's sale, published on the inbound stream as a till publishes it."""
-    nc = await nats.connect(nats_url)
+async def sell_over_nats(served: Served, pos_key: str, location_id: str, sku: str, qty: int) -> None:
+    """A till's sale, published on the inbound stream as a till publishes it: connected with its pos key."""
+    nc = await nats.connect(served.nats_servers, **key_options(pos_key))
     try:
         body = event("sale", location_id, [{"sku": sku, "qty": qty}])
         await nc.jetstream().publish(
@@ -148,27 +177,68 @@ async def sell_over_nats(nats_url: str, location_id: str, sku: str, qty: int) ->
         await nc.close()
 
 
-@pytest.fixture(scope="module")
+FEED_SETTINGS = {"stream_heartbeat_s": str(HEARTBEAT_S), "stream_queue_max": str(QUEUE_MAX)}
+
+
+@pytest.fixture(scope="module", params=["process", "compose"])
 def served(
-    postgres_url: str, nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     database_url = make_database(postgres_url)
+    log_dir: Path = tmp_path_factory.mktemp(f"served-{request.param}")
+    try:
+        starts = _one_process if request.param == "process" else _compose_topology
+        with starts(request, database_url, log_dir) as served:
+            served.wait_for_feed(served.store())
+            yield served
+    finally:
+        drop_database(postgres_url, database_url)
+
+
+@contextlib.contextmanager
+def _one_process(request: pytest.FixtureRequest, database_url: str, log_dir: Path) -> Iterator[Served]:
+    nats_server: NatsServer = request.getfixturevalue("nats_server")
     env = _env(
         database_url=database_url,
         nats_url=nats_server.url,
         http_port=str(free_port()),
         log_format="json",
-        stream_heartbeat_s=str(HEARTBEAT_S),
-        stream_queue_max=str(QUEUE_MAX),
+        **FEED_SETTINGS,
     )
     _stocksync(env, "migrate")
-    log_dir: Path = tmp_path_factory.mktemp("served")
     service = Service(env, log_dir / "serve.log")
-    served = Served(service, env, nats_server.url)
-    served.wait_for_feed(served.store())
+
+    @contextlib.contextmanager
+    def nats_down() -> Iterator[None]:
+        nats_server.stop()
+        try:
+            yield
+        finally:
+            nats_server.start()
+
+    served = Served(service.base, env, metrics_urls=[f"{service.base}/metrics"], nats_down=nats_down)
     try:
         yield served
     finally:
         served.admin.close()
         service.stop()
-        drop_database(postgres_url, database_url)
+
+
+@contextlib.contextmanager
+def _compose_topology(request: pytest.FixtureRequest, database_url: str, log_dir: Path) -> Iterator[Served]:
+    topology = ComposeTopology(log_dir, database_url, **FEED_SETTINGS)
+    try:
+        topology.start()
+        topology.until_logged("api", "live_feed_subscribed")  # each API process's feed, not the one met
+        served = Served(
+            topology.base,
+            _env() | topology.env,
+            metrics_urls=topology.api_metrics_urls(),
+            nats_down=topology.nats_down,
+        )
+        try:
+            yield served
+        finally:
+            served.admin.close()
+    finally:
+        topology.stop()

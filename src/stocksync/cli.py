@@ -15,7 +15,7 @@ from rich.progress import Progress
 
 from stocksync import __version__
 from stocksync.adapters.database import create_engine
-from stocksync.embedded import embedded_services
+from stocksync.embedded import NotInstalled, embedded_services
 from stocksync.logs import configure_logging
 from stocksync.settings import HELP, SERVICE_ROLES, Settings, SettingsError
 
@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   stocksync keys list --json
   stocksync reconcile --counts counts.csv --report findings.json
   stocksync nats config > nats-server.conf
+  stocksync health --role worker                     exit 0 if this machine's worker answers (HEALTHCHECK)
 """
 
 
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--role", action="append", choices=SERVICE_ROLES, help="run only this part (repeatable); default: all"
     )
+    health = commands.add_parser(
+        "health",
+        help="exit 0 when the `serve` of these settings and roles answers here: the API's /health/ready,"
+        " else the process's /metrics (a container's HEALTHCHECK; needs no curl)",
+    )
+    health.add_argument("--role", action="append", choices=SERVICE_ROLES, help="as given to serve")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an API key and print it once")
     create.add_argument("--role", required=True, choices=KEY_ROLES)
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "nats":  # from the settings alone: no servers to start
         return _nats_config(settings)
+    if args.command == "health":  # asks the running process: no servers to start
+        return _health(settings, args.role or SERVICE_ROLES)
     command: Callable[[Settings, argparse.Namespace], Awaitable[int]] = {
         "migrate": _migrate,
         "serve": _serve,
@@ -155,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(command(resolved, args))
     except KeyboardInterrupt:
         return 130
+    except NotInstalled as error:
+        return _refused(f"stocksync {args.command}", error)
     except Exception as error:
         if not _unreachable_server(error):
             raise  # a defect: its traceback is what is needed
@@ -313,6 +324,34 @@ def _nats_config(settings: Settings) -> int:
         )
     print(server_config(settings), end="")
     return 0
+
+
+def _health(settings: Settings, roles: list[str] | tuple[str, ...]) -> int:
+    """Exit 0 when the local process answers 200, else 1 (what Docker's HEALTHCHECK reads). The API's
+    readiness checks the database; a process without the API answers on its metrics port while it runs."""
+    import http.client
+
+    from stocksync.metrics import DEFAULT_PORT
+
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # listening on all: ask loopback
+    host = wildcard.get(settings.http_host, settings.http_host)
+    port, path = (
+        (settings.http_port, "/health/ready")
+        if "api" in roles
+        else (settings.metrics_port or DEFAULT_PORT, "/metrics")
+    )
+    url = f"http://{host}:{port}{path}"
+    connection = http.client.HTTPConnection(host, port, timeout=5)  # not urllib: no HTTP(S)_PROXY detour
+    try:
+        connection.request("GET", path)
+        status = connection.getresponse().status
+    except OSError as error:
+        console.print(f"[red]stocksync health:[/red] {url} does not answer ({error})", soft_wrap=True)
+        return 1
+    finally:
+        connection.close()
+    console.print(f"stocksync health: {url} {status}", soft_wrap=True)
+    return 0 if status == 200 else 1
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:

