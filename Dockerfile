@@ -11,9 +11,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Another distribution of this repository the server needs (a client package with its own pyproject.toml)
-# is one more COPY above and one more path after `.` below.
-RUN python -m pip wheel --wheel-dir /wheels . \
+# The client distribution (the wire contract and the clients), which the server depends on.
+COPY client ./client
+RUN python -m pip wheel --wheel-dir /wheels ./client . \
     && python -m venv /opt/stocksync \
     && /opt/stocksync/bin/pip install --no-index --find-links /wheels stocksync
 

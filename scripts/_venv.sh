@@ -1,6 +1,7 @@
-# Sourced by scripts/test and scripts/run: cd to the repo root and make sure .venv holds stocksync
-# (editable, with the embedded servers and the test extras). pip runs only when pyproject.toml changed since the last successful
-# install, so repeated runs are fast while a fresh clone always installs.
+# Sourced by scripts/test and scripts/run: cd to the repo root and make sure .venv holds the client distribution
+# (client/, which the server depends on) and stocksync (editable, with the embedded servers and the test extras).
+# pip runs only when either pyproject.toml changed since the last successful install, so repeated runs are fast
+# while a fresh clone always installs.
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,9 +25,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.stocksync-installed"
-wanted="$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+wanted="$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(b"".join(open(p, "rb").read() for p in ("client/pyproject.toml", "pyproject.toml"))).hexdigest())')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "installing stocksync into .venv ..." >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ./client
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[embedded,test]'
     echo "$wanted" >"$stamp"
 fi

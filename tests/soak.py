@@ -60,10 +60,10 @@ from stocksync.domain.model import Location
 from stocksync.embedded.postgres import EmbeddedPostgres, start_postgres
 from stocksync.embedded.processes import free_port
 from stocksync.messaging.nats_auth import new_seed, server_config, service_options
-from stocksync.messaging.topology import connect
 from stocksync.service.keys import create_key
 from stocksync.settings import Settings
 from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, key_options
+from stocksync_client.connection import connect
 from tests.support import run_sql, with_database
 from tests.support_cluster import NatsCluster
 from tests.support_ledger import (

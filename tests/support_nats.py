@@ -42,11 +42,12 @@ from stocksync.domain.model import Location, PositionKey
 from stocksync.embedded.processes import terminate
 from stocksync.messages import PositionBody
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import connect, migrate_topology, worker_consumer
+from stocksync.messaging.topology import migrate_topology, worker_consumer
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.ledger_service import LedgerService, body_hash
 from stocksync.wire import IN_STREAM, WORKER_CONSUMER
+from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import T0, store
 

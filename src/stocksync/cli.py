@@ -440,7 +440,7 @@ async def _pos_simulate(settings: Settings, args: argparse.Namespace) -> int:
 def _pos_journal(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from stocksync.clients.spool import export_journal
+    from stocksync_client.spool import export_journal
 
     try:
         if args.out is None:

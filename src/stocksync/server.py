@@ -22,12 +22,12 @@ from stocksync.aio import cancel_and_wait
 from stocksync.http.protocol import uvicorn_config
 from stocksync.messaging.nats_auth import AuthCallout, service_options
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import connect
 from stocksync.messaging.webhooks import WebhookDeliverer
 from stocksync.messaging.worker import EventWorker
 from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
 from stocksync.service.sweeper import ExpirySweeper
 from stocksync.settings import SERVICE_ROLES, Settings
+from stocksync_client.connection import connect
 
 log = structlog.get_logger("stocksync.server")
 

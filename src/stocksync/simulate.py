@@ -17,10 +17,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from stocksync.adapters.locations import stocked_skus
-from stocksync.clients.pos import PosClient
 from stocksync.domain.events import QtyLine
 from stocksync.messages import OutcomeMessage
 from stocksync.settings import Settings
+from stocksync_client.pos import PosClient
 
 RETURN_SHARE = 0.1
 

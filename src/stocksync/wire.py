@@ -1,8 +1,10 @@
 """Everything stocksync puts on NATS, in one place (spec section 3): stream, consumer and bucket names, every
 subject built and parsed, the message ids, and the dead letter.
 
-Contracts, the worker, the relay, the clients and reconciliation import this module and nothing of each other.
-It does no I/O: a subject is a string, and ids cannot hold a dot (`ID_PATTERN`), so every split is unambiguous.
+What a client needs of it (names, the subjects it uses, an event's body, a key's connect options) is defined
+once in the client distribution's `stocksync_contract.wire` and re-exported here. Contracts, the worker, the
+relay and reconciliation import this module and nothing of each other. It does no I/O: a subject is a string,
+and ids cannot hold a dot (`ID_PATTERN`), so every split is unambiguous.
 """
 
 from __future__ import annotations
@@ -14,15 +16,34 @@ from datetime import datetime
 import msgspec
 
 from stocksync.domain.access import EVENT_GRANTS
-from stocksync.domain.events import ID_PATTERN, MAX_BODY_BYTES, InboundEvent, decode_inbound, encode
+from stocksync.domain.events import ID_PATTERN
+from stocksync_contract.wire import (
+    AVAILABILITY_BUCKET,
+    CHANNEL_BUCKET,
+    DLQ_STREAM,
+    IN_STREAM,
+    MSG_ID,
+    ORDER_ACTIONS,
+    ORDER_TOKEN,
+    OUT_STREAM,
+    alert_subject,
+    availability_key,
+    availability_subject,
+    channel_key,
+    channel_subject,
+    event_body,
+    event_subject,
+    inbound_subject,
+    inbox_prefix,
+    key_options,
+    order_inbound_subject,
+    order_subject,
+    outcome_subject,
+    reservation_subject,
+)
 
-IN_STREAM = "STOCKSYNC_IN"
-OUT_STREAM = "STOCKSYNC_OUT"
-DLQ_STREAM = "STOCKSYNC_DLQ"
-AVAILABILITY_BUCKET = "stocksync_availability"
 AVAILABILITY_KV_STREAM = f"KV_{AVAILABILITY_BUCKET}"
 AVAILABILITY_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # + the key: the bucket's stream subject for it
-CHANNEL_BUCKET = "stocksync_channel_availability"
 CHANNEL_KV_STREAM = f"KV_{CHANNEL_BUCKET}"
 CHANNEL_KV_SUBJECT = f"$KV.{CHANNEL_BUCKET}."
 WORKER_CONSUMER = "stocksync-worker"
@@ -30,53 +51,70 @@ WORKER_CONSUMER = "stocksync-worker"
 IN_ALL, OUT_ALL, DLQ_ALL = "stocksync.in.>", "stocksync.out.>", "stocksync.dlq.>"
 AVAILABILITY_ALL = "stocksync.out.availability.>"
 CHANNEL_ALL = "stocksync.out.channel.>"
-MSG_ID = "Nats-Msg-Id"
 NO_LOCATION = "_"  # the dead-letter subject's token when the refused subject names no valid location
-ORDER_TOKEN = "_order"  # stocksync.in._order.<channel_id>.<action>: no location id starts with "_"
-ORDER_ACTIONS = ("place", "ship", "cancel")
 # An outbox row on this subject is never published: it asks the relay to publish a channel's skus again.
 CHANNEL_REFRESH = "stocksync.internal.channel_refresh"
+
+__all__ = [  # the contract's names too, for the server's modules that import them from here
+    "AVAILABILITY_ALL",
+    "AVAILABILITY_BUCKET",
+    "AVAILABILITY_KV_STREAM",
+    "AVAILABILITY_KV_SUBJECT",
+    "CHANNEL_ALL",
+    "CHANNEL_BUCKET",
+    "CHANNEL_KV_STREAM",
+    "CHANNEL_KV_SUBJECT",
+    "CHANNEL_REFRESH",
+    "DLQ_ALL",
+    "DLQ_STREAM",
+    "DeadLetter",
+    "IN_ALL",
+    "IN_STREAM",
+    "MSG_ID",
+    "NO_LOCATION",
+    "NatsPermissions",
+    "ORDER_ACTIONS",
+    "ORDER_TOKEN",
+    "OUT_ALL",
+    "OUT_STREAM",
+    "WORKER_CONSUMER",
+    "alert_msg_id",
+    "alert_subject",
+    "availability_key",
+    "availability_msg_id",
+    "availability_subject",
+    "channel_key",
+    "channel_msg_id",
+    "channel_refresh_msg_id",
+    "channel_subject",
+    "dlq_msg_id",
+    "dlq_subject",
+    "event_body",
+    "event_subject",
+    "header_event_id",
+    "inbound_parts",
+    "inbound_subject",
+    "inbox_prefix",
+    "is_order_subject",
+    "key_options",
+    "nats_permissions",
+    "order_inbound_parts",
+    "order_inbound_subject",
+    "order_msg_id",
+    "order_subject",
+    "outbound_target",
+    "outcome_msg_id",
+    "outcome_subject",
+    "reservation_msg_id",
+    "reservation_subject",
+    "split_availability_key",
+    "subject_location",
+]
 
 _ID = re.compile(ID_PATTERN)
 
 
-# -- subjects -----------------------------------------------------------------------------------------------------
-
-
-def inbound_subject(location_id: str, event_type: str) -> str:
-    return f"stocksync.in.{location_id}.{event_type}"
-
-
-def event_subject(event: InboundEvent) -> str:
-    return inbound_subject(event.location_id, event.type)
-
-
-def availability_subject(location_id: str, sku: str) -> str:
-    return f"stocksync.out.availability.{location_id}.{sku}"
-
-
-def reservation_subject(reservation_id: str) -> str:
-    return f"stocksync.out.reservation.{reservation_id}"
-
-
-def alert_subject(location_id: str) -> str:
-    return f"stocksync.out.alert.{location_id}"
-
-
-def outcome_subject(location_id: str) -> str:
-    return f"stocksync.out.outcome.{location_id}"
-
-
-def channel_subject(channel_id: str, sku: str) -> str:
-    return f"stocksync.out.channel.{channel_id}.{sku}"
-
-
-def order_subject(order_id: str) -> str:
-    return f"stocksync.out.order.{order_id}"
-
-
-def order_inbound_subject(channel_id: str, action: str) -> str:
-    return f"stocksync.in.{ORDER_TOKEN}.{channel_id}.{action}"
+# -- subjects the server alone builds or parses ------------------------------------------------------------
 
 
 def is_order_subject(subject: str) -> bool:
@@ -123,20 +161,9 @@ def outbound_target(subject: str) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-def event_body(event: InboundEvent) -> bytes:
-    """The JSON body, refused here if the worker would dead-letter it: such an event never gets an outcome."""
-    body = encode(event)
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError(f"the event is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
-    decode_inbound(body)  # raises msgspec.ValidationError naming the field
-    return body
 
 
 # -- the availability bucket --------------------------------------------------------------------------------------
-
-
-def availability_key(location_id: str, sku: str) -> str:
-    return f"{location_id}.{sku}"
 
 
 def split_availability_key(key: str) -> tuple[str, str] | None:
@@ -145,8 +172,6 @@ def split_availability_key(key: str) -> tuple[str, str] | None:
     return (location_id, sku) if dot and _ID.match(location_id) and _ID.match(sku) else None
 
 
-def channel_key(channel_id: str, sku: str) -> str:
-    return f"{channel_id}.{sku}"
 
 
 # -- message ids: each names the location where it names an event, since an event is both (rule 10) ----------
@@ -201,18 +226,8 @@ class NatsPermissions(msgspec.Struct, frozen=True, kw_only=True):
     subscribe: tuple[str, ...]
 
 
-def inbox_prefix(key_id: str) -> str:
-    """The inbox a key's connections must use (nats-py: ``connect(inbox_prefix=...)``) to get any reply."""
-    return f"_INBOX_{key_id}"
 
 
-def key_options(api_key: str | None) -> dict[str, str]:
-    """nats-py ``connect`` options of a client that connects with its API key: the key as the token, and
-    the key's own inbox (the only one its connection may read replies on)."""
-    if not api_key:
-        return {}
-    key_id = api_key.split("_")[1] if api_key.count("_") >= 2 else ""
-    return {"token": api_key, "inbox_prefix": inbox_prefix(key_id)} if key_id else {"token": api_key}
 
 
 def nats_permissions(

@@ -153,7 +153,7 @@ def test_a_journal_that_cannot_be_read_or_written_is_one_line(
 ) -> None:
     if spool is None:
         spool = str(tmp_path / "till.sqlite3")
-        from stocksync.clients.spool import Spool
+        from stocksync_client.spool import Spool
 
         Spool(spool, "store-1", "till-1").close()
     args = ["pos", "journal", "--spool", spool] + (["--out", out] if out else [])

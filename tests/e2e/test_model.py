@@ -29,12 +29,13 @@ from stocksync.adapters.database import create_engine
 from stocksync.clock import ManualClock
 from stocksync.domain.events import Command, encode
 from stocksync.http.app import create_app
-from stocksync.messaging.topology import connect, migrate_topology
+from stocksync.messaging.topology import migrate_topology
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import GroupCommitLedger, LedgerService
 from stocksync.service.sweeper import ExpirySweeper
+from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import (
     adjust,

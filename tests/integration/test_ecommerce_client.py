@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from stocksync.adapters.database import create_engine
-from stocksync.clients import ApiError, EcommerceClient, PosClient, ReservationTimeout
 from stocksync.clock import utc_now
 from stocksync.domain.events import QtyLine, Receipt
 from stocksync.domain.model import ReservationLine, Shortage
 from stocksync.messaging.topology import migrate_topology
 from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import LedgerService
+from stocksync_client import ApiError, EcommerceClient, PosClient, ReservationTimeout
 from tests.integration.test_pos_client import DEADLINE_S, running_service, unique
 from tests.support import NatsServer
 from tests.support_nats import fetch, wait_until
@@ -159,8 +159,8 @@ async def test_pickup_answers_the_stores_that_can_hold_the_basket_over_http(
         )
 
         async with await EcommerceClient.open(nats_server.url, api_url=api_url, api_key=key) as shop:
-            [store] = await shop.pickup([QtyLine(sku=sku, qty=2)])
-            both = await shop.pickup([QtyLine(sku=sku, qty=1)], near=(52.37, 4.89), limit=5)
+            [store] = await shop.http.pickup([QtyLine(sku=sku, qty=2)])
+            both = await shop.http.pickup([QtyLine(sku=sku, qty=1)], near=(52.37, 4.89), limit=5)
         async with await EcommerceClient.open(nats_server.url, api_url=api_url, api_key="ssk_x") as stranger:
             with pytest.raises(ApiError) as refused:
                 await stranger.pickup([QtyLine(sku=sku, qty=1)])

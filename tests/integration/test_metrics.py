@@ -16,19 +16,19 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from stocksync.adapters.database import create_engine
-from stocksync.aio import cancel_and_wait
-from stocksync.embedded.processes import free_port
 from stocksync.adapters.locations import upsert_locations
+from stocksync.aio import cancel_and_wait
 from stocksync.clock import ManualClock
+from stocksync.embedded.processes import free_port
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
 from stocksync.migrate import migrate_database_async
-from stocksync.service.ledger_service import LedgerService
 from stocksync.server import serve
+from stocksync.service.ledger_service import LedgerService
 from stocksync.service.sweeper import ExpirySweeper
 from stocksync.settings import Settings
 from stocksync.wire import AVAILABILITY_BUCKET, IN_STREAM, WORKER_CONSUMER
+from stocksync_client.connection import connect
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401  (fixtures)
 from tests.support_ledger import receipt, reserve, store
 from tests.support_nats import jetstream, prepare, publish_events, wait_until

@@ -30,20 +30,21 @@ import stocksync
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.locations import upsert_locations
 from stocksync.aio import cancel_and_wait
-from stocksync.clients.ecommerce import EcommerceClient
-from stocksync.clients.pos import PosClient
 from stocksync.domain.access import EVENT_GRANTS
 from stocksync.domain.events import INBOUND_TYPES, QtyLine, encode
 from stocksync.domain.model import Location
 from stocksync.embedded.nats import nats_server_binary
 from stocksync.embedded.processes import free_port
 from stocksync.messaging.nats_auth import new_seed, server_config, service_options
-from stocksync.messaging.topology import connect, migrate_topology
+from stocksync.messaging.topology import migrate_topology
 from stocksync.migrate import migrate_database_async
 from stocksync.server import serve
 from stocksync.service.keys import create_key
 from stocksync.settings import Settings
 from stocksync.wire import IN_STREAM, key_options
+from stocksync_client.connection import connect
+from stocksync_client.ecommerce import EcommerceClient
+from stocksync_client.pos import PosClient
 from tests.support import NatsServer
 from tests.support_ledger import receipt
 from tests.support_nats import fetch, wait_until

@@ -21,10 +21,10 @@ from stocksync.adapters.database import async_url
 from stocksync.domain.events import encode
 from stocksync.embedded.processes import free_port
 from stocksync.messaging import worker as worker_module
-from stocksync.messaging.topology import connect
 from stocksync.messaging.worker import EventWorker
 from stocksync.service.ledger_service import LedgerService
 from stocksync.wire import DLQ_STREAM, IN_STREAM, WORKER_CONSUMER, DeadLetter
+from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import receipt, unique
 from tests.support_nats import (

@@ -24,20 +24,21 @@ import pytest
 from rich.console import Console
 
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
 from stocksync.aio import cancel_and_wait
 from stocksync.cli import main as cli_main
-from stocksync.clients import PosClient, SpoolInUse
-from stocksync.simulate import simulate
 from stocksync.domain.events import QtyLine, decode_inbound
 from stocksync.domain.model import Location
 from stocksync.embedded.processes import free_port
 from stocksync.messages import OutcomeMessage
-from stocksync.messaging.topology import connect, migrate_topology, worker_consumer
+from stocksync.messaging.topology import migrate_topology, worker_consumer
 from stocksync.migrate import migrate_database_async
 from stocksync.server import serve
-from stocksync.adapters.locations import upsert_locations
 from stocksync.settings import Settings
+from stocksync.simulate import simulate
 from stocksync.wire import IN_STREAM, OUT_STREAM
+from stocksync_client import PosClient, SpoolInUse
+from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import sale
 from tests.support_nats import fetch, wait_until

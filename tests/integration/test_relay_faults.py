@@ -24,8 +24,9 @@ from stocksync.adapters.database import create_engine
 from stocksync.adapters.outbox import LEADER_LOCK
 from stocksync.aio import cancel_and_wait
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import connect, migrate_topology
+from stocksync.messaging.topology import migrate_topology
 from stocksync.wire import AVAILABILITY_BUCKET, OUT_STREAM
+from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import receipt, unique
 from tests.support_nats import (

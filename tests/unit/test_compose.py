@@ -239,12 +239,12 @@ def test_dockerfile_builds_wheels_then_a_runtime_without_the_embedded_servers() 
     builder, runtime = instructions["FROM"]
     assert builder == "${PYTHON_IMAGE} AS builder" and runtime == "${PYTHON_IMAGE}"
     run = " ".join(instructions["RUN"])
-    assert re.search(r"\bpip wheel --wheel-dir /wheels \.(\s|$)", run)
+    assert re.search(r"\bpip wheel --wheel-dir /wheels \./client \.(\s|$)", run)  # the client distribution too
     assert re.search(r"pip install --no-index --find-links /wheels stocksync(\s|$)", run), (
         "no [embedded] extra"
     )
     copied = " ".join(instructions["COPY"])
-    assert "pyproject.toml" in copied and "src" in copied
+    assert "pyproject.toml" in copied and "src" in copied and "client" in copied
     assert "--from=builder /opt/stocksync /opt/stocksync" in copied  # the runtime takes the virtualenv alone
     assert instructions["USER"][-1] not in ("root", "0")
     assert "STOCKSYNC_HTTP_HOST=0.0.0.0" in " ".join(instructions["ENV"])  # reachable through `-p 8000:8000`

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+CLIENT_SRC = Path(__file__).resolve().parents[2] / "client" / "src"  # the stocksync-client distribution
 IO_LIBRARIES = {"sqlalchemy", "asyncpg", "nats", "structlog", "litestar", "httpx", "uvicorn", "prometheus_client"}
 SQL_NAMES = {"text", "select", "insert", "update", "delete", "func", "bindparam", "any_", "literal", "tuple_"}
 
@@ -72,8 +73,8 @@ def crossings(package: str, forbidden: tuple[str, ...]) -> dict[str, set[str]]:
     }
 
 
-def test_the_domain_imports_only_the_domain_the_standard_library_and_msgspec() -> None:
-    allowed = set(sys.stdlib_module_names) | {"msgspec", "stocksync"}
+def test_the_domain_imports_only_the_domain_the_contract_the_standard_library_and_msgspec() -> None:
+    allowed = set(sys.stdlib_module_names) | {"msgspec", "stocksync", "stocksync_contract"}
     crossing = {}
     for module in in_package("stocksync.domain"):
         tops = {target.split(".")[0] for target, _ in imports(module)}
@@ -86,37 +87,46 @@ def test_the_domain_imports_only_the_domain_the_standard_library_and_msgspec() -
 def test_the_wire_module_does_no_io_and_builds_only_on_the_domain() -> None:
     tops = {target.split(".")[0] for target, _ in imports("stocksync.wire")}
     assert not tops & IO_LIBRARIES
+    assert tops - set(sys.stdlib_module_names) <= {"msgspec", "stocksync", "stocksync_contract"}
     assert {i for i in stocksync_imports("stocksync.wire") if not under(i, "stocksync.domain")} == set()
 
 
 def test_the_service_layer_imports_no_adapter_that_drives_it() -> None:
     """service/ is called by http/, messaging/, the CLI and the server: it never imports them."""
-    driving = ("stocksync.messaging", "stocksync.http", "stocksync.clients", "stocksync.cli", "stocksync.server")
+    driving = ("stocksync.messaging", "stocksync.http", "stocksync.cli", "stocksync.server")
     assert crossings("stocksync.service", driving) == {}
 
 
-def test_the_clients_import_neither_adapters_nor_the_service() -> None:
-    """A retailer's code imports the clients: they bring no server parts with them."""
-    server_side = (
-        "stocksync.adapters",
-        "stocksync.service",
-        "stocksync.http",
-        "stocksync.server",
-        "stocksync.cli",
-        "stocksync.messaging.worker",
-        "stocksync.messaging.relay",
-        "stocksync.messaging.nats_auth",
-        "stocksync.embedded",
-    )
-    assert crossings("stocksync.clients", server_side) == {}
+def client_imports(package: str) -> dict[str, set[str]]:
+    """The top-level packages each module of a client distribution's package imports."""
+    found = {}
+    for path in sorted((CLIENT_SRC / package).rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        tops |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        found[str(path.relative_to(CLIENT_SRC))] = tops - set(sys.stdlib_module_names)
+    return found
+
+
+def test_the_contract_is_pure_and_the_clients_bring_no_server_part() -> None:
+    """A retailer's code installs stocksync-client alone: nothing of it imports ``stocksync``."""
+    contract = client_imports("stocksync_contract")
+    assert contract and all(tops <= {"msgspec", "stocksync_contract"} for tops in contract.values()), contract
+    clients = client_imports("stocksync_client")
+    allowed = {"msgspec", "nats", "httpx", "stocksync_contract", "stocksync_client"}
+    assert clients and {m: t - allowed for m, t in clients.items() if t - allowed} == {}
 
 
 @pytest.mark.parametrize(
     ("package", "others"),
     [
-        ("stocksync.messaging.worker", ("stocksync.messaging.relay", "stocksync.contracts", "stocksync.clients")),
-        ("stocksync.messaging.relay", ("stocksync.messaging.worker", "stocksync.contracts", "stocksync.clients")),
-        ("stocksync.contracts", ("stocksync.messaging.worker", "stocksync.messaging.relay", "stocksync.clients")),
+        ("stocksync.messaging.worker", ("stocksync.messaging.relay", "stocksync.contracts")),
+        ("stocksync.messaging.relay", ("stocksync.messaging.worker", "stocksync.contracts")),
+        ("stocksync.contracts", ("stocksync.messaging.worker", "stocksync.messaging.relay")),
         ("stocksync.service.reconciliation", ("stocksync.messaging",)),
     ],
 )

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from msgspec import Struct
 
+from stocksync_contract.messages import LocationAvailable
+
 from .model import Position, PositionKey
 
 
@@ -18,11 +20,6 @@ class Channel(Struct, frozen=True, kw_only=True):
     name: str
     locations: tuple[str, ...]  # in priority order: the first is preferred
     buffer: int = 0
-
-
-class LocationAvailable(Struct, frozen=True, kw_only=True):
-    location_id: str
-    available: int
 
 
 class ChannelStock(Struct, frozen=True, kw_only=True):

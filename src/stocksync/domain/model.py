@@ -8,10 +8,12 @@ from typing import Literal
 
 from msgspec import Struct
 
+# On the wire too: one definition, in the contract the clients share.
+from stocksync_contract.messages import ReservationLine, ReservationStatus, Shortage
+
 PositionKey = tuple[str, str]  # (location_id, sku)
 EventKey = tuple[str, str]  # (location_id, event_id): an event's identity (rule 10)
 ReservationKey = tuple[str, str]  # (location_id, reservation_id): a reservation's identity, like an event's
-ReservationStatus = Literal["held", "collected", "cancelled", "expired"]
 OutcomeKind = Literal["applied", "duplicate", "rejected"]
 
 
@@ -60,17 +62,6 @@ class Movement(Struct, frozen=True, kw_only=True):
     reason: str | None = None
     superseded_by_count: bool = False
     reservation_id: str | None = None
-
-
-class ReservationLine(Struct, frozen=True, kw_only=True):
-    sku: str
-    qty: int
-
-
-class Shortage(Struct, frozen=True, kw_only=True):
-    sku: str
-    requested: int
-    available: int
 
 
 class Reservation(Struct, frozen=True, kw_only=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from msgspec import Struct
+from stocksync_contract.messages import PickupLine, PickupStore
 
 from .ledger import merge_lines
 from .model import Location, Position, PositionKey, ReservationLine
@@ -13,18 +13,6 @@ from .model import Location, Position, PositionKey, ReservationLine
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 
 LatLon = tuple[float, float]
-
-
-class PickupLine(Struct, frozen=True, kw_only=True):
-    sku: str
-    available: int
-
-
-class PickupStore(Struct, frozen=True, kw_only=True):
-    location_id: str
-    name: str
-    distance_km: float | None
-    lines: tuple[PickupLine, ...]
 
 
 def great_circle_km(a: LatLon, b: LatLon) -> float:

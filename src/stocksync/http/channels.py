@@ -24,7 +24,7 @@ from stocksync.http.schemas import (
     body_operation,
     read_body,
 )
-from stocksync.messages import ChannelAvailabilityBody
+from stocksync.messages import channel_availability_body
 
 _decode_channel = decoder(ChannelRequest)
 Skus = Annotated[list[Sku], QueryParameter(min_items=1, max_items=MAX_LINES, description="repeatable")]
@@ -71,6 +71,6 @@ class ChannelController(Controller):
         channel, positions = await channels.stock(channel_id, sku)
         return ChannelAvailabilityList(
             items=[
-                ChannelAvailabilityBody.of(channel_stock(channel, s, positions)) for s in dict.fromkeys(sku)
+                channel_availability_body(channel_stock(channel, s, positions)) for s in dict.fromkeys(sku)
             ]
         )

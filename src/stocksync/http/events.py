@@ -16,7 +16,7 @@ from stocksync.domain.events import EVENT_ID_PATTERN, InboundEvent, decode_inbou
 from stocksync.http.auth import Access
 from stocksync.http.errors import documented
 from stocksync.http.schemas import EventAnswer, LocationIdQuery, at_one_location, body_operation, read_body
-from stocksync.messages import OutcomeMessage, ReservationBody
+from stocksync.messages import OutcomeMessage, outcome_message, reservation_body
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
 
@@ -50,7 +50,7 @@ class EventController(Controller):
             event_id=outcome.event_id,
             outcome=outcome.outcome,
             error=outcome.error,
-            reservation=ReservationBody.of(reservation) if reservation else None,
+            reservation=reservation_body(reservation) if reservation else None,
         )
 
     @get("/{event_id:path}", responses=documented(404))
@@ -72,7 +72,7 @@ class EventController(Controller):
         where = f" at {location_id!r}" if location_id else ""
         missing = NotFound(f"no event {event_id!r} was recorded{where}")
         found = await queries.outcomes(event_id, location_id)
-        return OutcomeMessage.of(at_one_location(found, missing, f"event {event_id!r}"))
+        return outcome_message(at_one_location(found, missing, f"event {event_id!r}"))
 
 
 def _exact_event_id(request: Request[Any, Any, Any], event_id: str) -> str:

@@ -24,7 +24,7 @@ from stocksync.http.schemas import (
     body_operation,
     read_body,
 )
-from stocksync.messages import PositionBody
+from stocksync.messages import PositionBody, position_body
 from stocksync.service.ledger_service import LedgerService
 
 _decode_location = decoder(LocationRequest)
@@ -84,4 +84,4 @@ class LocationController(Controller):
         result = await ledger.apply([event])
         if result.outcomes[0].outcome == "rejected":
             raise refusal(result.outcomes[0])
-        return PositionBody.of(result.positions[(location_id, sku)])
+        return position_body(result.positions[(location_id, sku)])

@@ -14,7 +14,7 @@ from stocksync.domain.errors import Forbidden
 from stocksync.domain.events import OrderRequest, decoder
 from stocksync.http.errors import documented
 from stocksync.http.schemas import OrderIdPath, body_operation, read_body
-from stocksync.messages import OrderBody
+from stocksync.messages import OrderBody, order_body
 from stocksync.service.keys import ApiKey
 from stocksync.service.orders import OrderService
 
@@ -52,11 +52,11 @@ class OrderController(Controller):
         409 order_id_conflict for the same id with other lines; 404 unknown_channel."""
         body = await read_body(request, _decode_order)
         order, placed = await orders.place(body, source_name=f"http:{key.key_id}")
-        return Response(OrderBody.of(order), status_code=201 if placed else 200)
+        return Response(order_body(order), status_code=201 if placed else 200)
 
     @get("/{order_id:str}", responses=documented(400, 404))
     async def read(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
-        return OrderBody.of(await orders.read(order_id))
+        return order_body(await orders.read(order_id))
 
     @post(
         "/{order_id:str}/ship", guards=[may_order], status_code=200, responses=documented(400, 403, 404, 409)
@@ -64,7 +64,7 @@ class OrderController(Controller):
     async def ship(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
         """Every allocation collected (a sale at its location); shipping again answers the same; 409
         order_not_allocated with the order's status otherwise."""
-        return OrderBody.of(await orders.ship(order_id))
+        return order_body(await orders.ship(order_id))
 
     @post(
         "/{order_id:str}/cancel",
@@ -74,4 +74,4 @@ class OrderController(Controller):
     )
     async def cancel(self, orders: NamedDependency[OrderService], order_id: OrderIdPath) -> OrderBody:
         """Every allocation released; cancelling again answers the same; 409 order_not_allocated otherwise."""
-        return OrderBody.of(await orders.cancel(order_id))
+        return order_body(await orders.cancel(order_id))

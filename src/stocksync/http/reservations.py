@@ -26,7 +26,7 @@ from stocksync.http.schemas import (
     body_operation,
     read_body,
 )
-from stocksync.messages import ReservationBody
+from stocksync.messages import ReservationBody, reservation_body
 from stocksync.service.keys import ApiKey
 from stocksync.service.ledger_service import LedgerService
 
@@ -70,7 +70,7 @@ class ReservationController(Controller):
     ) -> ReservationList:
         """Oldest first; pos and staff keys see their own locations only."""
         found = await queries.reservations(listing_scope(key, location_id), status, limit)
-        return ReservationList(items=[ReservationBody.of(reservation) for reservation in found])
+        return ReservationList(items=[reservation_body(reservation) for reservation in found])
 
     @get("/{reservation_id:str}", responses=documented(404))
     async def read(
@@ -80,7 +80,7 @@ class ReservationController(Controller):
         location_id: LocationIdQuery = None,
     ) -> ReservationBody:
         """A reservation is its location and id: an id at several locations is 400 without ``location_id``."""
-        return ReservationBody.of(await _named(queries, reservation_id, location_id))
+        return reservation_body(await _named(queries, reservation_id, location_id))
 
     @post("/{reservation_id:str}/collect", status_code=200, responses=documented(403, 404, 409))
     async def collect(
@@ -126,7 +126,7 @@ async def place(
         return again, False  # an identical request committed first
     if outcome.outcome == "rejected":
         raise refusal(outcome)
-    return ReservationBody.of(result.reservations[(body.location_id, reservation_id)]), True
+    return reservation_body(result.reservations[(body.location_id, reservation_id)]), True
 
 
 async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationBody | None:
@@ -145,7 +145,7 @@ async def _posted_before(queries: Queries, body: ReserveRequest) -> ReservationB
     reservation = reservations[0] if reservations else None
     if reservation is None or not body.same_as(reservation):
         raise EventIdConflict(f"reservation {body.reservation_id!r} was already posted with another body")
-    return ReservationBody.of(reservation)
+    return reservation_body(reservation)
 
 
 async def _named(queries: Queries, reservation_id: str, location_id: str | None) -> Reservation:
@@ -193,4 +193,4 @@ async def _settle(
     outcome, settled = result.outcomes[0], result.reservations[reservation.key]
     if outcome.outcome == "rejected":
         raise refusal(outcome, settled)
-    return ReservationBody.of(settled)
+    return reservation_body(settled)

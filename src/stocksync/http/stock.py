@@ -22,7 +22,7 @@ from stocksync.http.schemas import (
     parse_near,
     pickup_lines,
 )
-from stocksync.messages import PositionBody
+from stocksync.messages import position_body
 
 # Every list a request names or an answer holds is bounded (docs/operations.md, "Request bounds").
 MAX_LOCATIONS = 100  # location_id values in one availability request
@@ -59,7 +59,7 @@ class StockController(Controller):
                 f"these skus are held at more than {MAX_POSITIONS} positions: name the locations",
                 field="location_id",
             )
-        return PositionList(items=[PositionBody.of(position) for position in positions])
+        return PositionList(items=[position_body(position) for position in positions])
 
     @get("/pickup")
     async def pickup(

@@ -24,7 +24,7 @@ from stocksync.domain.events import LocationId, Sku
 from stocksync.domain.model import Position, PositionKey
 from stocksync.http.auth import SESSION_SCHEME
 from stocksync.http.errors import documented
-from stocksync.messages import PositionBody
+from stocksync.messages import position_body
 from stocksync.messaging.feed import Frame, Listener, LiveFeed, availability_frame
 from stocksync.service.keys import SCOPED_ROLES, ApiKey
 
@@ -115,7 +115,7 @@ async def _events(
         for start in range(0, len(snapshot), SNAPSHOT_CHUNK):
             chunk = snapshot[start : start + SNAPSHOT_CHUNK]
             sent.update((position.key, position.version) for position in chunk)
-            yield b"".join(availability_frame(PositionBody.of(position)).data for position in chunk)
+            yield b"".join(availability_frame(position_body(position)).data for position in chunk)
         beat = time.monotonic() + heartbeat_s
         while listener.dropped is None:
             frames = await listener.take(beat - time.monotonic())

@@ -28,8 +28,8 @@ from stocksync import metrics
 from stocksync.aio import cancel_and_wait
 from stocksync.domain.model import PositionKey
 from stocksync.messages import AvailabilityMessage, PositionBody, ReservationMessage
-from stocksync.messaging.topology import connect
 from stocksync.wire import AVAILABILITY_ALL
+from stocksync_client.connection import connect
 
 log = structlog.get_logger("stocksync.feed")
 

@@ -22,7 +22,7 @@ from stocksync.domain.events import OrderAction, OrderRequest, decoder
 from stocksync.domain.ledger import merge_lines
 from stocksync.domain.model import ReservationLine
 from stocksync.domain.orders import Order
-from stocksync.messages import OrderBody
+from stocksync.messages import order_body
 from stocksync.messaging.refusals import Refused, decoded
 from stocksync.service.orders import OrderService
 from stocksync.wire import MSG_ID, ORDER_ACTIONS, order_inbound_parts, order_inbound_subject, order_subject
@@ -73,7 +73,7 @@ class OrderHandler:
             order = await self.orders.read(body.order_id)
         except StocksyncError:
             order = _as_asked(body)
-        message = OrderBody.of(order, error=refusal.code)
+        message = order_body(order, error=refusal.code)
         msg_id = f"order:{body.order_id}:refused:{refusal.code}:{order.status}"
         await self.js.publish(order_subject(body.order_id), _encode(message), headers={MSG_ID: msg_id})
         log.info("order_refused", order_id=body.order_id, error=refusal.code)

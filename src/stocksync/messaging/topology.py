@@ -9,12 +9,7 @@ till of one store could otherwise claim, for two minutes, the event ids another 
 
 from __future__ import annotations
 
-import asyncio
-
 import nats
-import structlog
-from nats.aio.client import Client
-from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -40,8 +35,6 @@ from stocksync.wire import (
     OUT_STREAM,
     WORKER_CONSUMER,
 )
-
-log = structlog.get_logger("stocksync.nats")
 
 DAY = 86_400.0
 DUPLICATE_WINDOW_S = 120.0  # where only stocksync writes the message ids (outbound, DLQ, KV)
@@ -142,43 +135,6 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
             await js.update_stream(config)
     await js.add_consumer(IN_STREAM, worker_consumer())
 
-
-async def connect(url: str, *, name: str = "stocksync", **options) -> Client:
-    """A connection that keeps reconnecting for ever, and keeps trying the first time too: a NATS that is
-    down or not started yet is a passing fault, not a reason for a worker to exit. A first connection the
-    server refuses (a revoked key, wrong credentials) raises at once: no retry would change the answer."""
-    backoff = 0.2
-    error_cb = options.pop("error_cb", None)
-    connecting = True
-
-    async def on_error(error: Exception) -> None:
-        if connecting and "authorization violation" in str(error).lower():
-            raise error  # out of nats-py's first-connect loop, which would try for ever
-        if error_cb is not None:
-            await error_cb(error)
-        else:
-            log.warning("nats_error", url=url, error=f"{type(error).__name__}: {error}")
-
-    while True:
-        try:
-            nc = await nats.connect(
-                servers=url.split(","),
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                allow_reconnect=True,
-                error_cb=on_error,
-                **options,
-            )
-            connecting = False
-            return nc
-        except (NoServersError, OSError, TimeoutError) as error:
-            log.warning(
-                "nats_unreachable", url=url, error=f"{type(error).__name__}: {error}", retry_in_s=backoff
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
 
 
 async def _raised_anyway(error: Exception) -> None:

@@ -13,12 +13,12 @@ from stocksync.domain.ledger import Changes
 from stocksync.domain.model import Outcome, Position, PositionKey
 from stocksync.domain.orders import Order
 from stocksync.messages import (
-    AlertMessage,
-    AvailabilityMessage,
     ChannelAvailabilityMessage,
-    OrderBody,
-    OutcomeMessage,
     ReservationMessage,
+    alert_message,
+    availability_message,
+    order_body,
+    outcome_message,
 )
 from stocksync.wire import (
     alert_msg_id,
@@ -53,7 +53,7 @@ def outbox_rows(changes: Changes) -> list[dict]:
             _row(
                 availability_subject(*key),
                 availability_msg_id(*key, position.version),
-                AvailabilityMessage.of(position, changes.now),
+                availability_message(position, changes.now),
                 kv_key=availability_key(*key),
                 version=position.version,
             )
@@ -63,7 +63,7 @@ def outbox_rows(changes: Changes) -> list[dict]:
         _row(
             alert_subject(a.location_id),
             alert_msg_id(a.location_id, a.event_id, a.sku, a.kind, a.on_hand),
-            AlertMessage.of(a),
+            alert_message(a),
         )
         for a in changes.alerts
     )
@@ -71,7 +71,7 @@ def outbox_rows(changes: Changes) -> list[dict]:
         _row(
             outcome_subject(o.location_id),
             outcome_msg_id(o.location_id, o.event_id, o.outcome),
-            OutcomeMessage.of(o),
+            outcome_message(o),
         )
         for o in changes.outcomes
         if o.type in INBOUND_TYPES  # internal commands (expiry, safety stock) have no channel waiting
@@ -162,4 +162,4 @@ def channel_publications(
 def order_row(order: Order) -> dict:
     """The order as a change left it, on ``stocksync.out.order.<order_id>`` (one message per status)."""
     msg_id = order_msg_id(order.order_id, order.status)
-    return _row(order_subject(order.order_id), msg_id, OrderBody.of(order))
+    return _row(order_subject(order.order_id), msg_id, order_body(order))

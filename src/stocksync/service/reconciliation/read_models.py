@@ -39,7 +39,7 @@ from stocksync.domain.reconciliation import (
     ledger_numbers,
     outbox_finding,
 )
-from stocksync.messages import AvailabilityMessage, ChannelAvailabilityMessage
+from stocksync.messages import ChannelAvailabilityMessage, availability_message
 from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired
 from stocksync.service.reconciliation.inbound import read_batches
 from stocksync.wire import (
@@ -204,7 +204,7 @@ async def _positions(ctx: Context, keys: list[tuple]) -> dict[tuple, tuple[Posit
 
 def _payload(position: Position, as_of: datetime) -> bytes:
     """The body the relay would publish for this position (spec section 3)."""
-    return msgspec.json.encode(AvailabilityMessage.of(position, as_of))
+    return msgspec.json.encode(availability_message(position, as_of))
 
 
 async def overwrite(kv: KeyValue, key: str, version: int, payload: bytes) -> None:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from msgspec import Struct
 
-from stocksync.clock import utc_now
-from stocksync.domain.events import InboundEvent, decode_inbound
-from stocksync.messages import OutcomeMessage
-from stocksync.wire import event_body, event_subject
+from stocksync_contract.events import InboundEvent, decode_inbound
+from stocksync_contract.messages import OutcomeMessage
+from stocksync_contract.wire import event_body, event_subject
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -93,7 +92,7 @@ class Spool:
                 for statement in _SCHEMA:
                     self._db.execute(statement)
                 self._claim(location_id, till_id)
-                kept_from = (utc_now() - timedelta(days=JOURNAL_DAYS)).isoformat()
+                kept_from = (datetime.now(UTC) - timedelta(days=JOURNAL_DAYS)).isoformat()
                 self._db.execute("DELETE FROM journal WHERE spooled_at < ?", (kept_from,))
         except sqlite3.OperationalError as error:
             self._db.close()
@@ -139,7 +138,7 @@ class Spool:
         with self._transaction():
             seq = int(self._meta("last_seq") or 0) + 1
             event = build(f"{self.location_id}:{self.till_id}:{seq:06d}")
-            body, spooled_at = event_body(event), utc_now().isoformat()
+            body, spooled_at = event_body(event), datetime.now(UTC).isoformat()
             self._db.execute(
                 "INSERT INTO spool (seq, event_id, subject, body, spooled_at) VALUES (?, ?, ?, ?, ?)",
                 (seq, event.event_id, event_subject(event), body, spooled_at),

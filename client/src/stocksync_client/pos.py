@@ -11,38 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from stocksync.aio import cancel_and_wait, pause, quietly
-from stocksync.clients.spool import Cursor, RejectedEvent, Spool, SpooledEvent
-from stocksync.clock import utc_now
-from stocksync.domain.events import (
-    ID_PATTERN,
-    InboundEvent,
-    QtyLine,
-    Return,
-    ReturnLine,
-    Sale,
-)
-from stocksync.messages import OutcomeMessage
-from stocksync.messaging.topology import connect
-from stocksync.wire import OUT_STREAM, key_options, outcome_subject
+from stocksync_client.aio import cancel_and_wait, pause, quietly
+from stocksync_client.connection import connect
+from stocksync_client.spool import Cursor, RejectedEvent, Spool, SpooledEvent
+from stocksync_contract.events import ID_PATTERN, InboundEvent, QtyLine, Return, ReturnLine, Sale
+from stocksync_contract.messages import OutcomeMessage
+from stocksync_contract.wire import OUT_STREAM, key_options, outcome_subject
 
-log = structlog.get_logger("stocksync.pos")
+log = logging.getLogger("stocksync_client.pos")
 T = TypeVar("T")
 Disposition = Literal["restock", "damaged"]
 _ID = re.compile(ID_PATTERN)
@@ -195,7 +187,7 @@ class PosClient:
             raise RuntimeError("the till's client is closed")
         fields = dict(
             location_id=self.location_id,
-            occurred_at=occurred_at or utc_now(),
+            occurred_at=occurred_at or datetime.now(UTC),
             source=self.source,
             reference=reference,
         )
@@ -239,7 +231,7 @@ class PosClient:
         while); then nats-py reconnects, until the server closes the connection (``closed`` is set)."""
 
         async def on_error(error: Exception) -> None:
-            log.debug("nats_error", till=self.source, error=f"{type(error).__name__}: {error}")
+            log.debug("nats_error till=%s error=%s: %s", self.source, type(error).__name__, error)
 
         async def on_disconnected() -> None:
             self._connected.clear()
@@ -263,7 +255,7 @@ class PosClient:
                     **self._key_options,
                 )
             except (NatsError, OSError) as error:
-                log.info("nats_unreachable", till=self.source, error=f"{type(error).__name__}: {error}")
+                log.info("nats_unreachable till=%s error=%s: %s", self.source, type(error).__name__, error)
                 await pause(self._stop, 1.0)
                 continue
             self._connected.set()
@@ -275,9 +267,10 @@ class PosClient:
             try:
                 await part(nc)
             except (NatsError, OSError) as error:  # OSError includes TimeoutError
-                log.info(f"{name}_interrupted", till=self.source, error=f"{type(error).__name__}: {error}")
+                error_name = type(error).__name__
+                log.info("%s_interrupted till=%s error=%s: %s", name, self.source, error_name, error)
             except Exception:
-                log.exception(f"{name}_failed", till=self.source)
+                log.exception("%s_failed till=%s", name, self.source)
             await pause(self._stop, 0.5)
 
     async def _listen(self, nc: Client) -> None:
@@ -331,7 +324,7 @@ class PosClient:
             try:
                 outcome = _decode_outcome(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                log.warning("outcome_unreadable", till=self.source, error=str(error))
+                log.warning("outcome_unreadable till=%s error=%s", self.source, error)
                 continue
             if outcome.event_id.startswith(self._prefix):
                 mine.append(outcome)
@@ -343,7 +336,7 @@ class PosClient:
         self._wake.set()
         for outcome in settled:
             if outcome.outcome == "rejected":
-                log.warning("event_rejected", event_id=outcome.event_id, error=outcome.error)
+                log.warning("event_rejected event_id=%s error=%s", outcome.event_id, outcome.error)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
 
@@ -378,5 +371,5 @@ class PosClient:
             if last is None:
                 first_sends.append(row.seq)
             else:
-                log.info("event_resent", event_id=row.event_id, waited_s=round(self._sent[row.seq] - last, 1))
+                log.info("event_resent event_id=%s waited_s=%.1f", row.event_id, self._sent[row.seq] - last)
         return first_sends
