@@ -163,7 +163,7 @@ async def test_pickup_answers_the_stores_that_can_hold_the_basket_over_http(
             both = await shop.http.pickup([QtyLine(sku=sku, qty=1)], near=(52.37, 4.89), limit=5)
         async with await EcommerceClient.open(nats_server.url, api_url=api_url, api_key="ssk_x") as stranger:
             with pytest.raises(ApiError) as refused:
-                await stranger.pickup([QtyLine(sku=sku, qty=1)])
+                await stranger.http.pickup([QtyLine(sku=sku, qty=1)])
 
     assert (store.location_id, [(line.sku, line.available) for line in store.lines]) == (plenty, [(sku, 3)])
     assert {found.location_id for found in both} == {plenty, little}
