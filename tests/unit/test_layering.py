@@ -164,3 +164,21 @@ def test_no_two_modules_import_each_other_round_a_circle() -> None:
         if state[module] == 0:
             visit(module, [module])
     assert circles == []
+
+
+def test_every_contract_struct_is_defined_once_in_the_contract() -> None:
+    """The server imports the wire contract's Structs: no class of the server has a contract Struct's name."""
+    contract = {
+        node.name
+        for path in (CLIENT_SRC / "stocksync_contract").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    server = {
+        (module, node.name)
+        for module in modules()
+        for node in ast.walk(ast.parse(modules()[module].read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert {"Sale", "OrderRequest", "OrderBody", "OutcomeMessage", "Shortage"} <= contract
+    assert {(module, name) for module, name in server if name in contract} == set()
