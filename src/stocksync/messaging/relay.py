@@ -44,6 +44,7 @@ from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
 from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.adapters.channels import ChannelRefresh, ChannelStock
+from stocksync.adapters.pipeline import Pipeline
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
@@ -103,8 +104,9 @@ class OutboxRelay:
         self.lead_check_timeout_s = lead_check_timeout_s
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
-        self._bucket = BucketWriter(self.js, ack_timeout_s)
-        self._channel_bucket = BucketWriter(self.js, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
+        self._pipeline = Pipeline(nc)
+        self._bucket = BucketWriter(self._pipeline, ack_timeout_s)
+        self._channel_bucket = BucketWriter(self._pipeline, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
         self._channel_kv: KeyValue | None = None
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
@@ -271,9 +273,8 @@ class OutboxRelay:
         if tracing.enabled():
             sent = [await self._publish_traced(r) for r in rows]
         else:
-            sent = [
-                await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows
-            ]
+            publish = self._pipeline.publish
+            sent = [await publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in rows]
         for ack in await acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
