@@ -19,6 +19,7 @@ import pytest
 
 from stocksync.adapters.bucket import BucketWriter
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.pipeline import Pipeline
 from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import migrate_topology, worker_consumer
@@ -241,9 +242,9 @@ async def test_the_bucket_writer_never_puts_an_older_version_over_a_newer_one_an
     def body(version: int) -> bytes:
         return msgspec.json.encode({"version": version, "on_hand": version})
 
-    async with jetstream(stack.nats_url) as (_, js):
+    async with jetstream(stack.nats_url) as (nc, js):
         kv = await js.key_value(AVAILABILITY_BUCKET)
-        writer = BucketWriter(js, ack_timeout_s=10.0)
+        writer = BucketWriter(Pipeline(nc), ack_timeout_s=10.0)
         await writer.write(kv, {key: (1, body(1))})  # unknown key: read, then create
         await writer.write(kv, {key: (2, body(2))})  # the cached revision: one compare-and-set publish
         assert msgspec.json.decode((await kv.get(key)).value)["version"] == 2

@@ -8,12 +8,12 @@ import asyncio
 
 import msgspec
 import structlog
-from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from stocksync import metrics
+from stocksync.adapters.pipeline import Pipeline
 from stocksync.domain.events import decoder
 from stocksync.wire import AVAILABILITY_KV_SUBJECT
 
@@ -38,12 +38,12 @@ class BucketWriter:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        pipeline: Pipeline,
         ack_timeout_s: float,
         max_keys: int = 500_000,
         subject_prefix: str = AVAILABILITY_KV_SUBJECT,
     ) -> None:
-        self.js = js
+        self.pipeline = pipeline
         self.subject_prefix = subject_prefix  # the bucket's stream subject before the key
         self.ack_timeout_s = ack_timeout_s
         self.max_keys = max_keys
@@ -59,7 +59,7 @@ class BucketWriter:
                 slow.append(key)
             elif known[0] < version:  # else already there: a pass sent again after a failure
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
-                sent = await self.js.publish_async(f"{self.subject_prefix}{key}", payload, headers=headers)
+                sent = await self.pipeline.publish(f"{self.subject_prefix}{key}", payload, headers)
                 fast.append((key, version, sent))
         acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
         for (key, version, _), ack in zip(fast, acks, strict=True):

@@ -8,6 +8,7 @@ computed by the core (`domain.channels.channel_stock`) from the positions, which
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
@@ -94,11 +95,14 @@ class ChannelStock:
     needs one, then kept up to date from the rows it relays (each changed position's new state, with its
     version); positions no channel has needed are not kept (without channels, nothing is). It is the leader's: a
     new leader starts empty (another may have relayed meanwhile). A position's state never goes back to an older
-    version, so a row relayed late after a read never undoes the newer state read."""
+    version, so a row relayed late after a read never undoes the newer state read.
 
-    def __init__(self, max_keys: int = 2_000_000) -> None:
+    Bounded for a leader that runs for months: past ``max_keys`` the positions least recently needed by a pass
+    are let go (never one the pass at hand needs), and read from the database again when needed."""
+
+    def __init__(self, max_keys: int = 1_000_000) -> None:
         self.max_keys = max_keys
-        self.positions: dict[PositionKey, Position] = {}
+        self.positions: OrderedDict[PositionKey, Position] = OrderedDict()
 
     def saw(self, position: Position) -> None:
         known = self.positions.get(position.key)
@@ -114,21 +118,33 @@ class ChannelStock:
     def clear(self) -> None:
         self.positions.clear()
 
+    def missing(self, keys: Iterable[PositionKey]) -> tuple[list[PositionKey], list[PositionKey]]:
+        """The keys a pass needs (each marked as just used) and those of them not held."""
+        wanted = list(dict.fromkeys(keys))
+        for key in wanted:
+            if key in self.positions:
+                self.positions.move_to_end(key)
+        return wanted, [key for key in wanted if key not in self.positions]
+
+    def remember(self, wanted: int, missing: Sequence[PositionKey], found: Iterable[Position]) -> None:
+        """Keep what was read for ``missing`` (one that does not exist is a position of zeros, version 0: its
+        first change comes as a row), then let the least recently used go, keeping the ``wanted`` last used."""
+        for position in found:
+            self.saw(position)
+        for location_id, sku in missing:
+            if (location_id, sku) not in self.positions:
+                self.positions[(location_id, sku)] = Position(location_id=location_id, sku=sku)
+        while len(self.positions) > max(self.max_keys, wanted):
+            self.positions.popitem(last=False)
+
     async def read_missing(self, conn: AsyncConnection, keys: Iterable[PositionKey]) -> int:
-        """Read the positions of ``keys`` not seen yet (one that does not exist is a position of zeros,
-        version 0: its first change comes as a row); returns how many were read."""
-        if len(self.positions) > self.max_keys:
-            self.positions.clear()
-        missing = [key for key in dict.fromkeys(keys) if key not in self.positions]
+        """Read the positions of ``keys`` not held; returns how many were read."""
+        wanted, missing = self.missing(keys)
         if not missing:
             return 0
         driver = (await conn.get_raw_connection()).driver_connection
         rows = await driver.fetch(_POSITIONS_OF_KEYS, [k[0] for k in missing], [k[1] for k in missing])
-        for row in rows:
-            self.saw(Position(**dict(row.items())))
-        for location_id, sku in missing:
-            if (location_id, sku) not in self.positions:
-                self.positions[(location_id, sku)] = Position(location_id=location_id, sku=sku)
+        self.remember(len(wanted), missing, (Position(**dict(row.items())) for row in rows))
         return len(missing)
 
 

@@ -44,6 +44,7 @@ from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
 from stocksync.adapters.bucket import BucketWriter, acknowledged
 from stocksync.adapters.channels import ChannelRefresh, ChannelStock
+from stocksync.adapters.pipeline import Pipeline
 from stocksync.aio import cancel_and_wait, pause
 from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
@@ -78,6 +79,7 @@ class OutboxRelay:
         nc: Client,
         *,
         batch: int = 1000,
+        catch_up_batch: int = 4000,
         poll_s: float = 0.5,
         retention: timedelta = timedelta(days=1),
         prune_every_s: float = 60.0,
@@ -91,6 +93,8 @@ class OutboxRelay:
         self.nc = nc
         self.js = nc.jetstream()
         self.batch = batch
+        self.catch_up_batch = max(batch, catch_up_batch)
+        self._behind = False  # the last pass was full: read the bigger pass
         self.poll_s = poll_s
         self.retention = retention
         self.prune_every_s = prune_every_s
@@ -100,10 +104,12 @@ class OutboxRelay:
         self.lead_check_timeout_s = lead_check_timeout_s
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
-        self._bucket = BucketWriter(self.js, ack_timeout_s)
-        self._channel_bucket = BucketWriter(self.js, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
+        self._pipeline = Pipeline(nc)
+        self._bucket = BucketWriter(self._pipeline, ack_timeout_s)
+        self._channel_bucket = BucketWriter(self._pipeline, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
         self._channel_kv: KeyValue | None = None
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
+        self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
@@ -179,6 +185,7 @@ class OutboxRelay:
         """Passes until stopped or a pass fails, while a watch on the lock's session ends them at once if the
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
         self._channel_stock.clear()  # another leader may have relayed meanwhile
+        self._channel_sent.clear()  # so the first entry of each channel sku is published again
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
@@ -200,9 +207,9 @@ class OutboxRelay:
     async def _passes(self, kv: KeyValue, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
-            if await self.relay_once(kv) == self.batch:
-                continue
-            await pause(stop, self.poll_s, self._wake)
+            await self.relay_once(kv)
+            if not self._behind:
+                await pause(stop, self.poll_s, self._wake)
 
     async def _watch_lead(self, session: AsyncConnection, lost: asyncio.Event, over: asyncio.Event) -> bool:
         """True as soon as the lock's session is closed, or every ``lead_check_s`` asks it and it no longer
@@ -237,13 +244,17 @@ class OutboxRelay:
 
     async def relay_once(self, kv: KeyValue) -> int:
         """Publish the oldest unrelayed rows in order and update the bucket, both pipelined at once; then mark
-        the rows relayed. Two statements, each its own transaction: only the leader marks rows."""
+        the rows relayed. Two statements, each its own transaction: only the leader marks rows. A full pass
+        means the relay is behind: the next reads ``catch_up_batch`` rows, so more versions of a position fall
+        into one pass and conflate."""
+        size = self.catch_up_batch if self._behind else self.batch
         async with self._autocommit.connect() as conn:
-            rows = await outbox.pending(conn, self.batch)
+            rows = await outbox.pending(conn, size)
+            self._behind = len(rows) == size
             if not rows:
                 return 0
-            messages = [r for r in rows if r.subject != CHANNEL_REFRESH]
-            sums = await self._channel_sums(conn, rows)  # read after the rows: it includes their changes
+            messages = conflated(rows)
+            sums = self._changed(await self._channel_sums(conn, rows))  # read after the rows: includes them
             outcomes = await asyncio.gather(
                 self._publish([*sums, *messages]),  # a channel's sum ahead of the positions it includes
                 self._update_bucket(kv, messages, self._bucket),
@@ -254,6 +265,7 @@ class OutboxRelay:
                 if isinstance(error, BaseException):
                     raise error
             await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
+        self._channel_sent.update((s.kv_key, s.available) for s in sums)
         metrics.RELAYED.inc(len(rows))
         return len(rows)
 
@@ -261,9 +273,8 @@ class OutboxRelay:
         if tracing.enabled():
             sent = [await self._publish_traced(r) for r in rows]
         else:
-            sent = [
-                await self.js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in rows
-            ]
+            publish = self._pipeline.publish
+            sent = [await publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in rows]
         for ack in await acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
@@ -307,6 +318,13 @@ class OutboxRelay:
         )
         return channel_publications(version, touched, positions, utc_now())
 
+    def _changed(self, sums: list[Publication]) -> list[Publication]:
+        """The channel entries whose ``available`` differs from what this leader last published for them (it
+        is remembered only once a pass is through, and forgotten when leading starts: never a first one lost)."""
+        if len(self._channel_sent) > self._channel_stock.max_keys:
+            self._channel_sent.clear()
+        return [s for s in sums if self._channel_sent.get(s.kv_key) != s.available]
+
     async def _update_channels(self, sums: Sequence[Publication]) -> None:
         if sums:
             if self._channel_kv is None:
@@ -324,6 +342,26 @@ class OutboxRelay:
                 return pruned
 
 
+def conflated(rows: Sequence) -> list:
+    """The pass's rows to publish (spec section 3, conflation): of a position's availability rows only the
+    newest version, sent in the place of its oldest, so it still precedes the outcomes of every event it
+    includes; every other row as it is, in id order; refresh rows are not published."""
+    newest: dict[str, Any] = {}
+    for row in rows:
+        if row.kv_key is not None and row.version > getattr(newest.get(row.kv_key), "version", -1):
+            newest[row.kv_key] = row
+    sent: list = []
+    placed: set[str] = set()
+    for row in rows:
+        if row.kv_key is None:
+            if row.subject != CHANNEL_REFRESH:
+                sent.append(row)
+        elif row.kv_key not in placed:
+            placed.add(row.kv_key)
+            sent.append(newest[row.kv_key])
+    return sent
+
+
 async def relay_all(engine: AsyncEngine, nc: Client) -> bool:
     """Publish every unrelayed row now under the leader lock (`reconcile --repair`); False when a running
     relay holds the lock, which it then does itself."""
@@ -332,6 +370,6 @@ async def relay_all(engine: AsyncEngine, nc: Client) -> bool:
             return False
         relay = OutboxRelay(engine, nc)
         kv = await relay.js.key_value(AVAILABILITY_BUCKET)
-        while await relay.relay_once(kv) == relay.batch:
+        while await relay.relay_once(kv) and relay._behind:
             pass
         return True

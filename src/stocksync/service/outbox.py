@@ -128,8 +128,9 @@ class Publication(msgspec.Struct, frozen=True, kw_only=True):
     subject: str
     msg_id: str
     payload: bytes
-    kv_key: str | None
-    version: int | None
+    kv_key: str
+    version: int
+    available: int  # what the entry says the channel may sell: an unchanged one need not be sent again
 
 
 def channel_publications(
@@ -140,23 +141,25 @@ def channel_publications(
 ) -> list[Publication]:
     """What each (channel, sku) a relay pass touched may sell now, under the pass's one version."""
     return [
-        Publication(
-            subject=channel_subject(channel.channel_id, sku),
-            msg_id=channel_msg_id(channel.channel_id, sku, version),
-            payload=_encode(
-                ChannelAvailabilityMessage(
-                    channel_id=channel.channel_id,
-                    sku=sku,
-                    available=channel_total(channel, sku, positions),
-                    version=version,
-                    as_of=as_of,
-                )
-            ),
-            kv_key=channel_key(channel.channel_id, sku),
-            version=version,
-        )
+        _channel_publication(channel, sku, channel_total(channel, sku, positions), version, as_of)
         for channel, sku in touched
     ]
+
+
+def _channel_publication(
+    channel: Channel, sku: str, available: int, version: int, as_of: datetime
+) -> Publication:
+    body = ChannelAvailabilityMessage(
+        channel_id=channel.channel_id, sku=sku, available=available, version=version, as_of=as_of
+    )
+    return Publication(
+        subject=channel_subject(channel.channel_id, sku),
+        msg_id=channel_msg_id(channel.channel_id, sku, version),
+        payload=_encode(body),
+        kv_key=channel_key(channel.channel_id, sku),
+        version=version,
+        available=available,
+    )
 
 
 def order_row(order: Order) -> dict:
