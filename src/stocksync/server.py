@@ -184,7 +184,12 @@ async def _nats_roles(
         parts.append(EventWorker(nc, ledger, batch_max=settings.batch_max).run(stop))
     if "relay" in roles:
         parts.append(
-            OutboxRelay(engine, nc, retention=timedelta(seconds=settings.outbox_retention_s)).run(stop)
+            OutboxRelay(
+                engine,
+                nc,
+                retention=timedelta(seconds=settings.outbox_retention_s),
+                ack_timeout_s=settings.relay_ack_timeout_s,
+            ).run(stop)
         )
     if "webhooks" in roles:
         give_up = timedelta(seconds=settings.webhook_give_up_s)

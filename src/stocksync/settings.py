@@ -38,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sweep_interval_s: Annotated[float, Meta(gt=0)] = 1.0
     batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500
     outbox_retention_s: Annotated[int, Meta(ge=0)] = 86400
+    # A pass's acknowledgements come back in milliseconds; none within this (JetStream electing a stream leader
+    # after a restart answers nothing) and the pass is sent again whole, repeats dropped by Nats-Msg-Id.
+    relay_ack_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 3.0
     tracing: Literal["off", "otlp", "console"] = "off"
     webhook_give_up_s: Annotated[float, Meta(gt=0)] = 86400.0
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 5.0
@@ -106,6 +109,7 @@ HELP: dict[str, str] = {
     "sweep_interval_s": "how often the sweeper expires due reservations",
     "batch_max": "events per worker batch, 1 to 10,000",
     "outbox_retention_s": "how long relayed outbox rows are kept",
+    "relay_ack_timeout_s": "how long the relay waits for a pass's acknowledgements before sending it again",
     "tracing": "off, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT) or console: OpenTelemetry spans of each event",
     "webhook_give_up_s": "how long a webhook delivery is retried before it is logged gave_up and passed",
     "webhook_timeout_s": "how long a webhook's receiver has to answer one delivery",

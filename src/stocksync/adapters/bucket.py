@@ -61,7 +61,7 @@ class BucketWriter:
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
                 sent = await self.pipeline.publish(f"{self.subject_prefix}{key}", payload, headers)
                 fast.append((key, version, sent))
-        acks = await acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
+        acks = await self.pipeline.acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
         for (key, version, _), ack in zip(fast, acks, strict=True):
             if isinstance(ack, PubAck):
                 self._known[key] = (version, ack.seq)
@@ -69,17 +69,6 @@ class BucketWriter:
                 slow.append(key)
         for known in await asyncio.gather(*(put_if_newer(kv, key, *newest[key]) for key in slow)):
             self._known.update([known])
-
-
-async def acknowledged(sent: list[asyncio.Future], timeout_s: float) -> list[PubAck | BaseException]:
-    """Await pipelined publishes' acknowledgements together; those not in within ``timeout_s`` as errors."""
-    if not sent:
-        return []
-    done, pending = await asyncio.wait(sent, timeout=timeout_s)
-    for future in pending:
-        future.cancel()  # frees nats-py's slot for it
-    late = TimeoutError(f"no acknowledgement within {timeout_s}s")
-    return [f.exception() or f.result() if f in done else late for f in sent]
 
 
 def held_version(key: str, value: bytes | None) -> int:

@@ -26,6 +26,7 @@ class _Ack(msgspec.Struct):
 
 
 _decode_ack = msgspec.json.Decoder(_Ack).decode
+_CONNECTION_CHECK_S = 0.1  # how often a wait for acknowledgements looks whether the connection is still there
 
 
 class Pipeline:
@@ -36,9 +37,7 @@ class Pipeline:
         self._prefix = ""
         self._sent = 0
         self._waiting: dict[str, asyncio.Future] = {}
-        self._sweep_at = (
-            sweep_at  # acknowledgements that never came (timed out, cancelled) are let go past this
-        )
+        self._sweep_at = sweep_at  # acknowledgements that never came (timed out, cancelled): let go past this
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future:
         if not self._prefix:
@@ -53,6 +52,27 @@ class Pipeline:
         self._waiting[token] = future
         await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return future
+
+    async def acknowledged(
+        self, sent: list[asyncio.Future], timeout_s: float
+    ) -> list[PubAck | BaseException]:
+        """Await publishes' acknowledgements together; those not in within ``timeout_s`` as errors, and at
+        once when the connection drops meanwhile: the server may have stored them or not, and their answers
+        are lost with the connection, so waiting out the timeout would only keep the pass's updates back (a
+        pass that fails is sent again whole, and ``Nats-Msg-Id`` drops what had been stored)."""
+        if not sent:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline, reconnects = loop.time() + timeout_s, self.nc.stats["reconnects"]
+        pending, late = set(sent), TimeoutError(f"no acknowledgement within {timeout_s}s")
+        while pending and (left := deadline - loop.time()) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(left, _CONNECTION_CHECK_S))
+            if pending and (not self.nc.is_connected or self.nc.stats["reconnects"] != reconnects):
+                late = ConnectionError(f"NATS connection lost, {len(pending)} acknowledgements outstanding")
+                break
+        for future in pending:
+            future.cancel()  # its token is let go at the next sweep
+        return [late if f in pending else f.exception() or f.result() for f in sent]
 
     async def _acknowledged(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)

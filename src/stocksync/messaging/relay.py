@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
-from stocksync.adapters.bucket import BucketWriter, acknowledged
+from stocksync.adapters.bucket import BucketWriter
 from stocksync.adapters.channels import ChannelRefresh, ChannelStock
 from stocksync.adapters.pipeline import Pipeline
 from stocksync.aio import cancel_and_wait, pause
@@ -84,7 +84,7 @@ class OutboxRelay:
         retention: timedelta = timedelta(days=1),
         prune_every_s: float = 60.0,
         prune_slice: int = 5000,
-        ack_timeout_s: float = 10.0,
+        ack_timeout_s: float = 3.0,
         lead_check_s: float = 0.5,
         lead_check_timeout_s: float = 5.0,
     ) -> None:
@@ -275,7 +275,7 @@ class OutboxRelay:
         else:
             publish = self._pipeline.publish
             sent = [await publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in rows]
-        for ack in await acknowledged(sent, self.ack_timeout_s):
+        for ack in await self._pipeline.acknowledged(sent, self.ack_timeout_s):
             if isinstance(ack, BaseException):
                 raise ack
 
