@@ -196,7 +196,9 @@ async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and
                 msgspec.json.encode(sale),
                 headers={"Nats-Msg-Id": sale["event_id"]},
             )
-            versions = [json.loads((await availability.next_msg(timeout=10)).data) for _ in range(2)]
+            versions = [json.loads((await availability.next_msg(timeout=10)).data)]
+            while versions[-1]["on_hand"] != 3:  # the receipt's version may be conflated into the sale's
+                versions.append(json.loads((await availability.next_msg(timeout=10)).data))
             reservation = await http.post(
                 "/v1/reservations",
                 json={"location_id": store, "channel": "ecommerce", "lines": [{"sku": sku, "qty": 3}]},
@@ -212,8 +214,7 @@ async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and
     finally:
         await nc.close()
         assert service.stop() == 0
-    assert [v["on_hand"] for v in versions] == [5, 3]
-    assert [v["version"] for v in versions] == [1, 2]
+    assert [(v["on_hand"], v["version"]) for v in versions] in ([(5, 1), (3, 2)], [(3, 2)])
     assert outcome["outcome"] == "applied"
     assert reservation.status_code == 201 and reservation.json()["status"] == "held"
     assert too_many.status_code == 409 and too_many.json()["error"] == "insufficient_stock"
