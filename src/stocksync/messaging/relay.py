@@ -292,11 +292,8 @@ class OutboxRelay:
             return await self.js.publish_async(row.subject, row.payload, headers=headers)
 
     async def _update_bucket(self, kv: KeyValue, rows: Sequence, writer: BucketWriter) -> None:
-        newest: dict[str, tuple[int, bytes]] = {}
-        for row in rows:
-            if row.kv_key is not None and row.version > newest.get(row.kv_key, (-1, b""))[0]:
-                newest[row.kv_key] = (row.version, row.payload)
-        await writer.write(kv, newest)
+        """``rows`` hold one row per key already (`conflated`, or one sum per channel sku): its newest."""
+        await writer.write(kv, {r.kv_key: (r.version, r.payload) for r in rows if r.kv_key is not None})
 
     async def _channel_sums(self, conn: AsyncConnection, rows: Sequence) -> list[Publication]:
         """Every channel sku the pass's positions (and refresh rows) touch, as the positions are now."""
@@ -319,8 +316,8 @@ class OutboxRelay:
         return channel_publications(version, touched, positions, utc_now())
 
     def _changed(self, sums: list[Publication]) -> list[Publication]:
-        """The channel entries whose ``available`` differs from what this leader last published for them (it
-        is remembered only once a pass is through, and forgotten when leading starts: never a first one lost)."""
+        """The channel entries whose ``available`` differs from what this leader last published for them
+        (remembered only once a pass is through, forgotten when leading starts: never a first one lost)."""
         if len(self._channel_sent) > self._channel_stock.max_keys:
             self._channel_sent.clear()
         return [s for s in sums if self._channel_sent.get(s.kv_key) != s.available]
