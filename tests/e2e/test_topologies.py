@@ -4,12 +4,10 @@ the ledger, the out stream and the bucket, and a reservation for more than is le
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
-from nats.js.errors import KeyNotFoundError
-
+from tests.e2e.test_service import _kv_at_version
 from tests.support_live import Served, sell_over_nats, served, unique
 
 __all__ = ["served"]
@@ -37,7 +35,8 @@ async def test_a_till_sale_over_nats_and_a_web_reservation_reach_the_ledger_the_
             json={"location_id": store, "channel": "ecommerce", "lines": [{"sku": sku, "qty": 1}]},
         )
         reserved = await _until(published, lambda body: body["reserved"] == 3)
-        entry = await _bucket_at_version(nc, f"{store}.{sku}", reserved["version"])
+        kv = await nc.jetstream().key_value("stocksync_availability")
+        entry = await _kv_at_version(kv, f"{store}.{sku}", reserved["version"], seconds=30)
     finally:
         await nc.close()
     assert (sold["on_hand"], sold["available"]) == (3, 3)
@@ -55,18 +54,3 @@ async def _until(published, wanted, seconds: float = 30) -> dict:
     while not wanted(body := json.loads((await published.next_msg(deadline - time.monotonic())).data)):
         pass
     return body
-
-
-async def _bucket_at_version(nc, key: str, version: int, seconds: float = 30) -> dict:
-    """The availability bucket's entry for ``key`` once it holds ``version`` (or a newer one)."""
-    kv = await nc.jetstream().key_value("stocksync_availability")
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            entry = json.loads((await kv.get(key)).value)
-        except KeyNotFoundError:
-            entry = {"version": -1}
-        if entry["version"] >= version:
-            return entry
-        assert time.monotonic() < deadline, entry
-        await asyncio.sleep(0.1)
