@@ -6,10 +6,12 @@ PostgreSQL is the one at 127.0.0.1:5432 when it answers (or ``STOCKSYNC_TEST_POS
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 
 from stocksync.embedded.postgres import start_postgres
 from tests.support import NatsServer, drop_database, make_database, postgres_answers
@@ -65,6 +67,36 @@ def fresh_database(postgres_url: str) -> Iterator[Callable[[], str]]:
     yield make
     for url in made:
         drop_database(postgres_url, url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loggers_never_cached() -> Iterator[None]:
+    """The in-process CLI configures logging as a process does, caching each logger on first use; a cached
+    logger keeps that configuration for the rest of the session and ignores a later test's ``capture_logs``.
+    Here the CLI's set-up caches nothing."""
+    from stocksync import cli
+
+    configure = cli.configure_logging
+
+    def uncached(*args: object) -> None:
+        configure(*args)
+        structlog.configure(cache_logger_on_first_use=False)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "configure_logging", uncached)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """What a test configured of logging (the CLI's stderr renderer and handler, bound to the stderr the test
+    captured) is undone after it, so it never prints into the next tests' output."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
