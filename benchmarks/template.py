@@ -65,10 +65,10 @@ async def _seed_stock(engine, spec: WorkloadSpec, stock: dict) -> int:
     """The locations, then the stock as receipts applied 20 to a transaction; returns how many receipts."""
     import msgspec
 
+    from stocksync.adapters.locations import upsert_locations
     from stocksync.domain.events import decode_inbound
     from stocksync.domain.model import Location
     from stocksync.service.ledger_service import LedgerService
-    from stocksync.adapters.locations import upsert_locations
 
     await upsert_locations(engine, [Location(**asdict(loc)) for loc in locations(spec)])
     receipts = [decode_inbound(msgspec.json.encode(r)) for r in seed_receipts(spec, stock)]

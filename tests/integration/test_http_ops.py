@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 from stocksync.adapters.database import create_engine
 from stocksync.domain.events import Command
 from stocksync.http.app import create_app
-from stocksync.service.keys import create_key
 from stocksync.server import nats_probe
+from stocksync.service.keys import create_key
 from stocksync.service.ledger_service import BatchResult, LedgerService
 from tests.support import NatsServer
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401

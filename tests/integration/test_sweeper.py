@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.locations import upsert_locations
 from stocksync.clock import ManualClock
 from stocksync.service.ledger_service import LedgerService
-from stocksync.adapters.locations import upsert_locations
 from stocksync.service.sweeper import ExpirySweeper
 from tests.support_ledger import receipt, reserve, store, unique
 

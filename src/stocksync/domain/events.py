@@ -5,7 +5,6 @@ base but are never accepted from outside.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from msgspec import Meta
@@ -79,7 +78,6 @@ __all__ = [
     "Qty",
     "QtyLine",
     "RESERVATION_ID_PATTERN",
-    "RESERVATION_TYPES",
     "Receipt",
     "ReservationId",
     "Reserve",
@@ -93,7 +91,6 @@ __all__ = [
     "Timestamp",
     "TooDeep",
     "Ttl",
-    "decode_command",
     "decode_inbound",
     "decoder",
     "encode",
@@ -114,5 +111,3 @@ class SetSafetyStock(Event, frozen=True, kw_only=True, tag="safety_stock"):
 
 
 Command = InboundEvent | Expire | SetSafetyStock
-RESERVATION_TYPES = (Reserve, Collect, Cancel, Expire)
-decode_command: Callable[[bytes | str], Command] = decoder(Command)  # type: ignore[arg-type]

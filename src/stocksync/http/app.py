@@ -30,9 +30,9 @@ from stocksync.http.orders import OrderController
 from stocksync.http.reservations import ReservationController
 from stocksync.http.staff import StaffPage
 from stocksync.http.stock import StockController
+from stocksync.http.stream import StreamController
 from stocksync.http.tracing import trace_requests
 from stocksync.http.webhooks import WebhookController
-from stocksync.http.stream import StreamController
 from stocksync.messaging.feed import LiveFeed
 from stocksync.service.keys import KeyVerifier
 from stocksync.service.ledger_service import LedgerService

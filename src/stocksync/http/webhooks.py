@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stocksync.adapters.webhooks import deliveries, delete_webhook, put_webhook, webhooks
+from stocksync.adapters.webhooks import delete_webhook, deliveries, put_webhook, webhooks
 from stocksync.domain.errors import NotFound
 from stocksync.domain.events import decoder
 from stocksync.http.auth import admin_only
