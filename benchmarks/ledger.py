@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from benchmarks.infra import fetch, fetchval, stream_counts
+from stocksync.wire import outcome_msg_id
 
 _RECORDED = """
         SELECT count(*) AS n,
@@ -105,18 +106,18 @@ async def stage_breakdown(url: str, traces: list) -> dict:
     ids = [t[0] for t in traces]
     rows = await fetch(
         url,
-        "SELECT event_id, outcome, extract(epoch FROM recorded_at) AS t FROM processed_events"
+        "SELECT event_id, location_id, outcome, extract(epoch FROM recorded_at) AS t FROM processed_events"
         " WHERE event_id = ANY($1::text[])",
         ids,
     )
     recorded = {r["event_id"]: float(r["t"]) for r in rows}
-    outcome_ids = [f"outcome:{r['event_id']}:{r['outcome']}" for r in rows]
+    outcome_ids = {outcome_msg_id(r["location_id"], r["event_id"], r["outcome"]): r["event_id"] for r in rows}
     marks = await fetch(
         url,
         "SELECT msg_id, extract(epoch FROM relayed_at) AS t FROM outbox WHERE msg_id = ANY($1::text[])",
-        outcome_ids,
+        list(outcome_ids),
     )
-    relayed = {r["msg_id"].removeprefix("outcome:").rsplit(":", 1)[0]: float(r["t"]) for r in marks}
+    relayed = {outcome_ids[r["msg_id"]]: float(r["t"]) for r in marks if r["t"] is not None}
     sample = [(e, p, v) for e, p, v in traces if e in recorded and e in relayed]
     return {
         "samples": len(sample),
