@@ -57,6 +57,44 @@ async def ledger_rate(url: str, prefix: str, wall_start: float, wall_end: float)
     }
 
 
+class RelayLag:
+    """How far the relay is behind the ledger while a run lasts: the age of the oldest unrelayed outbox row
+    (the product's own `outbox.backlog`, what the relay's gauge shows), sampled every ``interval`` seconds on
+    a connection of its own (issue 13, point 1: less than 1 s behind at any moment of the burst)."""
+
+    def __init__(self, url: str, interval: float = 0.25) -> None:
+        self.url, self.interval = url, interval
+        self.behind: list[float] = []
+        self.stop = asyncio.Event()
+
+    async def __aenter__(self) -> RelayLag:
+        from stocksync.adapters.database import create_engine
+
+        self.engine = create_engine(self.url, pool_size=1)
+        self.task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self) -> None:
+        from stocksync.adapters.outbox import backlog
+
+        async with self.engine.connect() as conn:
+            while not self.stop.is_set():  # not cancelled: a query cut short would leave the connection busy
+                self.behind.append((await backlog(conn))[1])
+                await conn.rollback()  # each sample its own snapshot
+                await asyncio.sleep(self.interval)
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await self.task
+        await self.engine.dispose()
+        self.summary = {
+            "samples": len(self.behind),
+            "max_s": max(self.behind, default=0.0),
+            "at_end_s": self.behind[-1] if self.behind else 0.0,
+            "over_1s": sum(1 for b in self.behind if b >= 1.0),
+        }
+
+
 def _relay_rates(outbox, n: int, t_first: float, t_last: float) -> dict:
     """The relay: outbox rows published (availability, outcomes, reservations, alerts) and how far behind it was."""
     relayed, created = outbox["t_relayed"], outbox["t_first"]
