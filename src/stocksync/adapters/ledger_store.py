@@ -464,7 +464,11 @@ def _statement(shape: tuple[str, ...], notify: bool) -> TextClause:
     counts = [f"(SELECT count(*) FROM w{i})" for i in range(len(parts))]
     if notify:
         counts.append(f"pg_notify('{OUTBOX_CHANNEL}', '') IS NULL")
-    return text(f"WITH {ctes}\nSELECT {', '.join(counts)}")
+    # The foreign-key checks it fires (after the statement, one per inserted row) use cached plans again: a
+    # plan per row, as the connection's custom plans would make them (`database.create_engine`), costs more
+    # than the checks. ``true``: for this transaction only.
+    generic = "(SELECT set_config('plan_cache_mode', 'auto', true)) AS generic_plans"
+    return text(f"WITH {ctes}\nSELECT {', '.join(counts)}\nFROM {generic}")
 
 
 @functools.cache

@@ -331,12 +331,11 @@ class OutboxRelay:
     async def prune(self) -> int:
         """Delete the rows relayed longer ago than the retention, a slice per transaction; returns how many
         (the rows stay a while for `reconcile` and for an operator tracing a message)."""
-        pruned = 0
-        while True:
-            deleted = await outbox.prune(self.engine, utc_now() - self.retention, self.prune_slice)
+        pruned, after, before = 0, 0, utc_now() - self.retention
+        while after is not None:
+            deleted, after = await outbox.prune(self.engine, before, self.prune_slice, after)
             pruned += deleted
-            if deleted < self.prune_slice:
-                return pruned
+        return pruned
 
 
 def conflated(rows: Sequence) -> list:
