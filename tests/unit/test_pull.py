@@ -39,8 +39,12 @@ class FakeClient:
             self.acks.append((subject, payload))
 
     async def deliver(self, reply: str, data: bytes = b"{}", status: str | None = None) -> None:
-        headers = {"Status": status, "Description": "test"} if status else {"Nats-Msg-Id": "x"}
-        await self.cb(Msg(self, subject=reply, reply=f"$JS.ACK.{len(data)}", data=data, headers=headers))
+        """A status comes on the request's reply subject, a message on its stream subject."""
+        if status:
+            await self.cb(Msg(self, subject=reply, data=b"", headers={"Status": status, "Description": "t"}))
+        else:
+            ack, headers = f"$JS.ACK.{len(data)}", {"Nats-Msg-Id": "x"}
+            await self.cb(Msg(self, "stocksync.in.x", reply=ack, data=data, headers=headers))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 One request is open at a time: ``{"batch": n, "expires": ns}``, no ``no_wait`` and no idle heartbeat. It stays
 open while its messages are applied, so the next batch gathers meanwhile, and a message that arrives alone is
 handed over at once. Each request has its own reply subject, so a late status of an older request (its 408)
-cannot end the current one; messages of an older request are kept like any other.
+cannot end the current one; a message (it comes on its stream subject) of an older one is kept as any other.
 
 A request ends when it has delivered its batch, on a status that ends a pull (404 no messages, 408 expired,
 409 leadership change, max waiting exceeded, consumer deleted), or at its expiry: a reconnect, a NATS restart
@@ -95,10 +95,9 @@ class Pull:
 
     async def _received(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
-        if status is None:
+        if status is None:  # its subject is the stream's: counted against the open request, whichever it was
             self.msgs.append(msg)
-            if msg.subject == self._reply:
-                self._owed -= 1
+            self._owed -= 1
         elif status == _HEARTBEAT or msg.subject != self._reply:
             return  # a heartbeat is never asked for; an older request's end does not end this one
         elif status in _ENDS_A_PULL:
