@@ -63,12 +63,12 @@ _decode_refresh = decoder(ChannelRefresh)
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
 
-# What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
-# (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
 class NotSourcing(NatsError):
     """A bucket's stream does not source the out stream yet: the relay publishes nothing until migrated."""
 
 
+# What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
+# (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
 _PASSING = (SQLAlchemyError, OSError, NatsError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
 
 
