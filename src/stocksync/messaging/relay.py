@@ -16,7 +16,8 @@ awaited together (one round trip per pass, not per message). One connection deli
 stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole:
 ``Nats-Msg-Id`` drops the rows that had been stored, and a versioned row acknowledged (or found there, or
 newer) is not sent again (nats-server checks the expected sequence before the message id, so a stored one sent
-again with its old expectation is refused, and then found there by the read).
+again with its old expectation is refused, and then found there by the read). A pass whose only failures are
+refused expectations is sent again at once, a few times: those subjects are read anew.
 
 Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
 skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
@@ -39,13 +40,14 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.errors import APIError
 from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
-from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, SKIP, NewestOnly
+from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, SKIP, WRONG_LAST_SEQUENCE, NewestOnly
 from stocksync.adapters.channels import ChannelRefresh, ChannelStock
 from stocksync.adapters.pipeline import Pipeline
 from stocksync.aio import cancel_and_wait, pause
@@ -62,6 +64,7 @@ _decode_refresh = decoder(ChannelRefresh)
 
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
+_REFUSED_TRIES = 3  # a pass sent again at once while only expectations were refused (each read anew)
 
 class NotSourcing(NatsError):
     """A bucket's stream does not source the out stream yet: the relay publishes nothing until migrated."""
@@ -266,6 +269,18 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence) -> None:
+        """The rows sent, and sent again at once while the only failures are expectations refused (a repair
+        or a former leader published meanwhile): those subjects are read again, and what they hold already is
+        not sent. Any other failure fails the pass."""
+        for _ in range(_REFUSED_TRIES):
+            failed = await self._send(rows)
+            if not failed:
+                return
+            if not all(isinstance(e, APIError) and e.err_code == WRONG_LAST_SEQUENCE for e in failed):
+                break
+        raise failed[0]
+
+    async def _send(self, rows: Sequence) -> list[BaseException]:
         """Every row but the versioned ones whose subject holds them (or newer) already; each versioned one at
         the subject's sequence it expects (`NewestOnly`), which learns what each acknowledgement left."""
         traced, publish = tracing.enabled(), self._pipeline.publish
@@ -285,9 +300,7 @@ class OutboxRelay:
         for row, ack in zip(published, acks, strict=True):
             if row.kv_key is not None:
                 self._newest.stored(row, ack)
-        for ack in acks:
-            if isinstance(ack, BaseException):
-                raise ack
+        return [ack for ack in acks if isinstance(ack, BaseException)]
 
     async def _publish_traced(self, row: Any, headers: dict[str, str]) -> asyncio.Future:
         """The row's publish as a span of the trace of the transaction that wrote it; the message carries it."""
