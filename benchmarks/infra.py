@@ -187,7 +187,7 @@ async def reset_nats(nats_url: str) -> None:
 async def stream_counts(nats_url: str) -> dict[str, int]:
     import nats
 
-    from stocksync.wire import DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
+    from stocksync.wire import BUCKET_SOURCES, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
 
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
@@ -195,6 +195,8 @@ async def stream_counts(nats_url: str) -> dict[str, int]:
         counts = {
             name: (await js.stream_info(name)).state.messages for name in (IN_STREAM, OUT_STREAM, DLQ_STREAM)
         }
+        for _, stream, _ in BUCKET_SOURCES.values():  # every entry the bucket stored (it keeps one per key)
+            counts[f"{stream} stored"] = (await js.stream_info(stream)).state.last_seq
         consumer = await js.consumer_info(IN_STREAM, WORKER_CONSUMER)
         counts["pending"] = consumer.num_pending + consumer.num_ack_pending
         return counts

@@ -9,6 +9,7 @@ the net under that rule, not the rule.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -47,7 +48,12 @@ def scrub(text: str) -> str:
     return text
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})  # exactly these types: nothing to scrub
+
+
 def _scrubbed(value: Any) -> Any:
+    if type(value) in _PLAIN:  # most fields of most lines (every access line's status and ms): checked first
+        return value
     if isinstance(value, str):
         return scrub(value)
     if value is None or isinstance(value, bool | int | float):
@@ -59,12 +65,17 @@ def _scrubbed(value: Any) -> Any:
     return scrub(repr(value))  # what the renderers would show of it
 
 
+@functools.lru_cache(maxsize=4096)  # field names come from the code: a few hundred at most
+def _secret(field: str) -> bool:
+    return field.lower() in _SECRET_FIELDS
+
+
 def redact(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """The structlog processor: after exceptions are formatted, before rendering."""
     for field, value in event.items():
         if field.startswith("_"):
             continue  # ProcessorFormatter's own (the stdlib record)
-        event[field] = "[redacted]" if field.lower() in _SECRET_FIELDS else _scrubbed(value)
+        event[field] = "[redacted]" if _secret(field) else _scrubbed(value)
     return event
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stocksync.adapters.database import create_engine
+from stocksync.http.app import create_app
+from stocksync.service.ledger_service import GroupCommitLedger
 from tests.support_http import Api, admin, client, ecommerce, engine, unique  # noqa: F401
 from tests.support_nats import wait_until
 
@@ -276,3 +281,31 @@ async def test_locations_are_listed_as_put(admin: Api, ecommerce: Api) -> None:
         "lon": None,
     }
     assert listed[store] == moved.json()
+
+
+async def test_an_availability_read_on_a_connection_that_died_is_503_once_then_answers(
+    admin: Api, ecommerce: Api, engine: AsyncEngine
+) -> None:
+    """The read checks out the asyncpg connection itself (no SQLAlchemy `Connection` to invalidate it): a
+    terminated backend must still leave the pool and answer `unavailable`, not 500, and not twice."""
+    store, sku = await admin.store(), unique("sku")
+    one = create_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+    app = create_app(engine=one, ledger=GroupCommitLedger(one))
+    transport = httpx.ASGITransport(app=app)
+    params = {"sku": sku, "location_id": store}
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://stocksync.test") as client:
+            reader = Api(client, ecommerce.key)
+            assert (await reader.get("/v1/availability", params=params)).status_code == 200
+            async with one.connect() as conn:
+                pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await asyncio.sleep(0.2)  # the FATAL message reaches the pooled connection
+
+            died = await reader.get("/v1/availability", params=params)
+            again = await reader.get("/v1/availability", params=params)
+    finally:
+        await one.dispose()
+    assert (died.status_code, died.json()["error"]) == (503, "unavailable")
+    assert again.status_code == 200

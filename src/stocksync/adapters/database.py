@@ -49,12 +49,14 @@ def tls_options(database_url: str) -> tuple[str, dict[str, Any]]:
     return rest, {"ssl": context}
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> AsyncEngine:
+    """An engine of ``pool_size`` kept connections and ``max_overflow`` more (default: as many) opened when
+    all are busy and closed as each comes back while the pool is full."""
     url, tls = tls_options(database_url)
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_recycle=1800,  # no pre-ping round trip per checkout: a dead connection fails once, as Unavailable
         hide_parameters=True,  # an error message quoting bound values would log request content
         connect_args={"server_settings": _SERVER_SETTINGS, **tls},

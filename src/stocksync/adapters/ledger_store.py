@@ -197,7 +197,21 @@ async def lock_positions(conn: AsyncConnection, keys: Iterable[PositionKey]) -> 
     rows = await conn.execute(
         _LOCK_POSITIONS, {"locations": [k[0] for k in ordered], "skus": [k[1] for k in ordered]}
     )
-    return {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
+    return {(row[0], row[1]): _position(*row) for row in rows}
+
+
+def _position(location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at) -> Position:
+    """From a row of `_LOCK_POSITIONS` by position, not by ``Row._asdict()`` (7% of the worker's CPU)."""
+    return Position(
+        location_id=location_id,
+        sku=sku,
+        on_hand=on_hand,
+        reserved=reserved,
+        damaged=damaged,
+        safety_stock=safety_stock,
+        version=version,
+        last_count_at=last_count_at,
+    )
 
 
 async def load_recorded(conn: AsyncConnection, keys: Iterable[EventKey]) -> dict[EventKey, RecordedEvent]:

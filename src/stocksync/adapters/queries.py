@@ -7,17 +7,20 @@ path shows the same numbers for the same committed state.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
+import asyncpg
 from msgspec import Struct
 from sqlalchemy import Row, any_, bindparam, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
-from stocksync.domain.errors import InvalidRequest, UnknownLocation
+from stocksync.domain.errors import InvalidRequest, Unavailable, UnknownLocation
 from stocksync.domain.model import (
     Location,
     Outcome,
@@ -126,12 +129,12 @@ class Queries:
     ) -> list[Position]:
         """Every (location, sku) asked for, a never-seen one as zeros; without locations, those that exist
         (the first ``limit`` of them by location and sku)."""
-        async with self.engine.connect() as conn:
-            if not location_ids:
+        if not location_ids:
+            async with self.engine.connect() as conn:
                 rows = await conn.execute(_POSITIONS_OF_SKUS, {"skus": list(skus), "limit": limit})
                 return [Position(**row._asdict()) for row in rows]
-            await self._require_locations(conn, location_ids)
-            driver = (await conn.get_raw_connection()).driver_connection
+        await self._require_locations(location_ids)
+        async with self._driver() as driver:
             rows = await driver.fetch(_POSITIONS_AT, list(skus), list(location_ids))
         found = {(row[0], row[1]): Position(**dict(row.items())) for row in rows}
         return [
@@ -140,14 +143,31 @@ class Queries:
             for sku in dict.fromkeys(skus)
         ]
 
-    async def _require_locations(self, conn: AsyncConnection, location_ids: Sequence[str]) -> None:
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's asyncpg connection for one statement outside a transaction, checked out
+        without SQLAlchemy's `Connection` around it (whose checkout, isolation level and return cost about as
+        much CPU as the availability query itself). One that died under the read leaves the pool, and the
+        read is Unavailable, as SQLAlchemy would have judged it."""
+        pooled = await self.engine.raw_connection()
+        try:
+            yield pooled.driver_connection
+        except Exception as error:
+            if pooled.driver_connection.is_closed():
+                await greenlet_spawn(pooled.invalidate)
+                raise Unavailable("the database connection was lost; retry later") from error
+            raise
+        finally:
+            await greenlet_spawn(pooled.close)
+
+    async def _require_locations(self, location_ids: Sequence[str]) -> None:
         """Reads are the hot path: ask the database only about locations not seen before."""
         if self._known_locations.issuperset(location_ids):
             return
         column = t.locations.c.location_id
-        self._known_locations.update(
-            (await conn.execute(select(column).where(column == any_of(location_ids)))).scalars()
-        )
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(column).where(column == any_of(location_ids)))).scalars()
+            self._known_locations.update(found)
         if missing := [
             location_id for location_id in location_ids if location_id not in self._known_locations
         ]:
