@@ -70,6 +70,23 @@ async def execute(url: str, statements: str) -> None:
         await connection.close()
 
 
+def local_postmaster(url: str) -> int | None:
+    """The postmaster of a server on this machine (a backend's parent), so its CPU is sampled too; None when
+    the server is elsewhere. On a shared server the figure includes the other users' backends."""
+
+    async def parent_of_backend() -> psutil.Process | None:
+        connection = await asyncpg.connect(asyncpg_url(url), timeout=30)
+        try:  # while the backend lives
+            return psutil.Process(await connection.fetchval("SELECT pg_backend_pid()")).parent()
+        except psutil.Error:
+            return None
+        finally:
+            await connection.close()
+
+    parent = asyncio.run(parent_of_backend())
+    return parent.pid if parent is not None and parent.name().startswith("postgres") else None
+
+
 @dataclass
 class Infra:
     """PostgreSQL (admin URL), a nats-server, and a scratch directory; `close()` stops what it started."""
@@ -94,7 +111,7 @@ class Infra:
         try:
             if postgres_url:
                 admin_url, pgbench, embedded = postgres_url, shutil.which("pgbench") or "pgbench", False
-                pg_pid = None
+                pg_pid = local_postmaster(postgres_url)
             else:
                 os.chmod(workdir, 0o755)  # as root, the embedded server runs as its own system user
                 pg = start_postgres(workdir / "pg")
@@ -170,7 +187,7 @@ async def reset_nats(nats_url: str) -> None:
 async def stream_counts(nats_url: str) -> dict[str, int]:
     import nats
 
-    from stocksync.wire import DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
+    from stocksync.wire import BUCKET_SOURCES, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER
 
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
@@ -178,6 +195,8 @@ async def stream_counts(nats_url: str) -> dict[str, int]:
         counts = {
             name: (await js.stream_info(name)).state.messages for name in (IN_STREAM, OUT_STREAM, DLQ_STREAM)
         }
+        for _, stream, _ in BUCKET_SOURCES.values():  # every entry the bucket stored (it keeps one per key)
+            counts[f"{stream} stored"] = (await js.stream_info(stream)).state.last_seq
         consumer = await js.consumer_info(IN_STREAM, WORKER_CONSUMER)
         counts["pending"] = consumer.num_pending + consumer.num_ack_pending
         return counts

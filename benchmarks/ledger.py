@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from benchmarks.infra import fetch, fetchval, stream_counts
+from stocksync.wire import outcome_msg_id
 
 _RECORDED = """
         SELECT count(*) AS n,
@@ -54,6 +55,44 @@ async def ledger_rate(url: str, prefix: str, wall_start: float, wall_end: float)
         "first_to_last_s": t_last - t_first,
         **_relay_rates(outbox, n, t_first, t_last),
     }
+
+
+class RelayLag:
+    """How far the relay is behind the ledger while a run lasts: the age of the oldest unrelayed outbox row
+    (the product's own `outbox.backlog`, what the relay's gauge shows), sampled every ``interval`` seconds on
+    a connection of its own (issue 13, point 1: less than 1 s behind at any moment of the burst)."""
+
+    def __init__(self, url: str, interval: float = 0.25) -> None:
+        self.url, self.interval = url, interval
+        self.behind: list[float] = []
+        self.stop = asyncio.Event()
+
+    async def __aenter__(self) -> RelayLag:
+        from stocksync.adapters.database import create_engine
+
+        self.engine = create_engine(self.url, pool_size=1)
+        self.task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self) -> None:
+        from stocksync.adapters.outbox import backlog
+
+        async with self.engine.connect() as conn:
+            while not self.stop.is_set():  # not cancelled: a query cut short would leave the connection busy
+                self.behind.append((await backlog(conn))[1])
+                await conn.rollback()  # each sample its own snapshot
+                await asyncio.sleep(self.interval)
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await self.task
+        await self.engine.dispose()
+        self.summary = {
+            "samples": len(self.behind),
+            "max_s": max(self.behind, default=0.0),
+            "at_end_s": self.behind[-1] if self.behind else 0.0,
+            "over_1s": sum(1 for b in self.behind if b >= 1.0),
+        }
 
 
 def _relay_rates(outbox, n: int, t_first: float, t_last: float) -> dict:
@@ -105,18 +144,18 @@ async def stage_breakdown(url: str, traces: list) -> dict:
     ids = [t[0] for t in traces]
     rows = await fetch(
         url,
-        "SELECT event_id, outcome, extract(epoch FROM recorded_at) AS t FROM processed_events"
+        "SELECT event_id, location_id, outcome, extract(epoch FROM recorded_at) AS t FROM processed_events"
         " WHERE event_id = ANY($1::text[])",
         ids,
     )
     recorded = {r["event_id"]: float(r["t"]) for r in rows}
-    outcome_ids = [f"outcome:{r['event_id']}:{r['outcome']}" for r in rows]
+    outcome_ids = {outcome_msg_id(r["location_id"], r["event_id"], r["outcome"]): r["event_id"] for r in rows}
     marks = await fetch(
         url,
         "SELECT msg_id, extract(epoch FROM relayed_at) AS t FROM outbox WHERE msg_id = ANY($1::text[])",
-        outcome_ids,
+        list(outcome_ids),
     )
-    relayed = {r["msg_id"].removeprefix("outcome:").rsplit(":", 1)[0]: float(r["t"]) for r in marks}
+    relayed = {outcome_ids[r["msg_id"]]: float(r["t"]) for r in marks if r["t"] is not None}
     sample = [(e, p, v) for e, p, v in traces if e in recorded and e in relayed]
     return {
         "samples": len(sample),

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from benchmarks import profile
 from benchmarks.group import Group
-from benchmarks.ledger import ledger_rate, settle, stage_breakdown
+from benchmarks.ledger import RelayLag, ledger_rate, settle, stage_breakdown
 from benchmarks.publishing import prepare_messages, publish, publisher_summary
 from benchmarks.results import Results, say
 from benchmarks.workload import WorkloadSpec
@@ -23,9 +23,11 @@ async def throughput(
     memory: bool = False,
     profile_s: float = 0,
     profile_label: str = " during the mixed run",
+    relayed: bool = True,
 ) -> dict:
     """``spec`` published as fast as possible; ``timeout`` (default ``plan.timeout_for(spec.events)``) for the
-    ledger to settle; ``memory``: the applier's and the relay's peaks go to the report's memory table."""
+    ledger to settle; ``memory``: the applier's and the relay's peaks go to the report's memory table;
+    ``relayed=False``: settled once the ledger has applied it, the relay perhaps still behind."""
     results, plan = group.bench.results, group.bench.plan
     timeout = plan.timeout_for(spec.events) if timeout is None else timeout
     say(
@@ -35,11 +37,12 @@ async def throughput(
     messages = await prepare_messages(spec, group.bench.stock_file, group.log_dir)
     sampler = group.sampler()
     profiler = _start_profiler(group, results, profile_s) if profile_s else None
-    with sampler:
-        published = await publish(group.infra, spec, messages, group.log_dir)
-        state = await settle(
-            group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout, relayed=group.relay
-        )
+    async with RelayLag(group.url) as lag:
+        with sampler:
+            published = await publish(group.infra, spec, messages, group.log_dir)
+            relayed = relayed and group.relay
+            nats_url, unique = group.infra.nats_url, published["unique"]
+            state = await settle(group.url, nats_url, spec.prefix, unique, timeout, relayed)
     if profiler is not None:
         await profile.collect(profiler, results, profile_label)
     rate = await ledger_rate(group.url, spec.prefix, published["wall_start"], published["wall_end"])
@@ -47,10 +50,11 @@ async def throughput(
     results.scenarios[key] = scenario = {
         "spec": asdict(spec),
         "applier": group.applier,
-        "relay": group.relay,
+        "relay": relayed,  # waited for: nothing left unrelayed
         "publisher": publisher_summary(published),
         "ledger": rate,
         "end_state": state,
+        "relay_behind": lag.summary if group.relay else None,
         "memory_mb": peak,
         "cpu_seconds": sampler.cpu_seconds_with("publisher", published["cpu_seconds"]),
     }
@@ -62,7 +66,7 @@ async def throughput(
         f"  {rate['sustained_per_s']:,.0f} applied/s sustained (ledger), "
         f"publisher {published['publish_rate']:,.0f} msg/s, worker peak RSS {peak['worker']} MB"
     )
-    _consistency(results, key, published, state, {**rate, "relay": group.relay})
+    _consistency(results, key, published, state, {**rate, "relay": relayed})
     return scenario
 
 
@@ -77,18 +81,21 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
     )
     state = await settle(group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout)
     ledger = await ledger_rate(group.url, spec.prefix, published["wall_start"], published["wall_end"])
-    lat = published["latency_ms"]
+    lat, seen = published["latency_ms"], published["availability_latency_ms"]
     stages = await stage_breakdown(group.url, published.get("traces", []))
     say(
         f"  publish-to-visible p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms "
         f"(reached {published['publish_rate']:,.0f}/s; "
         f"{published['outcomes_matched']:,}/{published['unique']:,} outcomes)"
+        + (f"; to the availability message p99 {seen['p99']:.1f} ms" if seen else "")
     )
     results.scenarios[key] = scenario = {
         "spec": asdict(spec),
         "offered_rate": rate,
         "publisher": publisher_summary(published),
         "latency_ms": lat,
+        "availability_latency_ms": seen,
+        "availability_timed": published["availability_timed"],
         "stages_ms": stages,
         "outcomes_matched": published["outcomes_matched"],
         "ledger": ledger,

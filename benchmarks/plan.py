@@ -27,6 +27,8 @@ class Plan:
     sweep_seconds: float
     hot_latency_rate: int
     hot_latency_seconds: float
+    burst_events: int
+    probe_rate: int
     pgbench_scale: int
     pgbench_seconds: int
     http_seconds: float
@@ -66,6 +68,9 @@ SIZES = {
     "sweep_seconds": (4, 10),
     "hot_latency_rate": (1_000, 1_000),
     "hot_latency_seconds": (3, 10),
+    # the burst before the fresh-sku probe (issue 13, point 3: the deployed topology was probed after 30,000)
+    "burst_events": (5_000, 30_000),
+    "probe_rate": (1_000, 1_000),
     "pgbench_scale": (4, 10),
     "pgbench_seconds": (5, 20),
     "http_seconds": (3, 10),

@@ -8,7 +8,10 @@
 - ``--latency`` subscribes to ``stocksync.out.outcome.>`` before publishing and matches each outcome to its event
   by ``event_id``: latency = outcome received - publish issued, both on this process's monotonic clock. The
   relay publishes an event's outcome in the same pass as, and after, the availability update of the same
-  transaction (outbox order), so this is publish-to-visible.
+  transaction (outbox order), so this is publish-to-visible. It also subscribes to
+  ``stocksync.out.availability.>``: an event whose one position no other event of the run touches is timed to
+  its availability message as well (the message on that position's subject is then its own: the ``fresh``
+  probe, every event a receipt of a sku of its own, is timed that way throughout).
 The events are generated beforehand (``--messages``, from `save_messages`), so the publisher's time and CPU are
 spent publishing; the result is one JSON object written to ``--out``.
 """
@@ -27,6 +30,7 @@ import msgspec
 import nats
 
 from benchmarks.workload import Outbound, WorkloadSpec, generate
+from stocksync.wire import AVAILABILITY_ALL, availability_subject
 
 
 def save_messages(messages: list[Outbound], path: Path) -> None:
@@ -41,6 +45,31 @@ def load_messages(path: Path) -> list[Outbound]:
 
 class _OutcomeId(msgspec.Struct):
     event_id: str
+
+
+class _Line(msgspec.Struct):
+    sku: str
+
+
+class _Event(msgspec.Struct):
+    event_id: str
+    location_id: str
+    lines: list[_Line] = []
+
+
+def own_positions(messages: list[Outbound]) -> dict[str, str]:
+    """Availability subject -> the event that is the only one of the run at that position (an event of one
+    line; collects and cancels name no position and are left out)."""
+    decode = msgspec.json.Decoder(_Event).decode
+    owners: dict[str, str | None] = {}
+    for message in messages:
+        if message.duplicate:
+            continue
+        event = decode(message.body)
+        subjects = {availability_subject(event.location_id, line.sku) for line in event.lines}
+        for subject in subjects:
+            owners[subject] = event.event_id if len(subjects) == 1 and subject not in owners else None
+    return {subject: event_id for subject, event_id in owners.items() if event_id is not None}
 
 
 def percentiles(values: list[float], qs=(50, 95, 99)) -> dict[str, float]:
@@ -94,13 +123,21 @@ async def run(args: argparse.Namespace) -> dict:
         if len(seen) == unique:
             all_seen.set()
 
+    owned = own_positions(messages) if args.latency else {}
+    availability: list[float] = []
+
+    async def on_availability(msg) -> None:
+        now = time.perf_counter()
+        event_id = owned.pop(msg.subject, None)  # the first message on the subject only
+        if event_id is not None and (started := sent_at.get(event_id)) is not None:
+            availability.append((now - started) * 1000)
+
     if args.latency:
-        await nc.subscribe(
-            "stocksync.out.outcome.>",
-            cb=on_outcome,
-            pending_msgs_limit=10_000_000,
-            pending_bytes_limit=1024 * 1024 * 1024,
-        )
+        timed = (("stocksync.out.outcome.>", on_outcome), (AVAILABILITY_ALL, on_availability))
+        for subject, callback in timed:
+            await nc.subscribe(
+                subject, cb=callback, pending_msgs_limit=10_000_000, pending_bytes_limit=1024 * 1024 * 1024
+            )
         await nc.flush()
 
     # JetStream publishes pipelined (publish_async): each gets its PubAck later, at most --window outstanding.
@@ -166,6 +203,8 @@ async def run(args: argparse.Namespace) -> dict:
         "wall_end": wall_end,
         "outcomes_matched": len(seen),
         "latency_ms": percentiles(latencies) if args.latency else None,
+        "availability_timed": len(availability),
+        "availability_latency_ms": percentiles(availability) if availability else None,
         "traces": traces,
     }
 

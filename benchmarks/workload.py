@@ -9,6 +9,8 @@ events (the publisher, the seeding, the checks) makes the very same ones from th
 - Mix: about 70% sale, 10% return, 10% reserve, 7% collect or cancel (of reservations made earlier in the
   stream), 3% receipt, adjust or count.
 - ``hot``: the same mix with every event on one position (the most popular sku at one store).
+- ``fresh``: no mix: every event a receipt of one unit of a sku no other event names, at the stores in turn,
+  so that each event's availability message is its own (the latency probe times it).
 - Intended duplicates: a small share of events is published a second time with the same ``event_id``; half of
   them carry ``Nats-Msg-Id`` (JetStream drops them), half do not (the ledger answers ``duplicate``).
 """
@@ -47,6 +49,7 @@ class WorkloadSpec:
     events: int = 100_000
     seed: int = 6
     hot: bool = False
+    fresh: bool = False
     prefix: str = "mix"  # event and reservation ids start with it: unique per scenario
     duplicate_rate: float = 0.005
 
@@ -173,9 +176,20 @@ class _Generator:
 
     def event(self, i: int) -> dict:
         spec = self.spec
-        kind = self.kind()
         event_id = f"{spec.prefix}:{i:08d}"
         occurred_at = (BASE_TIME + timedelta(microseconds=i)).isoformat().replace("+00:00", "Z")
+        if spec.fresh:
+            location = self.stores[i % len(self.stores)]
+            line = {"sku": f"{spec.prefix}-{i:08d}", "qty": 1}
+            return {
+                "event_id": event_id,
+                "type": "receipt",
+                "occurred_at": occurred_at,
+                "location_id": location,
+                "source": "bench:probe",
+                "lines": [line],
+            }
+        kind = self.kind()
         if kind == "settle":
             if self.held and self.held[0][0] <= i - SETTLE_LAG:
                 _, rid, location, skus = self.held.popleft()

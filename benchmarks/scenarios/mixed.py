@@ -21,6 +21,8 @@ from benchmarks.workload import ONLINE, WAREHOUSE, WorkloadSpec, store_ids
 
 MIXED = "mixed"
 WITH_CHANNELS = "mixed, with channels"
+BURST = "burst before the probe"
+PROBE = "latency right after a burst, fresh skus @ 1,000/s"
 
 
 def round_key(key: str, n: int) -> str:
@@ -45,9 +47,17 @@ async def run(bench: Bench) -> None:
         for rate in plan.sweep_rates:
             spec = plan.spec(events=int(rate * plan.sweep_seconds), prefix=f"lat{rate}", duplicate_rate=0.0)
             scenario = await latency_run(group, f"latency @ {rate:,}/s", spec, rate)
+            seen = scenario["availability_latency_ms"] or {}
             bench.results.sweep.append(
-                {"offered": rate, "reached": scenario["publisher"]["publish_rate"], **scenario["latency_ms"]}
+                {
+                    "offered": rate,
+                    "reached": scenario["publisher"]["publish_rate"],
+                    **scenario["latency_ms"],
+                    "availability_p99": seen.get("p99"),
+                    "availability_timed": scenario["availability_timed"],
+                }
             )
+        await after_burst(group)
     # alternated, so that a slower spell of the shared machine does not fall on one side only
     for n in range(1, plan.channel_rounds + 1):
         await run_with_channels(bench, n)
@@ -56,6 +66,17 @@ async def run(bench: Bench) -> None:
                 await caught_up(group)
                 spec = plan.spec(events=plan.mixed_events, prefix=f"mix{n + 1}")
                 await throughput(group, round_key(MIXED, n + 1), spec)
+
+
+async def after_burst(group: Group) -> None:
+    """A burst of mixed events published as fast as possible, then, the moment the ledger has applied it (the
+    relay perhaps still behind), the fresh-sku probe at ``plan.probe_rate``: what a web shop sees right after
+    a peak (issue 13, point 3), each event timed to its own availability message and to its outcome."""
+    plan = group.bench.plan
+    await throughput(group, BURST, plan.spec(events=plan.burst_events, prefix="burst"), relayed=False)
+    rate = plan.probe_rate
+    spec = plan.spec(events=int(rate * plan.sweep_seconds), prefix="probe", fresh=True, duplicate_rate=0.0)
+    await latency_run(group, PROBE, spec, rate)
 
 
 async def run_with_channels(bench: Bench, n: int = 1) -> None:

@@ -370,26 +370,28 @@ def asyncapi(messages: Sequence[Message] = MESSAGES) -> dict[str, Any]:
     channels["availabilityBucket"] = {
         "address": wire.AVAILABILITY_KV_SUBJECT + wire.availability_key("{location_id}", "{sku}"),
         "title": "availability bucket",
-        "description": "The KV bucket's own subjects: one retained entry per position.",
+        "description": "The KV bucket's own subjects: one retained entry per position, sourced from "
+        "STOCKSYNC_OUT's stocksync.out.availability.{location_id}.{sku} (each entry the out stream's message).",
         "messages": {"availability": {"$ref": "#/components/messages/availability"}},
         "parameters": {name: {"$ref": f"#/components/parameters/{name}"} for name in ("location_id", "sku")},
     }
     operations["putAvailability"] = {
         "action": "send",
-        "summary": "The current availability of a position, kept in the bucket.",
+        "summary": "The current availability of a position, kept in the bucket (taken from the out stream).",
         "channel": {"$ref": "#/channels/availabilityBucket"},
         "messages": [{"$ref": "#/channels/availabilityBucket/messages/availability"}],
     }
     channels["channelAvailabilityBucket"] = {
         "address": wire.CHANNEL_KV_SUBJECT + wire.channel_key("{channel_id}", "{sku}"),
         "title": "channel availability bucket",
-        "description": "The KV bucket's own subjects: one retained entry per channel and sku.",
+        "description": "The KV bucket's own subjects: one retained entry per channel and sku, sourced from "
+        "STOCKSYNC_OUT's stocksync.out.channel.{channel_id}.{sku}.",
         "messages": {"channel_availability": {"$ref": "#/components/messages/channel_availability"}},
         "parameters": {name: {"$ref": f"#/components/parameters/{name}"} for name in ("channel_id", "sku")},
     }
     operations["putChannelAvailability"] = {
         "action": "send",
-        "summary": "What a channel may sell of a sku now, kept in the channel bucket.",
+        "summary": "What a channel may sell of a sku now, kept in the channel bucket (from the out stream).",
         "channel": {"$ref": "#/channels/channelAvailabilityBucket"},
         "messages": [{"$ref": "#/channels/channelAvailabilityBucket/messages/channel_availability"}],
     }

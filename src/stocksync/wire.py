@@ -47,6 +47,12 @@ AVAILABILITY_KV_SUBJECT = f"$KV.{AVAILABILITY_BUCKET}."  # + the key: the bucket
 CHANNEL_KV_STREAM = f"KV_{CHANNEL_BUCKET}"
 CHANNEL_KV_SUBJECT = f"$KV.{CHANNEL_BUCKET}."
 WORKER_CONSUMER = "stocksync-worker"
+# Each bucket's stream sources STOCKSYNC_OUT: the out stream's subjects it takes, its stream, its subject
+# prefix (the two tokens after the first three are the key).
+BUCKET_SOURCES = {
+    AVAILABILITY_BUCKET: ("stocksync.out.availability.*.*", AVAILABILITY_KV_STREAM, AVAILABILITY_KV_SUBJECT),
+    CHANNEL_BUCKET: ("stocksync.out.channel.*.*", CHANNEL_KV_STREAM, CHANNEL_KV_SUBJECT),
+}
 
 IN_ALL, OUT_ALL, DLQ_ALL = "stocksync.in.>", "stocksync.out.>", "stocksync.dlq.>"
 AVAILABILITY_ALL = "stocksync.out.availability.>"
@@ -60,6 +66,7 @@ __all__ = [  # the contract's names too, for the server's modules that import th
     "AVAILABILITY_BUCKET",
     "AVAILABILITY_KV_STREAM",
     "AVAILABILITY_KV_SUBJECT",
+    "BUCKET_SOURCES",
     "CHANNEL_ALL",
     "CHANNEL_BUCKET",
     "CHANNEL_KV_STREAM",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scenarios.mixed import BURST, PROBE
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -85,6 +87,16 @@ def test_latency_runs_saw_every_outcome(bench: dict) -> None:
         assert scenario["publisher"]["unique"] > 0, name
         assert scenario["outcomes_matched"] == scenario["publisher"]["unique"], name
     assert [point["offered"] for point in bench["sweep"]] == bench["plan"]["sweep_rates"]
+
+
+def test_the_probe_after_a_burst_times_every_event_to_its_own_availability_message(bench: dict) -> None:
+    burst, probe = (bench["scenarios"][key] for key in (BURST, PROBE))
+    assert burst["ledger"]["recorded"] == bench["plan"]["burst_events"]
+    assert probe["availability_timed"] == probe["publisher"]["unique"] > 0
+    assert 0 < probe["availability_latency_ms"]["p50"] <= probe["availability_latency_ms"]["p99"]
+    assert all(point["availability_timed"] > 0 for point in bench["sweep"])  # the sweep's lone positions
+    for figure in ("latency sweep's knee", f"{PROBE} (", "**Right after a burst**"):
+        assert figure in bench["_report"], figure
 
 
 def test_the_bench_reports_every_figure(bench: dict) -> None:

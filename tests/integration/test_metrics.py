@@ -27,7 +27,7 @@ from stocksync.server import serve
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.sweeper import ExpirySweeper
 from stocksync.settings import Settings
-from stocksync.wire import AVAILABILITY_BUCKET, IN_STREAM, WORKER_CONSUMER
+from stocksync.wire import IN_STREAM, WORKER_CONSUMER
 from stocksync_client.connection import connect
 from tests.support_http import Api, admin, client, engine, unique  # noqa: F401  (fixtures)
 from tests.support_ledger import receipt, reserve, store
@@ -103,7 +103,7 @@ async def test_the_outbox_gauges_count_what_waits_and_age_the_oldest_until_relay
         assert waiting >= 3  # two availability rows and the outcome
         assert value("stocksync_outbox_unrelayed") == waiting
         assert 90 <= value("stocksync_outbox_oldest_unrelayed_seconds") < 3600
-        await relay.relay_once(await relay.js.key_value(AVAILABILITY_BUCKET))
+        await relay.relay_once()
         await relay.sample_backlog()
         assert value("stocksync_outbox_unrelayed") == 0
         assert value("stocksync_outbox_oldest_unrelayed_seconds") == 0

@@ -11,20 +11,33 @@ import base64
 import dataclasses
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
+import nats
 import pytest
+from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError
 
-from stocksync.adapters.bucket import BucketWriter
+from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, sourced
 from stocksync.adapters.database import create_engine
-from stocksync.adapters.pipeline import Pipeline
 from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import OutboxRelay
-from stocksync.messaging.topology import migrate_topology, worker_consumer
-from stocksync.wire import AVAILABILITY_BUCKET, DLQ_STREAM, IN_STREAM, OUT_STREAM, WORKER_CONSUMER, DeadLetter
-from tests.support import run_sql
+from stocksync.messaging.topology import availability_bucket, migrate_topology, streams, worker_consumer
+from stocksync.wire import (
+    AVAILABILITY_BUCKET,
+    CHANNEL_BUCKET,
+    DLQ_STREAM,
+    IN_STREAM,
+    MSG_ID,
+    OUT_STREAM,
+    WORKER_CONSUMER,
+    DeadLetter,
+)
+from tests.support import NatsServer, run_sql
 from tests.support_ledger import adjust, cancel, collect, count, receipt, reserve, return_, sale, unique
 from tests.support_nats import (  # noqa: F401  (stack: a fixture)
     ReferenceLedger,
@@ -232,31 +245,113 @@ async def _topology(js) -> dict:
     }
 
 
-async def test_the_bucket_writer_never_puts_an_older_version_over_a_newer_one_another_writer_left(
+def _entry(subject: str, key: str, version: int) -> SimpleNamespace:
+    """A versioned row as the relay publishes it (an availability row, or a channel's sum)."""
+    payload = msgspec.json.encode({"version": version, "on_hand": version})
+    msg_id = f"{key}:{version}"
+    return SimpleNamespace(subject=subject, msg_id=msg_id, payload=payload, kv_key=key, version=version)
+
+
+async def _out_versions(js, subject: str) -> list[int]:
+    """Every version the out stream holds on ``subject``, in stream order."""
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    versions = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=0.5)
+            versions.append(msgspec.json.decode(msg.data)["version"])
+    except nats.errors.TimeoutError:
+        return versions
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_the_out_stream_never_takes_an_older_version_whoever_published_meanwhile(stack: Stack) -> None:
+    """A deposed leader's late publish is refused, on a subject the new leader wrote since it last did and
+    on one it had never written; the bucket takes each entry from the out stream by sourcing."""
+    await migrate_topology(stack.nats_url)
+    loc = unique("store")
+    first, second = (f"{loc}.{unique('SKU')}" for _ in range(2))
+    subject = {key: f"stocksync.out.availability.{key}" for key in (first, second)}
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with jetstream(stack.nats_url) as (nc, js):
+            old, new = OutboxRelay(engine, nc), OutboxRelay(engine, nc)
+            await old._publish([_entry(subject[first], first, 1)])  # not seen yet: read, then published at 0
+            await old._publish([_entry(subject[first], first, 2)])  # its own last sequence: no read
+            await new._publish([_entry(subject[first], first, 5), _entry(subject[second], second, 4)])
+            # the deposed leader, with what it knew: refused, read again, 5 is there, so 3 is not sent
+            await old._publish([_entry(subject[first], first, 3)])
+            await old._publish([_entry(subject[second], second, 2)])  # never seen: read, 4 is there
+            assert await _out_versions(js, subject[first]) == [1, 2, 5]
+            assert await _out_versions(js, subject[second]) == [4]
+            assert await sourced(js, AVAILABILITY_BUCKET)
+            kv = await js.key_value(AVAILABILITY_BUCKET)
+            held = [msgspec.json.decode((await kv.get(k)).value)["version"] for k in (first, second)]
+            assert held == [5, 4]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pass_sent_again_after_its_acknowledgement_was_lost_stores_the_entry_once(
     stack: Stack,
 ) -> None:
-    """The relay's cached revision goes stale when someone else writes (a repair, a former leader)."""
+    """nats-server checks the expected sequence before the message id: the stored entry sent again with the
+    expectation it had is refused (not reported a duplicate), and the read that follows finds it there."""
     await migrate_topology(stack.nats_url)
+    key = f"{unique('web')}.{unique('SKU')}"
+    subject = f"stocksync.out.channel.{key}"
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with jetstream(stack.nats_url) as (nc, js):
+            relay = OutboxRelay(engine, nc)
+            await relay._publish([_entry(subject, key, 1)])
+            first = (await js.get_last_msg(OUT_STREAM, subject)).seq
+            lost = _entry(subject, key, 2)  # stored, as if its acknowledgement never came back
+            await js.publish(subject, lost.payload, headers={MSG_ID: lost.msg_id})
+            with pytest.raises(APIError) as refused:  # sent again as the relay would, expecting version 1's
+                expected = {MSG_ID: lost.msg_id, EXPECTED_SUBJECT_SEQ: str(first)}
+                await js.publish(subject, lost.payload, headers=expected)
+            assert refused.value.err_code == WRONG_LAST_SEQUENCE  # not a duplicate's acknowledgement
+            await relay._publish([lost])  # refused, read again: version 2 is there, not sent
+            assert await _out_versions(js, subject) == [1, 2]
+            assert await sourced(js, CHANNEL_BUCKET)
+            kv = await js.key_value(CHANNEL_BUCKET)
+            assert msgspec.json.decode((await kv.get(key)).value)["version"] == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_makes_a_bucket_written_directly_source_the_out_stream_from_its_end_on(
+    nats_server_factory: Callable[[], NatsServer],
+) -> None:
+    """A deployment from before sourcing: the bucket keeps what it holds (the out stream's older history is
+    not replayed over it), takes what is published after, and migrate run again changes nothing."""
+    server = nats_server_factory()
     key = "store-1.SKU-A"
-
-    def body(version: int) -> bytes:
-        return msgspec.json.encode({"version": version, "on_hand": version})
-
-    async with jetstream(stack.nats_url) as (nc, js):
+    subject = f"stocksync.out.availability.{key}"
+    body = {v: msgspec.json.encode({"version": v}) for v in (3, 5, 6)}
+    async with jetstream(server.url) as (_, js):
+        for config in streams():
+            await js.add_stream(config)
+        old = availability_bucket()
+        old.sources = None
+        await js.add_stream(old)
+        await js.publish(subject, body[3])  # history the relay published before
+        await (await js.key_value(AVAILABILITY_BUCKET)).put(key, body[5])  # a newer entry, written directly
+        await migrate_topology(server.url)
+        sources = (await js.stream_info(f"KV_{AVAILABILITY_BUCKET}")).config.sources
+        assert [(s.name, s.opt_start_seq) for s in sources] == [(OUT_STREAM, 2)]
+        await asyncio.sleep(0.5)  # time enough to replay the history, were it to
         kv = await js.key_value(AVAILABILITY_BUCKET)
-        writer = BucketWriter(Pipeline(nc), ack_timeout_s=10.0)
-        await writer.write(kv, {key: (1, body(1))})  # unknown key: read, then create
-        await writer.write(kv, {key: (2, body(2))})  # the cached revision: one compare-and-set publish
-        assert msgspec.json.decode((await kv.get(key)).value)["version"] == 2
-        await kv.put(key, body(5))  # behind the writer's back
-        await writer.write(kv, {key: (3, body(3))})  # stale revision: falls back, finds 5, leaves it
-        assert msgspec.json.decode((await kv.get(key)).value)["version"] == 5
-        await writer.write(kv, {key: (6, body(6)), "store-1.SKU-B": (1, body(1))})
-        entry = await kv.get(key)
-        assert msgspec.json.decode(entry.value)["version"] == 6
-        await writer.write(kv, {key: (4, body(4))})  # older than what it wrote: not even sent
-        assert (await kv.get(key)).revision == entry.revision
-        assert msgspec.json.decode((await kv.get("store-1.SKU-B")).value)["version"] == 1
+        assert (await kv.get(key)).value == body[5]
+        await js.publish(subject, body[6])
+        assert await sourced(js, AVAILABILITY_BUCKET)
+        assert (await kv.get(key)).value == body[6]
+        await migrate_topology(server.url)
+        assert (await js.stream_info(f"KV_{AVAILABILITY_BUCKET}")).config.sources == sources
+        channels = (await js.stream_info(f"KV_{CHANNEL_BUCKET}")).config.sources
+        assert [(s.name, s.opt_start_seq) for s in channels] == [(OUT_STREAM, None)]  # created fresh
 
 
 async def test_pruning_deletes_only_rows_relayed_before_the_retention_a_slice_at_a_time(stack: Stack) -> None:

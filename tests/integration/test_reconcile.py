@@ -24,6 +24,7 @@ import nats
 import pytest
 from nats.js.kv import KeyValue
 
+from stocksync.adapters.bucket import sourced
 from stocksync.adapters.bulk import seed_bulk
 from stocksync.adapters.channels import put_channel
 from stocksync.adapters.database import create_engine
@@ -123,14 +124,15 @@ async def apply(stack: Stack, *events: Command) -> None:
 
 
 async def relay_all(stack: Stack) -> None:
-    """What a running relay does: publish every outbox row, update the bucket."""
+    """What a running relay does: publish every outbox row; then the buckets have sourced them."""
     engine = create_engine(stack.database_url, pool_size=2)
     nc = await nats.connect(stack.nats_url)
     try:
         relay = OutboxRelay(engine, nc)
-        kv = await nc.jetstream().key_value(AVAILABILITY_BUCKET)
-        while await relay.relay_once(kv):
+        while await relay.relay_once():
             pass
+        for name in (AVAILABILITY_BUCKET, CHANNEL_BUCKET):
+            assert await sourced(nc.jetstream(), name)
     finally:
         await nc.close()
         await engine.dispose()

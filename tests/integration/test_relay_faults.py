@@ -25,7 +25,7 @@ from stocksync.adapters.outbox import LEADER_LOCK
 from stocksync.aio import cancel_and_wait
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import migrate_topology
-from stocksync.wire import AVAILABILITY_BUCKET, OUT_STREAM
+from stocksync.wire import AVAILABILITY_BUCKET, OUT_STREAM, availability_subject
 from stocksync_client.connection import connect
 from tests.support import NatsServer
 from tests.support_ledger import receipt, unique
@@ -55,9 +55,9 @@ class CountingRelay(OutboxRelay):
 
     passes = 0
 
-    async def relay_once(self, kv: KeyValue) -> int:
+    async def relay_once(self) -> int:
         self.passes += 1
-        return await super().relay_once(kv)
+        return await super().relay_once()
 
 
 @dataclass
@@ -122,7 +122,7 @@ def stack(
 # --- a poisoned bucket -------------------------------------------------------------------------------
 
 
-async def test_a_malformed_bucket_entry_is_overwritten_with_the_ledger_and_never_stops_the_relay(
+async def test_a_malformed_entry_is_overwritten_with_the_ledger_and_never_stops_the_relay(
     stack: tuple[str, str],
 ) -> None:
     database_url, nats_url = stack
@@ -143,6 +143,8 @@ async def test_a_malformed_bucket_entry_is_overwritten_with_the_ledger_and_never
         kv = await js.key_value(AVAILABILITY_BUCKET)
         for version, bad in enumerate(garbage, start=1):
             await kv.put(poisoned, bad)  # by hand, before the change the relay must write over it
+            # and on the out stream, where the relay reads what it compares with (`NewestOnly`)
+            await js.publish(availability_subject(loc, poisoned_sku), bad)
             await publish_events(js, [receipt(loc, {poisoned_sku: 1, other_sku: 1}, at=version)])
             for key in (other, poisoned):
                 body = await wait_until(
@@ -174,14 +176,14 @@ async def test_a_relay_that_cannot_open_the_bucket_lets_the_lock_go_and_another_
         await js.delete_stream(f"KV_{AVAILABILITY_BUCKET}")  # as if an operator removed it
         async with relays(database_url, nats_url, 1) as (a,):
             opened = 0
-            key_value = a.relay.js.key_value
+            stream_info = a.relay.js.stream_info
 
-            async def counted(bucket: str) -> KeyValue:
+            async def counted(name: str, *args, **kwargs):
                 nonlocal opened
-                opened += 1
-                return await key_value(bucket)
+                opened += name == f"KV_{AVAILABILITY_BUCKET}"
+                return await stream_info(name, *args, **kwargs)
 
-            a.relay.js.key_value = counted  # type: ignore[method-assign]
+            a.relay.js.stream_info = counted  # type: ignore[method-assign]
             await wait_until(lambda: _true(opened >= 2), what="relay A tried to lead twice")
             await a.halt()  # its pool keeps whatever connections it returned
             assert await lock_holders(database_url) == []
@@ -313,12 +315,12 @@ async def test_the_unrelayed_gauge_is_the_whole_backlog_not_one_pass(stack: tupl
     engine = create_engine(database_url, pool_size=1)
     try:
         async with jetstream(nats_url) as (nc, js):
-            relay, kv = OutboxRelay(engine, nc, batch=2), await js.key_value(AVAILABILITY_BUCKET)
+            relay = OutboxRelay(engine, nc, batch=2)
             found = []
             for _ in range(3):
                 await relay.sample_backlog()
                 found.append(REGISTRY.get_sample_value("stocksync_outbox_unrelayed"))
-                await relay.relay_once(kv)
+                await relay.relay_once()
     finally:
         await engine.dispose()
     assert found == [3, 1, 0]  # all three, what the first batch of two left, none

@@ -1,23 +1,29 @@
-"""The availability buckets (positions, channels) written by compare-and-set: never a newer ``version``
-replaced by an older, and an
-entry that is not an availability body counted as older than any (so a bad entry never stops the writer)."""
+"""The availability entries (positions, channels): published once, to STOCKSYNC_OUT, never after a newer
+``version`` of the same subject; the buckets source them from there (`messaging.topology`). An entry that is
+not an availability body counts as older than any (so a bad one never stops the relay)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import structlog
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from stocksync import metrics
-from stocksync.adapters.pipeline import Pipeline
 from stocksync.domain.events import decoder
-from stocksync.wire import AVAILABILITY_KV_SUBJECT
+from stocksync.wire import BUCKET_SOURCES, MSG_ID, OUT_STREAM
 
 log = structlog.get_logger("stocksync.relay")
+EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+SOURCE_HEADER = "Nats-Stream-Source"  # on a sourced message: "<stream> <sequence there> ..."
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expectation
+SKIP = -1  # an entry whose subject holds its version or a newer one already: not sent
 
 
 class _Version(msgspec.Struct):
@@ -27,53 +33,54 @@ class _Version(msgspec.Struct):
 _decode_version = decoder(_Version)
 
 
-class BucketWriter:
-    """Writes availability to the bucket by compare-and-set, remembering each key's (version, revision).
+class NewestOnly:
+    """Which of a pass's versioned rows to publish, and with what ``Nats-Expected-Last-Subject-Sequence``.
 
-    The leading relay is nearly the only writer, so the revision it wrote last is usually still the latest:
-    one pipelined publish with ``Nats-Expected-Last-Subject-Sequence`` replaces a read and a write. A key it
-    has not seen, or whose check fails (a reconcile repair or a former leader wrote meanwhile), goes the slow
-    way, `put_if_newer`. The memory is bounded: past ``max_keys`` it starts again from empty.
-    """
+    The out stream keeps the buckets' rule: a subject's message is stored only over the sequence the writer
+    last saw there, so a deposed leader's late publish (or one sent again after its subject moved on) is
+    refused, whichever relay wrote meanwhile. The leading relay is nearly the only writer, so the sequence
+    it stored last is usually still the latest: no read. A subject it has not seen, or whose check failed, is
+    read first (its last message on the out stream) and published only over an older version. The memory is
+    bounded: past ``max_keys`` it starts again from empty."""
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        ack_timeout_s: float,
-        max_keys: int = 500_000,
-        subject_prefix: str = AVAILABILITY_KV_SUBJECT,
-    ) -> None:
-        self.pipeline = pipeline
-        self.subject_prefix = subject_prefix  # the bucket's stream subject before the key
-        self.ack_timeout_s = ack_timeout_s
+    def __init__(self, js: JetStreamContext, max_keys: int = 500_000) -> None:
+        self.js = js
         self.max_keys = max_keys
-        self._known: dict[str, tuple[int, int]] = {}
+        self._known: dict[str, tuple[int, int]] = {}  # subject -> (version, stream sequence) stored last
 
-    async def write(self, kv: KeyValue, newest: dict[str, tuple[int, bytes]]) -> None:
+    async def expectations(self, rows: Sequence[Any]) -> list[int]:
+        """Per row: the sequence its subject must be at (0: no message yet), `SKIP`, or None (unversioned)."""
         if len(self._known) > self.max_keys:
             self._known.clear()
-        fast, slow = [], []
-        for key, (version, payload) in newest.items():
-            known = self._known.get(key)
-            if known is None:
-                slow.append(key)
-            elif known[0] < version:  # else already there: a pass sent again after a failure
-                headers = {"Nats-Expected-Last-Subject-Sequence": str(known[1])}
-                sent = await self.pipeline.publish(f"{self.subject_prefix}{key}", payload, headers)
-                fast.append((key, version, sent))
-        acks = await self.pipeline.acknowledged([sent for _, _, sent in fast], self.ack_timeout_s)
-        for (key, version, _), ack in zip(fast, acks, strict=True):
-            if isinstance(ack, PubAck):
-                self._known[key] = (version, ack.seq)
-            else:
-                slow.append(key)
-        for known in await asyncio.gather(*(put_if_newer(kv, key, *newest[key]) for key in slow)):
-            self._known.update([known])
+        unknown = {r.subject for r in rows if r.kv_key is not None and r.subject not in self._known}
+        for subject, held in zip(unknown, await asyncio.gather(*map(self._last, unknown)), strict=True):
+            self._known[subject] = held
+        return [self._expect(r) for r in rows]
+
+    def _expect(self, row: Any) -> int | None:
+        if row.kv_key is None:
+            return None
+        version, seq = self._known[row.subject]
+        return seq if version < row.version else SKIP
+
+    def stored(self, row: Any, ack: PubAck | BaseException) -> None:
+        """Remember what a versioned row's publish left its subject at; forget one whose check failed."""
+        if isinstance(ack, PubAck):
+            self._known[row.subject] = (row.version, ack.seq)
+        elif isinstance(ack, APIError) and ack.err_code == WRONG_LAST_SEQUENCE:
+            self._known.pop(row.subject, None)
+
+    async def _last(self, subject: str) -> tuple[int, int]:
+        try:
+            msg = await self.js.get_last_msg(OUT_STREAM, subject)
+        except NotFoundError:
+            return -1, 0
+        return held_version(subject, msg.data), msg.seq
 
 
 def held_version(key: str, value: bytes | None) -> int:
-    """The ``version`` a bucket entry holds. An entry that is not an availability body (written by hand, or
-    by something else) counts as older than any version: the relay writes over it, and never stops for it."""
+    """The ``version`` an entry holds. One that is not an availability body (written by hand, or by something
+    else) counts as older than any version: the relay writes over it, and never stops for it."""
     if not value:
         return -1
     try:
@@ -85,8 +92,8 @@ def held_version(key: str, value: bytes | None) -> int:
 
 
 async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> tuple[str, tuple[int, int]]:
-    """Compare-and-set: write only over an older version, retrying when another writer got in between.
-    Returns the key with the (version, revision) it holds now."""
+    """Compare-and-set on the bucket itself (reconcile's repairs): write only over an older version, retrying
+    when another writer got in between. Returns the key with the (version, revision) it holds now."""
     while True:
         try:
             entry = await kv.get(key)
@@ -102,3 +109,54 @@ async def put_if_newer(kv: KeyValue, key: str, version: int, payload: bytes) -> 
             return key, (version, await kv.update(key, payload, last=entry.revision))
         except KeyWrongLastSequenceError:
             continue
+
+
+async def sourced(js: JetStreamContext, bucket: str, timeout_s: float = 10.0) -> bool:
+    """Wait until the bucket has taken the out stream's last message it sources, and so every earlier one:
+    sourcing is asynchronous, and in order. False when it has not within ``timeout_s``."""
+    source, stream, prefix = BUCKET_SOURCES[bucket]
+    try:
+        last = await js.get_last_msg(OUT_STREAM, source)
+    except NotFoundError:
+        return True
+    entry = prefix + ".".join(last.subject.split(".")[-2:])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            held = await js.get_last_msg(stream, entry)
+        except NotFoundError:
+            held = None
+        if held is not None and _taken(held, last):
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
+def _taken(held: Any, last: Any) -> bool:
+    """The entry holds the out stream's message ``last`` or a later one (sourced: its origin sequence says;
+    written directly, by reconcile: its version)."""
+    origin = (held.headers or {}).get(SOURCE_HEADER)
+    if origin is not None:
+        return int(origin.split()[1]) >= last.seq
+    return held_version(held.subject, held.data) >= held_version(last.subject, last.data)
+
+
+async def publish_if_newer(js: JetStreamContext, row: Any) -> bool:
+    """Reconcile's repairs: ``row`` (subject, msg_id, payload, kv_key, version) published on the out stream
+    only over an older version, read first and tried again when a writer got in between; False when its
+    subject holds that version or a newer one already."""
+    newest = NewestOnly(js)
+    while True:
+        [seq] = await newest.expectations([row])
+        if seq == SKIP:
+            return False
+        try:
+            headers = {MSG_ID: row.msg_id, EXPECTED_SUBJECT_SEQ: str(seq)}
+            await js.publish(row.subject, row.payload, headers=headers)
+            return True
+        except APIError as error:
+            if error.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            newest.stored(row, error)

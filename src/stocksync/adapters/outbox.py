@@ -52,12 +52,15 @@ _MARK = text(
     WHERE id = ANY(CAST(:ids AS bigint[]))
     """
 )
-# A slice at a time by the index on relayed_at: no statement runs long or scans the table.
+# A slice at a time in id order from ``after`` (by the key's index: no statement runs long or scans the table,
+# and no index on relayed_at is written at every mark): rows were relayed in id order, so the slice holding
+# the first row kept (too recent, or unrelayed) is the last one worth reading.
 _PRUNE = text(
     """
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox WHERE relayed_at < :before ORDER BY relayed_at LIMIT :n
-    )
+    WITH slice AS (SELECT id FROM outbox WHERE id > :after ORDER BY id LIMIT :n),
+    gone AS (DELETE FROM outbox o USING slice WHERE o.id = slice.id AND o.relayed_at < :before RETURNING 1)
+    SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM slice) AS seen,
+           (SELECT max(id) FROM slice) AS last
     """
 )
 
@@ -105,7 +108,11 @@ async def mark_relayed(conn: AsyncConnection, ids: list[int], now: datetime) -> 
     await conn.execute(_MARK, {"now": now, "ids": ids})
 
 
-async def prune(engine: AsyncEngine, before: datetime, slice_rows: int) -> int:
-    """Delete up to ``slice_rows`` rows relayed before ``before``, in a transaction; returns how many."""
+async def prune(
+    engine: AsyncEngine, before: datetime, slice_rows: int, after: int = 0
+) -> tuple[int, int | None]:
+    """Delete the rows relayed before ``before`` among the ``slice_rows`` after id ``after``, in a
+    transaction; returns how many, and the slice's last id when the next slice may hold more (None: stop)."""
     async with engine.begin() as conn:
-        return (await conn.execute(_PRUNE, {"before": before, "n": slice_rows})).rowcount
+        row = (await conn.execute(_PRUNE, {"after": after, "before": before, "n": slice_rows})).one()
+    return row.deleted, row.last if row.deleted == row.seen == slice_rows else None

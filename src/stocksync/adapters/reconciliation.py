@@ -179,7 +179,8 @@ _KV_INSERT = text(
 BUCKET_NUMBERS = ("on_hand", "reserved", "damaged", "safety_stock", "version")
 # A position is in flight while an outbox row of its availability is unrelayed: the relay has yet to write
 # the bucket (and past the grace, the outbox check names that row). Once relayed, an entry behind is stale,
-# however recent the change: the relay writes the bucket before it marks the row.
+# however recent the change: the relay publishes before it marks the row, and the check waits for the bucket
+# to have sourced the out stream.
 _KV_DIFFERENCES = text(
     f"""
     WITH pending AS (SELECT DISTINCT kv_key FROM outbox WHERE relayed_at IS NULL AND kv_key IS NOT NULL)

@@ -104,7 +104,6 @@ movements = Table(
     Index("movements_position", "location_id", "sku", "tx", "id"),
     Index("movements_order", "tx", "id"),
     Index("movements_position_occurred", "location_id", "sku", "occurred_at"),
-    Index("movements_event", "event_id"),
 )
 
 reservations = Table(
@@ -185,7 +184,6 @@ outbox = Table(
     _ts("created_at", now=True),
     _ts("relayed_at", nullable=True),
     Index("outbox_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
-    Index("outbox_relayed", "relayed_at", postgresql_where=text("relayed_at IS NOT NULL")),
 )
 
 channels = Table(

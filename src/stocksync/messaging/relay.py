@@ -1,18 +1,23 @@
 """The outbox relay: publishes every committed change, at least once, in commit order per position.
 
-Rows are read and marked through `adapters.outbox`, the bucket written through `adapters.bucket`. One relay
-leads at a time, by a PostgreSQL advisory lock
+Rows are read and marked through `adapters.outbox`. One relay leads at a time, by a PostgreSQL advisory lock
 held on its own session; the others wait to take over, so several may run without reordering a position's
 updates. The lock is let go on every way out of leading (or its session closed), and the leader watches that
 session beside its passes: when it dies (a standby may hold the lock by then) the leader stops at once. The
-leader wakes on NOTIFY from the committing transaction, and polls as a fallback. The KV bucket is written by
-compare-and-set on the entry's revision, never replacing a newer ``version`` with an older; an entry that is
-not an availability body counts as older than any.
+leader wakes on NOTIFY from the committing transaction, and polls as a fallback.
+
+Each position's availability (and each channel entry) is published once, to STOCKSYNC_OUT, which the KV
+buckets source (`messaging.topology`). It is stored only at the subject's sequence the relay last saw
+(`adapters.bucket.NewestOnly`), never after a newer ``version``: a deposed leader's late publish is refused.
+An entry that is not an availability body counts as older than any.
 
 A pass pipelines its publishes: every row is sent in id order on one connection, then all acknowledgements are
 awaited together (one round trip per pass, not per message). One connection delivers in send order, so the
-stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole, and
-``Nats-Msg-Id`` drops the rows that had been stored.
+stream stores each subject's rows in commit order; a pass with a failed publish is sent again whole:
+``Nats-Msg-Id`` drops the rows that had been stored, and a versioned row acknowledged (or found there, or
+newer) is not sent again (nats-server checks the expected sequence before the message id, so a stored one sent
+again with its old expectation is refused, and then found there by the read). A pass whose only failures are
+refused expectations is sent again at once, a few times: those subjects are read anew.
 
 Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
 skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
@@ -35,14 +40,14 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js.kv import KeyValue
+from nats.js.errors import APIError
 from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stocksync import metrics, tracing
 from stocksync.adapters import channels, outbox
-from stocksync.adapters.bucket import BucketWriter
+from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, SKIP, WRONG_LAST_SEQUENCE, NewestOnly
 from stocksync.adapters.channels import ChannelRefresh, ChannelStock
 from stocksync.adapters.pipeline import Pipeline
 from stocksync.aio import cancel_and_wait, pause
@@ -51,14 +56,7 @@ from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.logs import outline
 from stocksync.service.outbox import Publication, channel_publications
-from stocksync.wire import (
-    AVAILABILITY_BUCKET,
-    CHANNEL_BUCKET,
-    CHANNEL_KV_SUBJECT,
-    CHANNEL_REFRESH,
-    MSG_ID,
-    split_availability_key,
-)
+from stocksync.wire import BUCKET_SOURCES, CHANNEL_REFRESH, MSG_ID, OUT_STREAM, split_availability_key
 
 log = structlog.get_logger("stocksync.relay")
 _decode_refresh = decoder(ChannelRefresh)
@@ -66,6 +64,11 @@ _decode_refresh = decoder(ChannelRefresh)
 
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
+_REFUSED_TRIES = 3  # a pass sent again at once while only expectations were refused (each read anew)
+
+class NotSourcing(NatsError):
+    """A bucket's stream does not source the out stream yet: the relay publishes nothing until migrated."""
+
 
 # What a database or NATS that is away for a while raises; the relay logs it and tries to lead again
 # (asyncpg's own errors come from the NOTIFY listener, which SQLAlchemy does not wrap).
@@ -105,9 +108,7 @@ class OutboxRelay:
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
         self._pipeline = Pipeline(nc)
-        self._bucket = BucketWriter(self._pipeline, ack_timeout_s)
-        self._channel_bucket = BucketWriter(self._pipeline, ack_timeout_s, subject_prefix=CHANNEL_KV_SUBJECT)
-        self._channel_kv: KeyValue | None = None
+        self._newest = NewestOnly(self.js)
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
 
@@ -157,10 +158,17 @@ class OutboxRelay:
             raw = (await session.get_raw_connection()).driver_connection
             raw.add_termination_listener(closed)
             await raw.add_listener(outbox.OUTBOX_CHANNEL, self._notified)
-            kv = await self.js.key_value(AVAILABILITY_BUCKET)
-            await self._relay_while_leading(session, kv, stop, lost)
+            await self._require_sourcing()
+            await self._relay_while_leading(session, stop, lost)
         finally:
             await self._let_go(session, raw, closed)
+
+    async def _require_sourcing(self) -> None:
+        """Publishing once is right only where the buckets source the out stream (`stocksync migrate`)."""
+        for _, stream, _ in BUCKET_SOURCES.values():
+            sources = (await self.js.stream_info(stream)).config.sources or []
+            if not any(s.name == OUT_STREAM for s in sources):
+                raise NotSourcing(f"{stream} does not source {OUT_STREAM}: run `stocksync migrate`")
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
@@ -180,7 +188,7 @@ class OutboxRelay:
             log.warning("relay_lock_session_closed", error=f"{type(error).__name__}: {error}")
 
     async def _relay_while_leading(
-        self, session: AsyncConnection, kv: KeyValue, stop: asyncio.Event, lost: asyncio.Event
+        self, session: AsyncConnection, stop: asyncio.Event, lost: asyncio.Event
     ) -> None:
         """Passes until stopped or a pass fails, while a watch on the lock's session ends them at once if the
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
@@ -189,7 +197,7 @@ class OutboxRelay:
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
-        passes = asyncio.create_task(self._passes(kv, stop), name="outbox-passes")
+        passes = asyncio.create_task(self._passes(stop), name="outbox-passes")
         passes.add_done_callback(lambda _: over.set())
         # Pruning runs beside the passes, never between them: a pass must not wait behind a delete.
         pruning = asyncio.create_task(self._prune_while_leading(stop), name="outbox-prune")
@@ -204,10 +212,10 @@ class OutboxRelay:
         elif not passes.cancelled():
             passes.result()  # a pass's fault, for `run` to log
 
-    async def _passes(self, kv: KeyValue, stop: asyncio.Event) -> None:
+    async def _passes(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
-            await self.relay_once(kv)
+            await self.relay_once()
             if not self._behind:
                 await pause(stop, self.poll_s, self._wake)
 
@@ -242,11 +250,10 @@ class OutboxRelay:
                 log.warning("prune_failed", error=f"{type(error).__name__}: {error}")
             await pause(stop, self.prune_every_s)
 
-    async def relay_once(self, kv: KeyValue) -> int:
-        """Publish the oldest unrelayed rows in order and update the bucket, both pipelined at once; then mark
-        the rows relayed. Two statements, each its own transaction: only the leader marks rows. A full pass
-        means the relay is behind: the next reads ``catch_up_batch`` rows, so more versions of a position fall
-        into one pass and conflate."""
+    async def relay_once(self) -> int:
+        """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed. Two statements,
+        each its own transaction: only the leader marks rows. A full pass means the relay is behind: the next
+        reads ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
         size = self.catch_up_batch if self._behind else self.batch
         async with self._autocommit.connect() as conn:
             rows = await outbox.pending(conn, size)
@@ -255,45 +262,57 @@ class OutboxRelay:
                 return 0
             messages = conflated(rows)
             sums = self._changed(await self._channel_sums(conn, rows))  # read after the rows: includes them
-            outcomes = await asyncio.gather(
-                self._publish([*sums, *messages]),  # a channel's sum ahead of the positions it includes
-                self._update_bucket(kv, messages, self._bucket),
-                self._update_channels(sums),
-                return_exceptions=True,
-            )
-            for error in outcomes:
-                if isinstance(error, BaseException):
-                    raise error
+            await self._publish([*sums, *messages])  # a channel's sum ahead of the positions it includes
             await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
         self._channel_sent.update((s.kv_key, s.available) for s in sums)
         metrics.RELAYED.inc(len(rows))
         return len(rows)
 
     async def _publish(self, rows: Sequence) -> None:
-        if tracing.enabled():
-            sent = [await self._publish_traced(r) for r in rows]
-        else:
-            publish = self._pipeline.publish
-            sent = [await publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in rows]
-        for ack in await self._pipeline.acknowledged(sent, self.ack_timeout_s):
-            if isinstance(ack, BaseException):
-                raise ack
+        """The rows sent, and sent again at once while the only failures are expectations refused (a repair
+        or a former leader published meanwhile): those subjects are read again, and what they hold already is
+        not sent. Any other failure fails the pass."""
+        for _ in range(_REFUSED_TRIES):
+            failed = await self._send(rows)
+            if not failed:
+                return
+            if not all(isinstance(e, APIError) and e.err_code == WRONG_LAST_SEQUENCE for e in failed):
+                break
+        raise failed[0]
 
-    async def _publish_traced(self, row: Any) -> asyncio.Future:
+    async def _send(self, rows: Sequence) -> list[BaseException]:
+        """Every row but the versioned ones whose subject holds them (or newer) already; each versioned one at
+        the subject's sequence it expects (`NewestOnly`), which learns what each acknowledgement left."""
+        traced, publish = tracing.enabled(), self._pipeline.publish
+        published, sent = [], []
+        for row, seq in zip(rows, await self._newest.expectations(rows), strict=True):
+            if seq == SKIP:
+                continue
+            headers = {MSG_ID: row.msg_id}
+            if seq is not None:
+                headers[EXPECTED_SUBJECT_SEQ] = str(seq)
+            if traced:
+                sent.append(await self._publish_traced(row, headers))
+            else:
+                sent.append(await publish(row.subject, row.payload, headers))
+            published.append(row)
+        acks = await self._pipeline.acknowledged(sent, self.ack_timeout_s)
+        for row, ack in zip(published, acks, strict=True):
+            if row.kv_key is not None:
+                self._newest.stored(row, ack)
+        return [ack for ack in acks if isinstance(ack, BaseException)]
+
+    async def _publish_traced(self, row: Any, headers: dict[str, str]) -> asyncio.Future:
         """The row's publish as a span of the trace of the transaction that wrote it; the message carries it."""
         traceparent = getattr(row, "traceparent", None)
         if not traceparent:  # written while tracing was off, or a channel's sum: no trace to continue
-            return await self.js.publish_async(row.subject, row.payload, headers={MSG_ID: row.msg_id})
+            return await self.js.publish_async(row.subject, row.payload, headers=headers)
         parent = tracing.parent_of({tracing.TRACEPARENT: traceparent})
         with tracing.span("relay.publish", parent=parent, kind=SpanKind.PRODUCER, subject=row.subject):
-            headers = {MSG_ID: row.msg_id}
+            headers = dict(headers)
             if (carried := tracing.current_traceparent()) is not None:
                 headers[tracing.TRACEPARENT] = carried
             return await self.js.publish_async(row.subject, row.payload, headers=headers)
-
-    async def _update_bucket(self, kv: KeyValue, rows: Sequence, writer: BucketWriter) -> None:
-        """``rows`` hold one row per key already (`conflated`, or one sum per channel sku): its newest."""
-        await writer.write(kv, {r.kv_key: (r.version, r.payload) for r in rows if r.kv_key is not None})
 
     async def _channel_sums(self, conn: AsyncConnection, rows: Sequence) -> list[Publication]:
         """Every channel sku the pass's positions (and refresh rows) touch, as the positions are now."""
@@ -322,21 +341,14 @@ class OutboxRelay:
             self._channel_sent.clear()
         return [s for s in sums if self._channel_sent.get(s.kv_key) != s.available]
 
-    async def _update_channels(self, sums: Sequence[Publication]) -> None:
-        if sums:
-            if self._channel_kv is None:
-                self._channel_kv = await self.js.key_value(CHANNEL_BUCKET)
-            await self._update_bucket(self._channel_kv, sums, self._channel_bucket)
-
     async def prune(self) -> int:
         """Delete the rows relayed longer ago than the retention, a slice per transaction; returns how many
         (the rows stay a while for `reconcile` and for an operator tracing a message)."""
-        pruned = 0
-        while True:
-            deleted = await outbox.prune(self.engine, utc_now() - self.retention, self.prune_slice)
+        pruned, after, before = 0, 0, utc_now() - self.retention
+        while after is not None:
+            deleted, after = await outbox.prune(self.engine, before, self.prune_slice, after)
             pruned += deleted
-            if deleted < self.prune_slice:
-                return pruned
+        return pruned
 
 
 def conflated(rows: Sequence) -> list:
@@ -366,7 +378,7 @@ async def relay_all(engine: AsyncEngine, nc: Client) -> bool:
         if not lead:
             return False
         relay = OutboxRelay(engine, nc)
-        kv = await relay.js.key_value(AVAILABILITY_BUCKET)
-        while await relay.relay_once(kv) and relay._behind:
+        await relay._require_sourcing()
+        while await relay.relay_once() and relay._behind:
             pass
         return True

@@ -1,4 +1,7 @@
-"""Streams, the worker's durable consumer and the availability bucket, created or updated by `migrate`.
+"""Streams, the worker's durable consumer and the availability buckets, created or updated by `migrate`.
+
+The buckets source their entries from STOCKSYNC_OUT (a subject transform puts each under its key), so the
+relay publishes each entry once; the out stream keeps their "never older" rule (`adapters.bucket.NewestOnly`).
 
 Durability choices are explained in docs/reliability.md: file storage everywhere, inbound messages kept for a
 week so the nightly reconciliation can prove none was lost. Exactly-once *effect* comes from the ledger's
@@ -19,14 +22,15 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.errors import NotFoundError
 
 from stocksync.wire import (
-    AVAILABILITY_KV_STREAM,
-    AVAILABILITY_KV_SUBJECT,
-    CHANNEL_KV_STREAM,
-    CHANNEL_KV_SUBJECT,
+    AVAILABILITY_BUCKET,
+    BUCKET_SOURCES,
+    CHANNEL_BUCKET,
     DLQ_ALL,
     DLQ_STREAM,
     IN_ALL,
@@ -79,19 +83,30 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
 
 
 def availability_bucket(replicas: int = 1) -> StreamConfig:
-    """The stream behind the KV bucket, as ``create_key_value`` makes it (history 1); migrate updates it."""
-    return _bucket(AVAILABILITY_KV_STREAM, AVAILABILITY_KV_SUBJECT, "<location_id>.<sku>", replicas)
+    """The stream behind the KV bucket, as ``create_key_value`` makes it (history 1), sourcing the positions'
+    availability from STOCKSYNC_OUT; migrate updates it."""
+    return _bucket(AVAILABILITY_BUCKET, "<location_id>.<sku>", replicas)
 
 
 def channel_bucket(replicas: int = 1) -> StreamConfig:
-    """What each channel may sell per sku (spec section 7), written by the relay like the positions'."""
-    return _bucket(CHANNEL_KV_STREAM, CHANNEL_KV_SUBJECT, "<channel_id>.<sku>", replicas)
+    """What each channel may sell per sku (spec section 7), sourced like the positions'."""
+    return _bucket(CHANNEL_BUCKET, "<channel_id>.<sku>", replicas)
 
 
-def _bucket(stream: str, subject: str, key: str, replicas: int) -> StreamConfig:
+def bucket_source(bucket: str, start_seq: int | None = None) -> StreamSource:
+    """The out stream's entries for ``bucket``, each under the bucket's subject for its key; from
+    ``start_seq`` on (None: the out stream's first message)."""
+    source, _, prefix = BUCKET_SOURCES[bucket]
+    transform = SubjectTransform(src=source, dest=prefix + "{{wildcard(1)}}.{{wildcard(2)}}")
+    return StreamSource(name=OUT_STREAM, opt_start_seq=start_seq, subject_transforms=[transform])
+
+
+def _bucket(bucket: str, key: str, replicas: int) -> StreamConfig:
+    _, stream, subject = BUCKET_SOURCES[bucket]
     return StreamConfig(
         name=stream,
-        subjects=[f"{subject}>"],
+        subjects=[f"{subject}>"],  # still written directly by reconcile's repairs
+        sources=[bucket_source(bucket)],
         description=f"current availability per {key}",
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -104,8 +119,8 @@ def _bucket(stream: str, subject: str, key: str, replicas: int) -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_S,
         max_age=0.0,
         max_bytes=-1,
-        max_msg_size=-1,
         max_msgs=-1,
+        max_msg_size=-1,
         max_consumers=-1,
     )
 
@@ -126,15 +141,33 @@ def worker_consumer() -> ConsumerConfig:
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     """Create what is missing and update settings that changed; safe to repeat."""
-    for config in [*streams(replicas), availability_bucket(replicas), channel_bucket(replicas)]:
-        try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+    for config in streams(replicas):
+        await _ensure_stream(js, config)
+    await _ensure_stream(js, availability_bucket(replicas), AVAILABILITY_BUCKET)
+    await _ensure_stream(js, channel_bucket(replicas), CHANNEL_BUCKET)
     await js.add_consumer(IN_STREAM, worker_consumer())
 
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, bucket: str | None = None) -> None:
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    if bucket is not None:
+        config.sources = await _sources_kept(js, bucket, info.config.sources or [])
+    await js.update_stream(config)
+
+
+async def _sources_kept(js: JetStreamContext, bucket: str, sources: list[StreamSource]) -> list[StreamSource]:
+    """A bucket's source as it is when it has one (run again: where it started stays). A bucket written by
+    the relays directly until now (before sourcing) starts after the out stream's last message: what it holds
+    is at least as new as everything published before, and replaying that over it would go back in time."""
+    kept = [s for s in sources if s.name == OUT_STREAM]
+    if kept:
+        return kept
+    out = await js.stream_info(OUT_STREAM)
+    return [bucket_source(bucket, out.state.last_seq + 1)]
 
 
 async def _raised_anyway(error: Exception) -> None:

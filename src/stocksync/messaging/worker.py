@@ -30,6 +30,7 @@ from stocksync.domain.events import (
     decode_inbound,
 )
 from stocksync.messaging.orders import OrderHandler, decode_order
+from stocksync.messaging.pull import Pull
 from stocksync.messaging.refusals import Refused, decoded
 from stocksync.service.ledger_service import LedgerService
 from stocksync.service.orders import OrderService
@@ -174,26 +175,19 @@ class EventWorker:
             await cancel_and_wait(sampling)
 
     async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
-        """Fetch with expiry; re-create the pull subscription after any NATS error.
+        """Pull and apply; pull anew after any NATS error.
 
-        No idle heartbeat: nats-py sends the lingering pull request with what is left of the timeout, the
-        server refuses one shorter than two heartbeats (400, as after a reconnect), and fetch then raises
-        and drops the messages it had already received, unacknowledged until ``ack_wait`` runs out.
+        No idle heartbeat: a pull request lost without a status (a reconnect, a NATS restart, a consumer
+        leader gone) is asked again at its expiry, ``fetch_timeout_s`` (`stocksync.messaging.pull`).
         """
         backoff = 0.1
         while not stop.is_set():
             try:
-                sub = await self.js.pull_subscribe_bind(WORKER_CONSUMER, IN_STREAM)
-                try:
+                async with Pull(self.nc, IN_STREAM, WORKER_CONSUMER, self.batch_max) as pull:
                     while not stop.is_set():
-                        try:
-                            msgs = await sub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
-                        except TimeoutError:
-                            continue
-                        await self._handle_safely(msgs, stop, backoff)
-                        backoff = 0.1
-                finally:
-                    await quietly(sub.unsubscribe())
+                        if msgs := await pull.fetch(self.fetch_timeout_s):
+                            await self._handle_safely(msgs, stop, backoff)
+                            backoff = 0.1
             except (NatsError, OSError) as error:
                 log.warning("worker_subscription_lost", error=f"{type(error).__name__}: {error}")
                 await pause(stop, backoff)

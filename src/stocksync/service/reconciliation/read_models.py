@@ -3,9 +3,12 @@ bucket entries that do not say what the ledger says.
 
 The bucket is compared in SQL: its entries stream in (last value per key, a batch per fetch) into a temporary
 table on one connection, and a full outer join with positions returns only the entries that differ and the
-positions with none. Repairs go through the publishing paths: the relay's own `relay_once` under its leader
-lock, and the bucket's compare-and-set (`put_if_newer`), or a replace at the revision read when the bucket
-holds a version the ledger does not agree with.
+positions with none. The buckets source STOCKSYNC_OUT asynchronously: each check first waits until its bucket
+has taken what the out stream holds (`sourced`). Repairs go through the publishing paths: the relay's own
+`relay_once` under its leader lock, and the ledger's numbers published on the out stream over an older version
+(`publish_if_newer`). Only where the out stream holds that version or a newer one already (the bucket lost
+its entry, or holds numbers the ledger does not agree with) is the bucket written directly, once it has taken
+the out stream's last message: whatever it sources after that is newer than what was written.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stocksync.adapters import channels as channels_sql
 from stocksync.adapters import reconciliation as sql
-from stocksync.adapters.bucket import put_if_newer
+from stocksync.adapters.bucket import publish_if_newer, put_if_newer, sourced
 from stocksync.domain.channels import ChannelStock, channel_stock
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
@@ -40,6 +43,7 @@ from stocksync.domain.reconciliation import (
     outbox_finding,
 )
 from stocksync.messages import ChannelAvailabilityMessage, availability_message
+from stocksync.service.outbox import Publication
 from stocksync.service.reconciliation.context import Context, Findings, not_repaired, repaired
 from stocksync.service.reconciliation.inbound import read_batches
 from stocksync.wire import (
@@ -49,6 +53,10 @@ from stocksync.wire import (
     CHANNEL_BUCKET,
     CHANNEL_KV_STREAM,
     CHANNEL_KV_SUBJECT,
+    availability_msg_id,
+    availability_subject,
+    channel_msg_id,
+    channel_subject,
     outbound_target,
     split_availability_key,
 )
@@ -87,6 +95,7 @@ async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> 
 
 async def check_bucket(ctx: Context) -> Findings:
     """Every bucket entry against its position, and every position against its entry."""
+    await sourced(ctx.js, AVAILABILITY_BUCKET)  # not in time: what differs is read again before it counts
     info = await ctx.js.stream_info(AVAILABILITY_KV_STREAM)
     ctx.progress.phase("availability bucket", info.state.messages)
     async with ctx.engine.begin() as conn:
@@ -177,34 +186,45 @@ def _behind(finding: Finding) -> bool:
 
 
 async def _rewrite(ctx: Context, findings: list[Finding]) -> list[Finding]:
-    """Write the ledger's numbers for each stale or missing entry, read fresh (a sweep may have moved them)."""
+    """Publish the ledger's numbers for each stale or missing entry, read fresh (a sweep may have moved
+    them); where the out stream has that version already, write them to the bucket once it has taken it."""
     targets = [(f.location_id, f.sku) for f in findings if f.kind in (KV_STALE, KV_MISSING)]
     if not targets:
         return findings
     positions = await _positions(ctx, targets)
+    rows = {key: _publication(*found) for key, found in positions.items()}
+    published = dict(zip(rows, await asyncio.gather(*(publish_if_newer(ctx.js, r) for r in rows.values()))))
+    await sourced(ctx.js, AVAILABILITY_BUCKET)
     kv = await ctx.js.key_value(AVAILABILITY_BUCKET)
 
     async def rewrite(finding: Finding) -> Finding:
-        found = positions.get((finding.location_id, finding.sku))
-        if finding.kind not in (KV_STALE, KV_MISSING) or found is None:
+        row = rows.get((finding.location_id, finding.sku))
+        if finding.kind not in (KV_STALE, KV_MISSING) or row is None:
             return finding
-        position, as_of = found
-        await overwrite(
-            kv, f"{position.location_id}.{position.sku}", position.version, _payload(position, as_of)
-        )
-        return repaired(finding, f"bucket rewritten from the ledger at version {position.version}")
+        if published[(finding.location_id, finding.sku)]:
+            return repaired(finding, f"republished from the ledger at version {row.version}")
+        await overwrite(kv, row.kv_key, row.version, row.payload)
+        return repaired(finding, f"bucket rewritten from the ledger at version {row.version}")
 
     return list(await asyncio.gather(*(rewrite(f) for f in findings)))
+
+
+def _publication(position: Position, as_of: datetime) -> Publication:
+    """The availability message the relay would publish for this position (spec section 3)."""
+    loc, sku, version = position.location_id, position.sku, position.version
+    return Publication(
+        subject=availability_subject(loc, sku),
+        msg_id=availability_msg_id(loc, sku, version),
+        payload=msgspec.json.encode(availability_message(position, as_of)),
+        kv_key=f"{loc}.{sku}",
+        version=version,
+        available=position.available,
+    )
 
 
 async def _positions(ctx: Context, keys: list[tuple]) -> dict[tuple, tuple[Position, datetime]]:
     async with ctx.engine.connect() as conn:
         return await sql.positions_as_of(conn, keys)
-
-
-def _payload(position: Position, as_of: datetime) -> bytes:
-    """The body the relay would publish for this position (spec section 3)."""
-    return msgspec.json.encode(availability_message(position, as_of))
 
 
 async def overwrite(kv: KeyValue, key: str, version: int, payload: bytes) -> None:
@@ -233,6 +253,7 @@ async def check_channel_bucket(ctx: Context) -> Findings:
     """Every channel entry against what the positions say the channel may sell, and every channel sku held
     somewhere against its entry. A difference is read again (entry and positions) before it is reported:
     the relay may have published that sku while the bucket was scanned."""
+    await sourced(ctx.js, CHANNEL_BUCKET)
     info = await ctx.js.stream_info(CHANNEL_KV_STREAM)
     ctx.progress.phase("channel bucket", info.state.messages)
     entries: dict[tuple[str, str], int | None] = {}
@@ -297,10 +318,9 @@ async def _channel_still_different(ctx: Context, findings: list[Finding]) -> lis
 
 
 async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
-    """Write what the ledger says under a fresh version, by the relay's own compare-and-set."""
+    """Publish what the ledger says under a fresh version (newer than any), for the bucket to source."""
     if not findings:
         return findings
-    kv = await ctx.js.key_value(CHANNEL_BUCKET)
     fresh = await _channel_stock(ctx, [(f.channel_id, f.sku) for f in findings])
     stock = {(s.channel_id, s.sku): s for s in fresh}
     async with ctx.engine.connect() as conn:
@@ -312,8 +332,17 @@ async def _republish(ctx: Context, findings: list[Finding]) -> list[Finding]:
         message = ChannelAvailabilityMessage(
             channel_id=finding.channel_id, sku=finding.sku, available=total, version=version, as_of=ctx.now
         )
-        await put_if_newer(kv, f"{finding.channel_id}.{finding.sku}", version, msgspec.json.encode(message))
-        fixed.append(repaired(finding, f"channel entry rewritten from the ledger at version {version}"))
+        row = Publication(
+            subject=channel_subject(finding.channel_id, finding.sku),
+            msg_id=channel_msg_id(finding.channel_id, finding.sku, version),
+            payload=msgspec.json.encode(message),
+            kv_key=f"{finding.channel_id}.{finding.sku}",
+            version=version,
+            available=total,
+        )
+        await publish_if_newer(ctx.js, row)
+        fixed.append(repaired(finding, f"channel entry republished from the ledger at version {version}"))
+    await sourced(ctx.js, CHANNEL_BUCKET)
     return fixed
 
 
