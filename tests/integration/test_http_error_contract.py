@@ -296,3 +296,25 @@ async def test_a_movements_cursor_past_bigint_is_invalid_not_a_server_error(admi
     answer = await admin.get("/v1/movements", params={"after": 2**63})
     assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request"), answer.text
     conforms("GET", "/v1/movements", answer)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://erp.example/stock\x00",  # PostgreSQL text refuses NUL: the insert answered 500
+        "http://erp.example/\x18stock",
+        "http://\U0001f60d\x9d!erp/stock",  # no IDNA host: every delivery would raise httpx.InvalidURL
+        "http://[::1/stock",
+    ],
+)
+async def test_a_webhook_url_that_cannot_be_stored_or_posted_to_is_invalid_not_a_server_error(
+    admin: Api, url: str
+) -> None:
+    """Found by schemathesis in CI: a URL with a NUL reached the database and answered 500."""
+    answer = await admin.put(f"/v1/webhooks/{unique('hook')}", json={**HOOK, "url": url})
+    assert (answer.status_code, answer.json()["error"], answer.json().get("field")) == (
+        400,
+        "invalid_request",
+        "url",
+    ), answer.text
+    conforms("PUT", W, answer)

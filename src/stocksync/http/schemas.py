@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
+import httpx
 import msgspec
 from litestar import Request
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
@@ -132,11 +133,19 @@ class ChannelRequest(Struct, frozen=True, kw_only=True):
 class WebhookRequest(Struct, frozen=True, kw_only=True):
     """``PUT /v1/webhooks/{webhook_id}``: where to POST which out-stream messages, and the signing secret."""
 
-    url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
-    subjects: Annotated[list[Annotated[str, Meta(pattern=SUBJECT_PATTERN)]], Meta(min_length=1, max_length=20)]
+    url: Annotated[str, Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f]+$", max_length=2048)]
+    subjects: Annotated[
+        list[Annotated[str, Meta(pattern=SUBJECT_PATTERN)]], Meta(min_length=1, max_length=20)
+    ]
     secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
 
     def webhook(self, webhook_id: str) -> Webhook:
+        """Refuses a URL that no delivery could be POSTed to (a host that is no IDNA name, a broken port) now,
+        not at every delivery."""
+        try:
+            httpx.URL(self.url)
+        except httpx.InvalidURL as error:
+            raise InvalidRequest(f"url: {error}", field="url") from None
         return Webhook(webhook_id=webhook_id, url=self.url, subjects=tuple(self.subjects), secret=self.secret)
 
 

@@ -182,6 +182,9 @@ class WebhookDeliverer:
         }
         try:
             answer = await http.post(hook.url, content=msg.data, headers=headers)
-        except httpx.HTTPError as error:
+        except (
+            httpx.HTTPError,
+            httpx.InvalidURL,
+        ) as error:  # InvalidURL: a hook stored before PUT checked it
             return None, f"{type(error).__name__}: {error}"[:500]
         return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"
