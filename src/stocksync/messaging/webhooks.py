@@ -182,9 +182,7 @@ class WebhookDeliverer:
         }
         try:
             answer = await http.post(hook.url, content=msg.data, headers=headers)
-        except (
-            httpx.HTTPError,
-            httpx.InvalidURL,
-        ) as error:  # InvalidURL: a hook stored before PUT checked it
+        # InvalidURL is no HTTPError: a hook stored before PUT checked its URL fails each attempt, nothing more
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
             return None, f"{type(error).__name__}: {error}"[:500]
         return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"
