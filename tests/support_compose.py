@@ -29,6 +29,7 @@ import yaml
 from stocksync.embedded.nats import nats_server_binary
 from stocksync.embedded.processes import free_port, terminate
 from tests.support_nats import ServiceProcess
+from tests.support_service import service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -213,9 +214,7 @@ class ComposeTopology:
         return done
 
     def _process_env(self, **more: str) -> dict[str, str]:
-        from tests.e2e.test_service import _env  # the suite's clean environment (no STOCKSYNC_ of the caller)
-
-        return _env() | self.env | more
+        return service_env() | self.env | more  # the suite's clean environment (no STOCKSYNC_ of the caller)
 
     def _serve(self, name: str, replica: int, command: list[str]) -> ServiceProcess:
         roles = [command[i + 1] for i, word in enumerate(command) if word == "--role"]

@@ -29,9 +29,9 @@ from stocksync.embedded.processes import free_port
 from stocksync.messaging.nats_auth import service_options
 from stocksync.settings import Settings
 from stocksync.wire import key_options
-from tests.e2e.test_service import Service, _env, _stocksync
 from tests.support import NatsServer, drop_database, make_database
 from tests.support_compose import ComposeTopology
+from tests.support_service import Service, service_env, stocksync_cli
 
 HEARTBEAT_S = 0.5  # the feed's heartbeat in these tests (15 s in production)
 QUEUE_MAX = 32  # updates one feed client may have waiting before it is dropped
@@ -76,7 +76,9 @@ class Served:
 
     def key(self, role: str, *locations: str) -> str:
         places = [arg for location in locations for arg in ("--location", location)]
-        return _stocksync(self.env, "keys", "create", "--role", role, *places).stdout.strip().splitlines()[-1]
+        return (
+            stocksync_cli(self.env, "keys", "create", "--role", role, *places).stdout.strip().splitlines()[-1]
+        )
 
     def store(self, *, name: str | None = None, lat: float | None = None, lon: float | None = None) -> str:
         location_id = unique("store")
@@ -198,14 +200,14 @@ def served(
 @contextlib.contextmanager
 def _one_process(request: pytest.FixtureRequest, database_url: str, log_dir: Path) -> Iterator[Served]:
     nats_server: NatsServer = request.getfixturevalue("nats_server")
-    env = _env(
+    env = service_env(
         database_url=database_url,
         nats_url=nats_server.url,
         http_port=str(free_port()),
         log_format="json",
         **FEED_SETTINGS,
     )
-    _stocksync(env, "migrate")
+    stocksync_cli(env, "migrate")
     service = Service(env, log_dir / "serve.log")
 
     @contextlib.contextmanager
@@ -232,7 +234,7 @@ def _compose_topology(request: pytest.FixtureRequest, database_url: str, log_dir
         topology.until_logged("api", "live_feed_subscribed")  # each API process's feed, not the one met
         served = Served(
             topology.base,
-            _env() | topology.env,
+            service_env() | topology.env,
             metrics_urls=topology.api_metrics_urls(),
             nats_down=topology.nats_down,
         )

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,80 +14,15 @@ import nats
 import psutil
 
 from stocksync.embedded.processes import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    env.update({f"STOCKSYNC_{name.upper()}": value for name, value in settings.items()})
-    return env
-
-
-def _stocksync(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "stocksync.cli", *args],
-        env=env,
-        cwd=cwd,
-        timeout=180,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-class Service:
-    """`stocksync serve` in a process of its own, its log kept for inspection."""
-
-    def __init__(
-        self, env: dict[str, str], log_path: Path, cwd: Path = ROOT, roles: tuple[str, ...] = ()
-    ) -> None:
-        self.base = f"http://127.0.0.1:{env['STOCKSYNC_HTTP_PORT']}"
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stocksync.cli", "serve", *(f"--role={role}" for role in roles)],
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"not ready in {seconds}s:\n{self.log_path.read_text()}")
-
-    def wait_for_log(self, text: str, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        while text not in self.log_path.read_text():
-            assert self.process.poll() is None, self.log_path.read_text()
-            assert time.monotonic() < deadline, f"no {text} in {seconds}s:\n{self.log_path.read_text()}"
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self._log.close()
-        return code
+from tests.support_service import Service, kv_at_version, service_env, stocksync_cli
 
 
 def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_path: Path) -> None:
     home = tmp_path / ".stocksync"  # the default, relative to where stocksync runs
-    env = _env(http_port=str(free_port()), log_format="json")
-    _stocksync(env, "migrate", cwd=tmp_path)
-    _stocksync(env, "migrate", cwd=tmp_path)  # safe to repeat
-    _stocksync(env, "demo", cwd=tmp_path)
+    env = service_env(http_port=str(free_port()), log_format="json")
+    stocksync_cli(env, "migrate", cwd=tmp_path)
+    stocksync_cli(env, "migrate", cwd=tmp_path)  # safe to repeat
+    stocksync_cli(env, "demo", cwd=tmp_path)
     demo = json.loads((home / "demo-keys.json").read_text())
     service = Service(env, tmp_path / "serve.log", cwd=tmp_path)
     try:
@@ -121,7 +51,7 @@ def test_on_the_embedded_default_migrate_demo_serve_and_pickup_lists_stores(tmp_
     assert distances == sorted(distances)
     assert all(line["available"] >= 1 for store in stores for line in store["lines"])
     assert (home / "pg" / "PG_VERSION").exists(), "data kept under ./.stocksync for the next start"
-    _stocksync(env, "migrate", cwd=tmp_path)  # restarting on the same data works
+    stocksync_cli(env, "migrate", cwd=tmp_path)  # restarting on the same data works
     assert not _embedded_processes(tmp_path), "embedded servers stop with the last stocksync process"
 
 
@@ -129,10 +59,10 @@ def test_two_api_processes_share_one_port_and_the_second_answers_when_the_first_
     tmp_path: Path, fresh_database, nats_server
 ) -> None:
     """One Python process uses one core: a machine runs one API process per core, on one port."""
-    env = _env(
+    env = service_env(
         database_url=fresh_database(), nats_url=nats_server.url, http_port=str(free_port()), log_format="json"
     )
-    _stocksync(env, "migrate")
+    stocksync_cli(env, "migrate")
     first = Service(env, tmp_path / "api-1.log", roles=("api",))
     second = Service(env, tmp_path / "api-2.log", roles=("api",))  # ready already: the first answers
     try:
@@ -149,11 +79,11 @@ def test_a_key_revoked_with_the_cli_is_refused_by_every_api_process(
     database_url = fresh_database()
     ports = [str(free_port()), str(free_port())]
     envs = [
-        _env(database_url=database_url, nats_url=nats_server.url, http_port=port, log_format="json")
+        service_env(database_url=database_url, nats_url=nats_server.url, http_port=port, log_format="json")
         for port in ports
     ]
-    _stocksync(envs[0], "migrate")
-    key = _stocksync(envs[0], "keys", "create", "--role", "ecommerce").stdout.strip()
+    stocksync_cli(envs[0], "migrate")
+    key = stocksync_cli(envs[0], "keys", "create", "--role", "ecommerce").stdout.strip()
     services = [Service(env, tmp_path / f"api-{n}.log", roles=("api",)) for n, env in enumerate(envs)]
     try:
 
@@ -162,7 +92,7 @@ def test_a_key_revoked_with_the_cli_is_refused_by_every_api_process(
             return [httpx.get(f"{s.base}/v1/locations", headers=headers).status_code for s in services]
 
         assert statuses() == [200, 200]  # each has the key cached now
-        _stocksync(envs[0], "keys", "revoke", key.split("_")[1])
+        stocksync_cli(envs[0], "keys", "revoke", key.split("_")[1])
         deadline = time.monotonic() + 60
         while (answers := statuses()) != [401, 401]:
             assert time.monotonic() < deadline, answers
@@ -174,12 +104,12 @@ def test_a_key_revoked_with_the_cli_is_refused_by_every_api_process(
 async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and_the_out_stream(
     tmp_path: Path, fresh_database, nats_server
 ) -> None:
-    env = _env(
+    env = service_env(
         database_url=fresh_database(), nats_url=nats_server.url, http_port=str(free_port()), log_format="json"
     )
-    _stocksync(env, "migrate")
-    _stocksync(env, "demo")
-    key = _stocksync(env, "keys", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    stocksync_cli(env, "migrate")
+    stocksync_cli(env, "demo")
+    key = stocksync_cli(env, "keys", "create", "--role", "admin").stdout.strip().splitlines()[-1]
     service = Service(env, tmp_path / "serve.log")
     store, sku = "store-ams-dam", f"SKU-E2E-{uuid.uuid4().hex[:6]}"
     headers = {"Authorization": f"Bearer {key}"}
@@ -210,7 +140,7 @@ async def test_a_sale_over_nats_and_a_reservation_over_http_reach_the_ledger_and
             position = (await http.get("/v1/availability", params={"sku": sku, "location_id": store})).json()
             outcome = (await http.get(f"/v1/events/{sale['event_id']}")).json()
         kv = await js.key_value("stocksync_availability")
-        entry = await _kv_at_version(kv, f"{store}.{sku}", 3)
+        entry = await kv_at_version(kv, f"{store}.{sku}", 3)
     finally:
         await nc.close()
         assert service.stop() == 0
@@ -246,15 +176,6 @@ def _event(type_: str, location_id: str, lines: list[dict]) -> dict:
         "occurred_at": datetime.now(UTC).isoformat(),
         "lines": lines,
     }
-
-
-async def _kv_at_version(kv, key: str, version: int, seconds: float = 10) -> dict:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = json.loads((await kv.get(key)).value)
-        if value["version"] >= version or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 def _embedded_processes(tmp_path: Path) -> list[int]:

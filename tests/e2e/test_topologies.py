@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.test_service import _kv_at_version
 from tests.support_live import Served, sell_over_nats, served, unique
+from tests.support_service import kv_at_version
 
 __all__ = ["served"]
 
@@ -36,7 +36,7 @@ async def test_a_till_sale_over_nats_and_a_web_reservation_reach_the_ledger_the_
         )
         reserved = await _until(published, lambda body: body["reserved"] == 3)
         kv = await nc.jetstream().key_value("stocksync_availability")
-        entry = await _kv_at_version(kv, f"{store}.{sku}", reserved["version"], seconds=30)
+        entry = await kv_at_version(kv, f"{store}.{sku}", reserved["version"], seconds=30)
     finally:
         await nc.close()
     assert (sold["on_hand"], sold["available"]) == (3, 3)
