@@ -31,6 +31,7 @@ from the database again. An entry is therefore exactly the positions whose updat
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -55,6 +56,7 @@ from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.logs import outline
+from stocksync.metrics import Stages
 from stocksync.service.outbox import Publication, channel_publications
 from stocksync.wire import BUCKET_SOURCES, CHANNEL_REFRESH, MSG_ID, OUT_STREAM, split_availability_key
 
@@ -65,6 +67,7 @@ _decode_refresh = decoder(ChannelRefresh)
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
 _REFUSED_TRIES = 3  # a pass sent again at once while only expectations were refused (each read anew)
+
 
 class NotSourcing(NatsError):
     """A bucket's stream does not source the out stream yet: the relay publishes nothing until migrated."""
@@ -107,6 +110,7 @@ class OutboxRelay:
         self.lead_check_timeout_s = lead_check_timeout_s
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
+        self._notified_at: float | None = None  # the first NOTIFY since the last pass started (perf_counter)
         self._pipeline = Pipeline(nc)
         self._newest = NewestOnly(self.js)
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
@@ -171,7 +175,15 @@ class OutboxRelay:
                 raise NotSourcing(f"{stream} does not source {OUT_STREAM}: run `stocksync migrate`")
 
     def _notified(self, *_: object) -> None:
+        if self._notified_at is None:
+            self._notified_at = time.perf_counter()
         self._wake.set()
+
+    def _observe_wake(self, now: float) -> None:
+        """How long the rows announced since the last pass started waited for the pass that reads them."""
+        if self._notified_at is not None:
+            metrics.RELAY_WAKE_SECONDS.observe(now - self._notified_at)
+            self._notified_at = None
 
     async def _let_go(self, session: AsyncConnection, raw: Any, closed: Callable[[object], None]) -> None:
         """Unlock and stop listening; when that cannot be done, close the session (which ends the lock)."""
@@ -255,37 +267,47 @@ class OutboxRelay:
         each its own transaction: only the leader marks rows. A full pass means the relay is behind: the next
         reads ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
         size = self.catch_up_batch if self._behind else self.batch
+        stage = Stages(metrics.RELAY_STAGE_SECONDS)
+        self._observe_wake(stage.at)
         async with self._autocommit.connect() as conn:
             rows = await outbox.pending(conn, size)
+            stage.done("read")
             self._behind = len(rows) == size
             if not rows:
                 return 0
             messages = conflated(rows)
             sums = self._changed(await self._channel_sums(conn, rows))  # read after the rows: includes them
-            await self._publish([*sums, *messages])  # a channel's sum ahead of the positions it includes
+            stage.done("channels")
+            await self._publish(
+                [*sums, *messages], stage
+            )  # a channel's sum ahead of the positions it includes
             await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
+            stage.done("mark")
         self._channel_sent.update((s.kv_key, s.available) for s in sums)
         metrics.RELAYED.inc(len(rows))
         return len(rows)
 
-    async def _publish(self, rows: Sequence) -> None:
+    async def _publish(self, rows: Sequence, stage: Stages | None = None) -> None:
         """The rows sent, and sent again at once while the only failures are expectations refused (a repair
         or a former leader published meanwhile): those subjects are read again, and what they hold already is
         not sent. Any other failure fails the pass."""
+        stage = stage or Stages(metrics.RELAY_STAGE_SECONDS)
         for _ in range(_REFUSED_TRIES):
-            failed = await self._send(rows)
+            failed = await self._send(rows, stage)
             if not failed:
                 return
             if not all(isinstance(e, APIError) and e.err_code == WRONG_LAST_SEQUENCE for e in failed):
                 break
         raise failed[0]
 
-    async def _send(self, rows: Sequence) -> list[BaseException]:
+    async def _send(self, rows: Sequence, stage: Stages) -> list[BaseException]:
         """Every row but the versioned ones whose subject holds them (or newer) already; each versioned one at
         the subject's sequence it expects (`NewestOnly`), which learns what each acknowledgement left."""
         traced, publish = tracing.enabled(), self._pipeline.publish
         published, sent = [], []
-        for row, seq in zip(rows, await self._newest.expectations(rows), strict=True):
+        expected = await self._newest.expectations(rows)
+        stage.done("expect")
+        for row, seq in zip(rows, expected, strict=True):
             if seq == SKIP:
                 continue
             headers = {MSG_ID: row.msg_id}
@@ -297,6 +319,7 @@ class OutboxRelay:
                 sent.append(await publish(row.subject, row.payload, headers))
             published.append(row)
         acks = await self._pipeline.acknowledged(sent, self.ack_timeout_s)
+        stage.done("publish")
         for row, ack in zip(published, acks, strict=True):
             if row.kv_key is not None:
                 self._newest.stored(row, ack)
