@@ -277,7 +277,7 @@ async def test_the_out_stream_never_takes_an_older_version_whoever_published_mea
     try:
         async with jetstream(stack.nats_url) as (nc, js):
             old, new = OutboxRelay(engine, nc), OutboxRelay(engine, nc)
-            await old._publish([_entry(subject[first], first, 1)])  # not seen yet: read, then published at 0
+            await old._publish([_entry(subject[first], first, 1)])  # a first version: published unread at 0
             await old._publish([_entry(subject[first], first, 2)])  # its own last sequence: no read
             await new._publish([_entry(subject[first], first, 5), _entry(subject[second], second, 4)])
             # the deposed leader, with what it knew: refused, read again, 5 is there, so 3 is not sent
@@ -289,6 +289,36 @@ async def test_the_out_stream_never_takes_an_older_version_whoever_published_mea
             kv = await js.key_value(AVAILABILITY_BUCKET)
             held = [msgspec.json.decode((await kv.get(k)).value)["version"] for k in (first, second)]
             assert held == [5, 4]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_first_version_is_sent_unread_and_where_its_subject_holds_one_refused_read_and_skipped(
+    stack: Stack,
+) -> None:
+    """Version 1 expects an empty subject without reading it: stored where it is; where another relay stored
+    version 1 or a repair a newer one, refused, then read, and not sent again."""
+    await migrate_topology(stack.nats_url)
+    loc = unique("store")
+    empty, same, newer = (f"{loc}.{unique('SKU')}" for _ in range(3))
+    subject = {key: f"stocksync.out.availability.{key}" for key in (empty, same, newer)}
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with jetstream(stack.nats_url) as (nc, js):
+            await OutboxRelay(engine, nc)._publish(
+                [_entry(subject[same], same, 1), _entry(subject[newer], newer, 3)]
+            )
+            relay, read = OutboxRelay(engine, nc), []
+            last = relay._newest._last
+
+            async def reading(subject: str) -> tuple[int, int]:
+                read.append(subject)
+                return await last(subject)
+
+            relay._newest._last = reading
+            await relay._publish([_entry(subject[key], key, 1) for key in (empty, same, newer)])
+            assert sorted(read) == sorted([subject[same], subject[newer]])  # only the two refused
+            assert [await _out_versions(js, subject[key]) for key in (empty, same, newer)] == [[1], [1], [3]]
     finally:
         await engine.dispose()
 

@@ -66,7 +66,7 @@ _decode_refresh = decoder(ChannelRefresh)
 
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
-_REFUSED_TRIES = 3  # a pass sent again at once while only expectations were refused (each read anew)
+_REFUSED_TRIES = 4  # a pass sent again at once while only expectations were refused (each read anew)
 
 
 class NotSourcing(NatsError):
@@ -115,6 +115,7 @@ class OutboxRelay:
         self._newest = NewestOnly(self.js)
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
+        self._channel_locations: frozenset[str] | None = None  # the locations channels sum (None: read it)
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
@@ -206,6 +207,7 @@ class OutboxRelay:
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
         self._channel_stock.clear()  # another leader may have relayed meanwhile
         self._channel_sent.clear()  # so the first entry of each channel sku is published again
+        self._channel_locations = None
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
@@ -352,10 +354,27 @@ class OutboxRelay:
                     ):  # not an availability body: read it
                         self._channel_stock.forget(key)
         refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
+        if not await self._summed_by_channels(conn, changed, refreshes):
+            return []
         version, touched, positions = await channels.touched_stock(
             conn, changed, refreshes, self._channel_stock
         )
         return channel_publications(version, touched, positions, utc_now())
+
+    async def _summed_by_channels(
+        self, conn: AsyncConnection, changed: list[tuple[str, str]], refreshes: list[ChannelRefresh]
+    ) -> bool:
+        """Whether the pass has channel sums to read: a refresh, or a position at a location some channel sums.
+        The locations are read once, and again after every pass with a refresh: a channel's locations change
+        only in a transaction that also writes its refresh row, so a pass relaying a position at a location
+        just added to a channel, ahead of the refresh, leaves the entry to that refresh's pass (which publishes
+        every sku of the channel), as the channel read by the pass would have been older than the refresh."""
+        if refreshes:
+            self._channel_locations = None  # read anew by the next pass: it sees the refresh's commit
+            return True
+        if self._channel_locations is None:
+            self._channel_locations = await channels.channel_locations(conn)
+        return any(location in self._channel_locations for location, _ in changed)
 
     def _changed(self, sums: list[Publication]) -> list[Publication]:
         """The channel entries whose ``available`` differs from what this leader last published for them
