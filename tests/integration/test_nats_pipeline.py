@@ -21,12 +21,14 @@ import nats
 import pytest
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError
+from sqlalchemy import text
 
 from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, sourced
 from stocksync.adapters.database import create_engine
 from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import availability_bucket, migrate_topology, streams, worker_consumer
+from stocksync.service.ledger_service import LedgerService
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
     CHANNEL_BUCKET,
@@ -289,6 +291,39 @@ async def test_the_out_stream_never_takes_an_older_version_whoever_published_mea
             kv = await js.key_value(AVAILABILITY_BUCKET)
             held = [msgspec.json.decode((await kv.get(k)).value)["version"] for k in (first, second)]
             assert held == [5, 4]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pass_marks_the_rows_the_pass_before_published_as_it_reads_and_never_reads_them_again(
+    fresh_database, nats_server
+) -> None:
+    url = fresh_database()
+    loc = unique("store")
+    await prepare(url, nats_server.url, [loc])
+    engine = create_engine(url, pool_size=2)
+    ledger = LedgerService(engine)
+
+    async def unrelayed() -> list[int]:
+        async with engine.connect() as conn:
+            found = await conn.scalars(text("SELECT id FROM outbox WHERE relayed_at IS NULL ORDER BY id"))
+            return list(found)
+
+    try:
+        async with jetstream(nats_server.url) as (nc, js):
+            relay = OutboxRelay(engine, nc)
+            await ledger.apply([receipt(loc, {"SKU-A": 5})])
+            first = await unrelayed()
+            assert await relay.relay_once(mark_later=True) == len(first) >= 2
+            assert await unrelayed() == first  # published, not yet marked
+            await ledger.apply([receipt(loc, {"SKU-A": 1})])
+            second = [i for i in await unrelayed() if i not in first]
+            assert await relay.relay_once(mark_later=True) == len(second)  # the first pass's rows not again
+            assert await unrelayed() == second
+            assert await relay.relay_once(mark_later=True) == 0
+            assert await unrelayed() == []
+            outcomes = await read_stream(js, OUT_STREAM, "stocksync.out.outcome.>")
+            assert len(outcomes) == 2  # each event's outcome published once
     finally:
         await engine.dispose()
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -116,6 +116,8 @@ class OutboxRelay:
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
         self._channel_locations: frozenset[str] | None = None  # the locations channels sum (None: read it)
+        self._unmarked: tuple[list[int], datetime] | None = None  # published, marked by the next pass's read
+        self.mark_within_s = 0.05  # how soon an idle leader marks its last pass's rows
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
@@ -227,11 +229,18 @@ class OutboxRelay:
             passes.result()  # a pass's fault, for `run` to log
 
     async def _passes(self, stop: asyncio.Event) -> None:
+        """Each pass marks the rows of the one before in its read: a pass never waits for a mark of its own.
+        Rows published and not yet marked are only sent again (dropped by ``Nats-Msg-Id``, or skipped by
+        version) should the leader stop before: an idle leader marks them within ``mark_within_s``."""
         while not stop.is_set():
             self._wake.clear()
-            await self.relay_once()
+            await self.relay_once(mark_later=True)
             if not self._behind:
-                await pause(stop, self.poll_s, self._wake)
+                await pause(stop, self.poll_s if self._unmarked is None else self.mark_within_s, self._wake)
+        if self._unmarked is not None:
+            async with self._autocommit.connect() as conn:
+                await outbox.mark_relayed(conn, *self._unmarked)
+            self._unmarked = None
 
     async def _watch_lead(self, session: AsyncConnection, lost: asyncio.Event, over: asyncio.Event) -> bool:
         """True as soon as the lock's session is closed, or every ``lead_check_s`` asks it and it no longer
@@ -264,15 +273,17 @@ class OutboxRelay:
                 log.warning("prune_failed", error=f"{type(error).__name__}: {error}")
             await pause(stop, self.prune_every_s)
 
-    async def relay_once(self) -> int:
-        """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed. Two statements,
-        each its own transaction: only the leader marks rows. A full pass means the relay is behind: the next
-        reads ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
+    async def relay_once(self, mark_later: bool = False) -> int:
+        """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed (``mark_later``:
+        by the next pass's read, which marks the rows left unmarked before it reads). Each statement is its
+        own transaction: only the leader marks rows. A full pass means the relay is behind: the next reads
+        ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
         size = self.catch_up_batch if self._behind else self.batch
         stage = Stages(metrics.RELAY_STAGE_SECONDS)
         self._observe_wake(stage.at)
         async with self._autocommit.connect() as conn:
-            rows = await outbox.pending(conn, size)
+            marking, self._unmarked = self._unmarked, None  # failed: sent again, at least once
+            rows = await outbox.pending(conn, size, marking)
             stage.done("read")
             self._behind = len(rows) == size
             if not rows:
@@ -280,11 +291,14 @@ class OutboxRelay:
             messages = conflated(rows)
             sums = self._changed(await self._channel_sums(conn, rows))  # read after the rows: includes them
             stage.done("channels")
-            await self._publish(
-                [*sums, *messages], stage
-            )  # a channel's sum ahead of the positions it includes
-            await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
-            stage.done("mark")
+            # a channel's sum ahead of the positions it includes
+            await self._publish([*sums, *messages], stage)
+            relayed = ([r.id for r in rows], utc_now())
+            if mark_later:
+                self._unmarked = relayed
+            else:
+                await outbox.mark_relayed(conn, *relayed)
+                stage.done("mark")
         self._channel_sent.update((s.kv_key, s.available) for s in sums)
         metrics.RELAYED.inc(len(rows))
         return len(rows)
