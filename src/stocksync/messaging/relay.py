@@ -17,7 +17,8 @@ stream stores each subject's rows in commit order; a pass with a failed publish 
 ``Nats-Msg-Id`` drops the rows that had been stored, and a versioned row acknowledged (or found there, or
 newer) is not sent again (nats-server checks the expected sequence before the message id, so a stored one sent
 again with its old expectation is refused, and then found there by the read). A pass whose only failures are
-refused expectations is sent again at once, a few times: those subjects are read anew.
+refused expectations is sent again at once, a few times: those subjects are read anew. A leader's pass marks
+the rows of the pass before in its own read (one statement), so no pass waits for a mark of its own.
 
 Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
 skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
