@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from benchmarks import profile
+from benchmarks import profile, scrape
 from benchmarks.group import Group
 from benchmarks.ledger import RelayLag, ledger_rate, settle, stage_breakdown
 from benchmarks.publishing import prepare_messages, publish, publisher_summary
@@ -76,10 +76,12 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
     timeout = group.bench.plan.timeout_for(spec.events)
     say(f"- {key}: {spec.events:,} events at {rate:,.0f}/s offered{' (one hot sku)' if spec.hot else ''}")
     messages = await prepare_messages(spec, group.bench.stock_file, group.log_dir)
+    before = await scrape.scrape(group.services)
     published = await publish(
         group.infra, spec, messages, group.log_dir, rate=rate, latency=True, wait=timeout
     )
     state = await settle(group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout)
+    inside = scrape.summary(before, await scrape.scrape(group.services))
     ledger = await ledger_rate(group.url, spec.prefix, published["wall_start"], published["wall_end"])
     lat, seen = published["latency_ms"], published["availability_latency_ms"]
     stages = await stage_breakdown(group.url, published.get("traces", []))
@@ -89,6 +91,7 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
         f"{published['outcomes_matched']:,}/{published['unique']:,} outcomes)"
         + (f"; to the availability message p99 {seen['p99']:.1f} ms" if seen else "")
     )
+    say("  inside (ms, p50/p99): " + ", ".join(f"{k} {v['p50_ms']}/{v['p99_ms']}" for k, v in inside.items()))
     results.scenarios[key] = scenario = {
         "spec": asdict(spec),
         "offered_rate": rate,
@@ -97,6 +100,7 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
         "availability_latency_ms": seen,
         "availability_timed": published["availability_timed"],
         "stages_ms": stages,
+        "pipeline_ms": inside,
         "outcomes_matched": published["outcomes_matched"],
         "ledger": ledger,
         "end_state": state,

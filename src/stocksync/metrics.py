@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from wsgiref.simple_server import WSGIServer
 
@@ -46,6 +47,18 @@ TRANSACTION_SECONDS = Histogram(
     "Latency of one batch transaction",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+TRANSACTION_STAGE_SECONDS = Histogram(
+    "stocksync_transaction_stage_seconds",
+    "The parts of stocksync_transaction_seconds: load (begin, the locks and reads), apply (the core, and the "
+    "held lines read when needed), write (the one statement), commit (the WAL flush)",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_WAIT_SECONDS = Histogram(
+    "stocksync_batch_wait_seconds",
+    "Time from a batch's first message arriving at the worker to the batch being taken for its transaction",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 RETRIES = Counter("stocksync_batch_retries_total", "Batch transactions retried", ["reason"])
 DEAD_LETTERS = Counter(
     "stocksync_dead_letters_total", "Inbound messages sent to the DLQ, by error code", ["error"]
@@ -67,6 +80,18 @@ RESERVATIONS_OVERDUE = Gauge(
 )
 EXPIRED = Counter("stocksync_reservations_expired_total", "Reservations expired by the sweeper")
 RELAYED = Counter("stocksync_outbox_relayed_total", "Outbox rows published to NATS")
+RELAY_STAGE_SECONDS = Histogram(
+    "stocksync_relay_stage_seconds",
+    "Time a relay pass spends in each stage: read (the pending rows), channels (their channel sums), expect "
+    "(reading the last message of subjects first seen), publish (sent, and every acknowledgement in), mark",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+RELAY_WAKE_SECONDS = Histogram(
+    "stocksync_relay_wake_seconds",
+    "Time from the first NOTIFY after a pass started to the start of the pass that reads what it announced",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 OUTBOX_LAG = Gauge("stocksync_outbox_unrelayed", "Outbox rows committed and not yet relayed")
 OUTBOX_OLDEST = Gauge(
     "stocksync_outbox_oldest_unrelayed_seconds", "Age of the oldest outbox row not yet relayed (0: none)"
@@ -98,8 +123,25 @@ for _reason in ("concurrent_write", "deadlock"):
     RETRIES.labels(_reason)
 for _outcome in ("authorised", "refused", "failed"):
     NATS_AUTH.labels(_outcome)
+for _stage in ("read", "channels", "expect", "publish", "mark"):
+    RELAY_STAGE_SECONDS.labels(_stage)
+for _stage in ("load", "apply", "write", "commit"):
+    TRANSACTION_STAGE_SECONDS.labels(_stage)
 for _gauge in ("outbox", "consumer", "reservations"):  # the names `sample_every` is given
     SAMPLE_FAILURES.labels(_gauge)
+
+
+class Stages:
+    """Consecutive stages of one piece of work, each observed into ``histogram`` under its ``stage`` label."""
+
+    def __init__(self, histogram: Histogram, started: float | None = None) -> None:
+        self.histogram = histogram
+        self.at = time.perf_counter() if started is None else started
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.histogram.labels(stage).observe(now - self.at)
+        self.at = now
 
 
 def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:

@@ -112,6 +112,39 @@ async def test_the_outbox_gauges_count_what_waits_and_age_the_oldest_until_relay
         await engine.dispose()
 
 
+async def test_a_batch_and_a_pass_time_each_of_their_stages_and_the_wait_after_a_notify(
+    fresh_database, nats_server
+) -> None:
+    url = fresh_database()
+    location_id = unique("store")
+    await prepare(url, nats_server.url, [location_id])
+    engine = create_engine(url, pool_size=2)
+    nc = await connect(nats_server.url)
+    transaction = ("load", "apply", "write", "commit")
+    relay_stages = ("read", "channels", "expect", "publish", "mark")
+
+    def counts() -> list[float]:
+        return [
+            *(value("stocksync_transaction_stage_seconds_count", stage=s) for s in transaction),
+            *(value("stocksync_relay_stage_seconds_count", stage=s) for s in relay_stages),
+            value("stocksync_relay_wake_seconds_count"),
+        ]
+
+    try:
+        before = counts()
+        await LedgerService(engine).apply([receipt(location_id, {"SKU-A": 5})])
+        relay = OutboxRelay(engine, nc)
+        relay._notified()  # as the committing transaction's NOTIFY would, then a second before the pass
+        relay._notified()
+        assert await relay.relay_once() >= 2
+        assert await relay.relay_once() == 0  # nothing left: read, no other stage; no NOTIFY since
+        after = counts()
+        assert [b - a for a, b in zip(before, after, strict=True)] == [1] * 4 + [2, 1, 1, 1, 1] + [1]
+    finally:
+        await nc.close()
+        await engine.dispose()
+
+
 async def test_consumer_lag_is_what_jetstream_counts_pending_and_unacknowledged(
     fresh_database, nats_server_factory
 ) -> None:
@@ -121,7 +154,9 @@ async def test_consumer_lag_is_what_jetstream_counts_pending_and_unacknowledged(
 
     def lag() -> tuple[float, float]:
         labels = {"consumer": WORKER_CONSUMER}
-        return value("stocksync_consumer_pending", **labels), value("stocksync_consumer_ack_pending", **labels)
+        return value("stocksync_consumer_pending", **labels), value(
+            "stocksync_consumer_ack_pending", **labels
+        )
 
     async with jetstream(server.url) as (nc, js):
         await publish_events(js, [receipt(location_id, {"SKU-A": 1}) for _ in range(7)])

@@ -86,6 +86,26 @@ async def _when(found, check):
     return value if value is not None and check(value) else None
 
 
+async def test_a_channel_defined_over_a_location_the_relay_knew_in_no_channel_follows_its_sales(stack: Stack):
+    """The relay reads which locations channels sum once, and again after a refresh: a store it relayed while
+    no channel summed it gets its channel entry from the refresh, and every change after moves the entry."""
+    ams, sku, web = unique("ams"), unique("SKU"), unique("web")
+    await prepare(stack.database_url, stack.nats_url, [ams])
+    async with jetstream(stack.nats_url) as (_, js), in_process(stack.database_url, stack.nats_url):
+        await publish_events(js, [receipt(ams, {sku: 3})])
+        subject = f"stocksync.out.availability.{ams}.{sku}"
+        await wait_until(lambda: read_stream(js, OUT_STREAM, subject), what="the receipt relayed")
+        assert await entry(js, web, sku) is None
+        await define(stack.database_url, Channel(channel_id=web, name="Web", locations=(ams,)))
+        await wait_until(
+            lambda: _when(entry(js, web, sku), lambda e: e.available == 3), what="3 by the refresh"
+        )
+        await publish_events(js, [sale(ams, {sku: 1}, at=1)])
+        await wait_until(
+            lambda: _when(entry(js, web, sku), lambda e: e.available == 2), what="2 after the sale"
+        )
+
+
 async def test_redefining_a_channel_publishes_it_again_without_the_location_it_lost(stack: Stack):
     wh, ams, sku = unique("wh"), unique("ams"), unique("SKU")
     await prepare(stack.database_url, stack.nats_url, [wh, ams])

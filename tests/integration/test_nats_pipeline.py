@@ -21,12 +21,14 @@ import nats
 import pytest
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError
+from sqlalchemy import text
 
 from stocksync.adapters.bucket import EXPECTED_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, sourced
 from stocksync.adapters.database import create_engine
 from stocksync.domain.events import decode_inbound, encode
 from stocksync.messaging.relay import OutboxRelay
 from stocksync.messaging.topology import availability_bucket, migrate_topology, streams, worker_consumer
+from stocksync.service.ledger_service import LedgerService
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
     CHANNEL_BUCKET,
@@ -277,7 +279,7 @@ async def test_the_out_stream_never_takes_an_older_version_whoever_published_mea
     try:
         async with jetstream(stack.nats_url) as (nc, js):
             old, new = OutboxRelay(engine, nc), OutboxRelay(engine, nc)
-            await old._publish([_entry(subject[first], first, 1)])  # not seen yet: read, then published at 0
+            await old._publish([_entry(subject[first], first, 1)])  # a first version: published unread at 0
             await old._publish([_entry(subject[first], first, 2)])  # its own last sequence: no read
             await new._publish([_entry(subject[first], first, 5), _entry(subject[second], second, 4)])
             # the deposed leader, with what it knew: refused, read again, 5 is there, so 3 is not sent
@@ -289,6 +291,69 @@ async def test_the_out_stream_never_takes_an_older_version_whoever_published_mea
             kv = await js.key_value(AVAILABILITY_BUCKET)
             held = [msgspec.json.decode((await kv.get(k)).value)["version"] for k in (first, second)]
             assert held == [5, 4]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pass_marks_the_rows_the_pass_before_published_as_it_reads_and_never_reads_them_again(
+    fresh_database, nats_server
+) -> None:
+    url = fresh_database()
+    loc = unique("store")
+    await prepare(url, nats_server.url, [loc])
+    engine = create_engine(url, pool_size=2)
+    ledger = LedgerService(engine)
+
+    async def unrelayed() -> list[int]:
+        async with engine.connect() as conn:
+            found = await conn.scalars(text("SELECT id FROM outbox WHERE relayed_at IS NULL ORDER BY id"))
+            return list(found)
+
+    try:
+        async with jetstream(nats_server.url) as (nc, js):
+            relay = OutboxRelay(engine, nc)
+            await ledger.apply([receipt(loc, {"SKU-A": 5})])
+            first = await unrelayed()
+            assert await relay.relay_once(mark_later=True) == len(first) >= 2
+            assert await unrelayed() == first  # published, not yet marked
+            await ledger.apply([receipt(loc, {"SKU-A": 1})])
+            second = [i for i in await unrelayed() if i not in first]
+            assert await relay.relay_once(mark_later=True) == len(second)  # the first pass's rows not again
+            assert await unrelayed() == second
+            assert await relay.relay_once(mark_later=True) == 0
+            assert await unrelayed() == []
+            outcomes = await read_stream(js, OUT_STREAM, "stocksync.out.outcome.>")
+            assert len(outcomes) == 2  # each event's outcome published once
+    finally:
+        await engine.dispose()
+
+
+async def test_a_first_version_is_sent_unread_and_where_its_subject_holds_one_refused_read_and_skipped(
+    stack: Stack,
+) -> None:
+    """Version 1 expects an empty subject without reading it: stored where it is; where another relay stored
+    version 1 or a repair a newer one, refused, then read, and not sent again."""
+    await migrate_topology(stack.nats_url)
+    loc = unique("store")
+    empty, same, newer = (f"{loc}.{unique('SKU')}" for _ in range(3))
+    subject = {key: f"stocksync.out.availability.{key}" for key in (empty, same, newer)}
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with jetstream(stack.nats_url) as (nc, js):
+            await OutboxRelay(engine, nc)._publish(
+                [_entry(subject[same], same, 1), _entry(subject[newer], newer, 3)]
+            )
+            relay, read = OutboxRelay(engine, nc), []
+            last = relay._newest._last
+
+            async def reading(subject: str) -> tuple[int, int]:
+                read.append(subject)
+                return await last(subject)
+
+            relay._newest._last = reading
+            await relay._publish([_entry(subject[key], key, 1) for key in (empty, same, newer)])
+            assert sorted(read) == sorted([subject[same], subject[newer]])  # only the two refused
+            assert [await _out_versions(js, subject[key]) for key in (empty, same, newer)] == [[1], [1], [3]]
     finally:
         await engine.dispose()
 

@@ -55,9 +55,9 @@ class CountingRelay(OutboxRelay):
 
     passes = 0
 
-    async def relay_once(self) -> int:
+    async def relay_once(self, mark_later: bool = False) -> int:
         self.passes += 1
-        return await super().relay_once()
+        return await super().relay_once(mark_later)
 
 
 @dataclass

@@ -24,6 +24,8 @@ EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 SOURCE_HEADER = "Nats-Stream-Source"  # on a sourced message: "<stream> <sequence there> ..."
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expectation
 SKIP = -1  # an entry whose subject holds its version or a newer one already: not sent
+FIRST_VERSION = 1  # a position's first change: nothing older than it can be on its subject
+_EMPTY = (-1, 0)  # a subject with no message: held version, sequence
 
 
 class _Version(msgspec.Struct):
@@ -40,27 +42,35 @@ class NewestOnly:
     last saw there, so a deposed leader's late publish (or one sent again after its subject moved on) is
     refused, whichever relay wrote meanwhile. The leading relay is nearly the only writer, so the sequence
     it stored last is usually still the latest: no read. A subject it has not seen, or whose check failed, is
-    read first (its last message on the out stream) and published only over an older version. The memory is
-    bounded: past ``max_keys`` it starts again from empty."""
+    read first (its last message on the out stream) and published only over an older version; but a row of
+    the first version (1: a position's first change) is published unread at sequence 0, "no message yet": no
+    older version can be there, and were anything there the server would refuse it, and the subject be read
+    before it is tried again. The memory is bounded: past ``max_keys`` it starts again from empty."""
 
     def __init__(self, js: JetStreamContext, max_keys: int = 500_000) -> None:
         self.js = js
         self.max_keys = max_keys
         self._known: dict[str, tuple[int, int]] = {}  # subject -> (version, stream sequence) stored last
+        self._refused: set[str] = set()  # subjects whose check failed: read before the next try
 
     async def expectations(self, rows: Sequence[Any]) -> list[int]:
         """Per row: the sequence its subject must be at (0: no message yet), `SKIP`, or None (unversioned)."""
         if len(self._known) > self.max_keys:
             self._known.clear()
-        unknown = {r.subject for r in rows if r.kv_key is not None and r.subject not in self._known}
-        for subject, held in zip(unknown, await asyncio.gather(*map(self._last, unknown)), strict=True):
+            self._refused.clear()
+        unknown = {
+            r.subject: r.version for r in rows if r.kv_key is not None and r.subject not in self._known
+        }
+        unread = [s for s, version in unknown.items() if version != FIRST_VERSION or s in self._refused]
+        for subject, held in zip(unread, await asyncio.gather(*map(self._last, unread)), strict=True):
             self._known[subject] = held
+            self._refused.discard(subject)
         return [self._expect(r) for r in rows]
 
     def _expect(self, row: Any) -> int | None:
         if row.kv_key is None:
             return None
-        version, seq = self._known[row.subject]
+        version, seq = self._known.get(row.subject, _EMPTY)
         return seq if version < row.version else SKIP
 
     def stored(self, row: Any, ack: PubAck | BaseException) -> None:
@@ -69,6 +79,7 @@ class NewestOnly:
             self._known[row.subject] = (row.version, ack.seq)
         elif isinstance(ack, APIError) and ack.err_code == WRONG_LAST_SEQUENCE:
             self._known.pop(row.subject, None)
+            self._refused.add(row.subject)
 
     async def _last(self, subject: str) -> tuple[int, int]:
         try:

@@ -149,6 +149,7 @@ class ChannelStock:
 
 
 _NEXT_VERSION = text("SELECT nextval('channel_availability_version')")
+_CHANNEL_LOCATIONS = "SELECT DISTINCT location_id FROM channel_locations"
 
 
 def _channel(row) -> Channel:
@@ -293,6 +294,12 @@ async def every_channel_stock(conn: AsyncConnection) -> tuple[list[Channel], dic
         {"locations": locations},
     )
     return found, {(row.location_id, row.sku): Position(**row._asdict()) for row in rows}
+
+
+async def channel_locations(conn: AsyncConnection) -> frozenset[str]:
+    """Every location some channel sums (the relay's: which changed positions need the channels read)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    return frozenset(row[0] for row in await driver.fetch(_CHANNEL_LOCATIONS))
 
 
 async def next_version(conn: AsyncConnection) -> int:

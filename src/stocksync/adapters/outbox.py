@@ -32,6 +32,20 @@ _PENDING = text(
     "SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox"
     " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
 )
+# The same, marking the previous pass's rows relayed in the same statement (one round trip, where a mark of
+# their own held the next pass back): those rows are still unrelayed in the statement's snapshot, so they are
+# left out by id. A data-modifying CTE runs to completion whether or not the query reads it.
+_MARK_AND_PENDING = text(
+    """
+    WITH marked AS (
+        UPDATE outbox SET relayed_at = :now
+        FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
+        WHERE id = ANY(CAST(:ids AS bigint[]))
+    )
+    SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox
+    WHERE relayed_at IS NULL AND id <> ALL(CAST(:ids AS bigint[])) ORDER BY id LIMIT :n
+    """
+)
 # How many rows wait and how old the oldest is, by the database's clock (the relay's may differ): both by the
 # partial index on unrelayed rows, the oldest being the first by id.
 _BACKLOG = text(
@@ -93,9 +107,15 @@ async def leading(engine: AsyncEngine) -> AsyncIterator[bool]:
             await session.commit()
 
 
-async def pending(conn: AsyncConnection, n: int) -> Sequence[Row]:
-    """The oldest ``n`` unrelayed rows, in id order."""
-    return (await conn.execute(_PENDING, {"n": n})).all()
+async def pending(
+    conn: AsyncConnection, n: int, marking: tuple[list[int], datetime] | None = None
+) -> Sequence[Row]:
+    """The oldest ``n`` unrelayed rows, in id order; ``marking``: rows (ids, when) marked relayed first, in the
+    same statement."""
+    if marking is None:
+        return (await conn.execute(_PENDING, {"n": n})).all()
+    ids, now = marking
+    return (await conn.execute(_MARK_AND_PENDING, {"n": n, "ids": ids, "now": now})).all()
 
 
 async def backlog(conn: AsyncConnection) -> tuple[int, float]:

@@ -36,6 +36,8 @@ class Pull:
         self.batch = batch
         self.inbox = nc.new_inbox()
         self.msgs: list[Msg] = []  # delivered, not yet handed over
+        self.first_at = 0.0  # loop time the oldest of ``msgs`` arrived (about: one time per batch)
+        self.waited = 0.0  # how long the batch `fetch` handed over last had waited here
         self._sub: Subscription | None = None
         self._requests = 0
         self._reply = ""  # the open request's reply subject
@@ -67,6 +69,8 @@ class Pull:
             failure, self._failure = self._failure, None
             APIError.from_msg(failure)
         taken, self.msgs = self.msgs[: self.batch], self.msgs[self.batch :]
+        now = loop.time()
+        self.waited, self.first_at = now - self.first_at, now  # the rest arrived before now: a lower bound
         await self._ask(timeout)  # the next batch gathers while this one is applied
         return taken
 
@@ -96,6 +100,8 @@ class Pull:
     async def _received(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:  # its subject is the stream's: counted against the open request, whichever it was
+            if not self.msgs:
+                self.first_at = asyncio.get_running_loop().time()
             self.msgs.append(msg)
             self._owed -= 1
         elif status == _HEARTBEAT or msg.subject != self._reply:

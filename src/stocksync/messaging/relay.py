@@ -17,7 +17,8 @@ stream stores each subject's rows in commit order; a pass with a failed publish 
 ``Nats-Msg-Id`` drops the rows that had been stored, and a versioned row acknowledged (or found there, or
 newer) is not sent again (nats-server checks the expected sequence before the message id, so a stored one sent
 again with its old expectation is refused, and then found there by the read). A pass whose only failures are
-refused expectations is sent again at once, a few times: those subjects are read anew.
+refused expectations is sent again at once, a few times: those subjects are read anew. A leader's pass marks
+the rows of the pass before in its own read (one statement), so no pass waits for a mark of its own.
 
 Channels (spec section 7) are published by the pass too: after reading its rows, the pass reads which channel
 skus those positions belong to, and publishes what each may sell beside them under one fresh version (a
@@ -31,8 +32,9 @@ from the database again. An entry is therefore exactly the positions whose updat
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -55,6 +57,7 @@ from stocksync.clock import utc_now
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
 from stocksync.logs import outline
+from stocksync.metrics import Stages
 from stocksync.service.outbox import Publication, channel_publications
 from stocksync.wire import BUCKET_SOURCES, CHANNEL_REFRESH, MSG_ID, OUT_STREAM, split_availability_key
 
@@ -64,7 +67,8 @@ _decode_refresh = decoder(ChannelRefresh)
 
 # An availability row's payload as the position it carries (`available` and `as_of` left out).
 _decode_position = msgspec.json.Decoder(Position).decode
-_REFUSED_TRIES = 3  # a pass sent again at once while only expectations were refused (each read anew)
+_REFUSED_TRIES = 4  # a pass sent again at once while only expectations were refused (each read anew)
+
 
 class NotSourcing(NatsError):
     """A bucket's stream does not source the out stream yet: the relay publishes nothing until migrated."""
@@ -107,10 +111,14 @@ class OutboxRelay:
         self.lead_check_timeout_s = lead_check_timeout_s
         self.leading = False  # this relay holds the leader lock and passes
         self._wake = asyncio.Event()
+        self._notified_at: float | None = None  # the first NOTIFY since the last pass started (perf_counter)
         self._pipeline = Pipeline(nc)
         self._newest = NewestOnly(self.js)
         self._channel_stock = ChannelStock()  # the positions channels sum, as this leader relayed them
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
+        self._channel_locations: frozenset[str] | None = None  # the locations channels sum (None: read it)
+        self._unmarked: tuple[list[int], datetime] | None = None  # published, marked by the next pass's read
+        self.mark_within_s = 0.05  # how soon an idle leader marks its last pass's rows
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
@@ -171,7 +179,15 @@ class OutboxRelay:
                 raise NotSourcing(f"{stream} does not source {OUT_STREAM}: run `stocksync migrate`")
 
     def _notified(self, *_: object) -> None:
+        if self._notified_at is None:
+            self._notified_at = time.perf_counter()
         self._wake.set()
+
+    def _observe_wake(self, now: float) -> None:
+        """How long the rows announced since the last pass started waited for the pass that reads them."""
+        if self._notified_at is not None:
+            metrics.RELAY_WAKE_SECONDS.observe(now - self._notified_at)
+            self._notified_at = None
 
     async def _let_go(self, session: AsyncConnection, raw: Any, closed: Callable[[object], None]) -> None:
         """Unlock and stop listening; when that cannot be done, close the session (which ends the lock)."""
@@ -194,6 +210,7 @@ class OutboxRelay:
         lock is gone (the backend terminated, PostgreSQL restarted): a standby may hold it by then."""
         self._channel_stock.clear()  # another leader may have relayed meanwhile
         self._channel_sent.clear()  # so the first entry of each channel sku is published again
+        self._channel_locations = None
         self._set_leading(True)
         log.info("relay_leading")
         over = asyncio.Event()
@@ -213,11 +230,18 @@ class OutboxRelay:
             passes.result()  # a pass's fault, for `run` to log
 
     async def _passes(self, stop: asyncio.Event) -> None:
+        """Each pass marks the rows of the one before in its read: a pass never waits for a mark of its own.
+        Rows published and not yet marked are only sent again (dropped by ``Nats-Msg-Id``, or skipped by
+        version) should the leader stop before: an idle leader marks them within ``mark_within_s``."""
         while not stop.is_set():
             self._wake.clear()
-            await self.relay_once()
+            await self.relay_once(mark_later=True)
             if not self._behind:
-                await pause(stop, self.poll_s, self._wake)
+                await pause(stop, self.poll_s if self._unmarked is None else self.mark_within_s, self._wake)
+        if self._unmarked is not None:
+            async with self._autocommit.connect() as conn:
+                await outbox.mark_relayed(conn, *self._unmarked)
+            self._unmarked = None
 
     async def _watch_lead(self, session: AsyncConnection, lost: asyncio.Event, over: asyncio.Event) -> bool:
         """True as soon as the lock's session is closed, or every ``lead_check_s`` asks it and it no longer
@@ -250,42 +274,57 @@ class OutboxRelay:
                 log.warning("prune_failed", error=f"{type(error).__name__}: {error}")
             await pause(stop, self.prune_every_s)
 
-    async def relay_once(self) -> int:
-        """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed. Two statements,
-        each its own transaction: only the leader marks rows. A full pass means the relay is behind: the next
-        reads ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
+    async def relay_once(self, mark_later: bool = False) -> int:
+        """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed (``mark_later``:
+        by the next pass's read, which marks the rows left unmarked before it reads). Each statement is its
+        own transaction: only the leader marks rows. A full pass means the relay is behind: the next reads
+        ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
         size = self.catch_up_batch if self._behind else self.batch
+        stage = Stages(metrics.RELAY_STAGE_SECONDS)
+        self._observe_wake(stage.at)
         async with self._autocommit.connect() as conn:
-            rows = await outbox.pending(conn, size)
+            marking, self._unmarked = self._unmarked, None  # failed: sent again, at least once
+            rows = await outbox.pending(conn, size, marking)
+            stage.done("read")
             self._behind = len(rows) == size
             if not rows:
                 return 0
             messages = conflated(rows)
             sums = self._changed(await self._channel_sums(conn, rows))  # read after the rows: includes them
-            await self._publish([*sums, *messages])  # a channel's sum ahead of the positions it includes
-            await outbox.mark_relayed(conn, [r.id for r in rows], utc_now())
+            stage.done("channels")
+            # a channel's sum ahead of the positions it includes
+            await self._publish([*sums, *messages], stage)
+            relayed = ([r.id for r in rows], utc_now())
+            if mark_later:
+                self._unmarked = relayed
+            else:
+                await outbox.mark_relayed(conn, *relayed)
+                stage.done("mark")
         self._channel_sent.update((s.kv_key, s.available) for s in sums)
         metrics.RELAYED.inc(len(rows))
         return len(rows)
 
-    async def _publish(self, rows: Sequence) -> None:
+    async def _publish(self, rows: Sequence, stage: Stages | None = None) -> None:
         """The rows sent, and sent again at once while the only failures are expectations refused (a repair
         or a former leader published meanwhile): those subjects are read again, and what they hold already is
         not sent. Any other failure fails the pass."""
+        stage = stage or Stages(metrics.RELAY_STAGE_SECONDS)
         for _ in range(_REFUSED_TRIES):
-            failed = await self._send(rows)
+            failed = await self._send(rows, stage)
             if not failed:
                 return
             if not all(isinstance(e, APIError) and e.err_code == WRONG_LAST_SEQUENCE for e in failed):
                 break
         raise failed[0]
 
-    async def _send(self, rows: Sequence) -> list[BaseException]:
+    async def _send(self, rows: Sequence, stage: Stages) -> list[BaseException]:
         """Every row but the versioned ones whose subject holds them (or newer) already; each versioned one at
         the subject's sequence it expects (`NewestOnly`), which learns what each acknowledgement left."""
         traced, publish = tracing.enabled(), self._pipeline.publish
         published, sent = [], []
-        for row, seq in zip(rows, await self._newest.expectations(rows), strict=True):
+        expected = await self._newest.expectations(rows)
+        stage.done("expect")
+        for row, seq in zip(rows, expected, strict=True):
             if seq == SKIP:
                 continue
             headers = {MSG_ID: row.msg_id}
@@ -297,6 +336,7 @@ class OutboxRelay:
                 sent.append(await publish(row.subject, row.payload, headers))
             published.append(row)
         acks = await self._pipeline.acknowledged(sent, self.ack_timeout_s)
+        stage.done("publish")
         for row, ack in zip(published, acks, strict=True):
             if row.kv_key is not None:
                 self._newest.stored(row, ack)
@@ -329,10 +369,27 @@ class OutboxRelay:
                     ):  # not an availability body: read it
                         self._channel_stock.forget(key)
         refreshes = [_decode_refresh(r.payload) for r in rows if r.subject == CHANNEL_REFRESH]
+        if not await self._summed_by_channels(conn, changed, refreshes):
+            return []
         version, touched, positions = await channels.touched_stock(
             conn, changed, refreshes, self._channel_stock
         )
         return channel_publications(version, touched, positions, utc_now())
+
+    async def _summed_by_channels(
+        self, conn: AsyncConnection, changed: list[tuple[str, str]], refreshes: list[ChannelRefresh]
+    ) -> bool:
+        """Whether the pass has channel sums to read: a refresh, or a position at a location some channel sums.
+        The locations are read once, and again after every pass with a refresh: a channel's locations change
+        only in a transaction that also writes its refresh row, so a pass relaying a position at a location
+        just added to a channel, ahead of the refresh, leaves the entry to that refresh's pass (which publishes
+        every sku of the channel), as the channel read by the pass would have been older than the refresh."""
+        if refreshes:
+            self._channel_locations = None  # read anew by the next pass: it sees the refresh's commit
+            return True
+        if self._channel_locations is None:
+            self._channel_locations = await channels.channel_locations(conn)
+        return any(location in self._channel_locations for location, _ in changed)
 
     def _changed(self, sums: list[Publication]) -> list[Publication]:
         """The channel entries whose ``available`` differs from what this leader last published for them

@@ -186,6 +186,7 @@ class EventWorker:
                 async with Pull(self.nc, IN_STREAM, WORKER_CONSUMER, self.batch_max) as pull:
                     while not stop.is_set():
                         if msgs := await pull.fetch(self.fetch_timeout_s):
+                            metrics.BATCH_WAIT_SECONDS.observe(pull.waited)
                             await self._handle_safely(msgs, stop, backoff)
                             backoff = 0.1
             except (NatsError, OSError) as error:

@@ -33,6 +33,7 @@ from stocksync.domain.model import (
     Reservation,
     ReservationKey,
 )
+from stocksync.metrics import Stages
 from stocksync.service.outbox import outbox_rows
 
 log = structlog.get_logger("stocksync.ledger")
@@ -133,12 +134,15 @@ class LedgerService:
     async def _apply_once(self, events: Sequence[Command], hashes: list[bytes]) -> BatchResult:
         started = time.perf_counter()
         now = self.clock()
+        stages = Stages(metrics.TRANSACTION_STAGE_SECONDS, started)
         with tracing.span("ledger.transaction", events=len(events)):
             async with self.store.transaction() as batch:
-                changes = await apply_in(batch, events, hashes, now)
+                changes = await apply_in(batch, events, hashes, now, stages)
                 rows = traced(outbox_rows(changes))
                 await batch.write(changes, rows)  # the batch's one write: every table, the outbox
-        self._observe(changes, len(events), time.perf_counter() - started)
+                stages.done("write")
+        stages.done("commit")
+        self._observe(changes, len(events), stages.at - started)
         return BatchResult(
             outcomes=list(changes.outcomes),
             reservations=changes.reservations,
@@ -169,14 +173,23 @@ def traced(rows: list[dict]) -> list[dict]:
 
 
 async def apply_in(
-    batch: LedgerBatch, events: Sequence[Command], hashes: Sequence[bytes], now: datetime
+    batch: LedgerBatch,
+    events: Sequence[Command],
+    hashes: Sequence[bytes],
+    now: datetime,
+    stages: Stages | None = None,
 ) -> Changes:
     """Load and lock what the events touch, apply them in the core, and return its record (not written)."""
     ledger = Ledger.of(await batch.load(events, now))
+    if stages:
+        stages.done("load")
     for event, digest in zip(events, hashes, strict=True):
         ledger.apply(event, digest)
     at_risk = ledger.positions_at_risk()  # naming the holds needs them: read only then
-    return ledger.changes(await batch.held(at_risk) if at_risk else {})
+    changes = ledger.changes(await batch.held(at_risk) if at_risk else {})
+    if stages:
+        stages.done("apply")
+    return changes
 
 
 class GroupCommitLedger(LedgerService):
