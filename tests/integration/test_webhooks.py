@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import msgspec
 import nats
 
 from stocksync.adapters.database import create_engine
