@@ -421,7 +421,9 @@ class Campaign:
                 action = "cancel"  # no expiry the settle would wait a minute for
             held = reserve(location_id, lines, ttl_seconds=60 if action == "expire" else 7200, at=_now())
             answer = await self.post_event(held)
-            if answer is None or answer["outcome"] != "applied":
+            # "duplicate": an earlier try of this post was committed, its answer lost (a 503 or a dropped
+            # connection while PostgreSQL stopped): held all the same
+            if answer is None or answer["outcome"] not in ("applied", "duplicate"):
                 self.tally.counts["reservations_refused"] += 1
                 continue
             self._accept(held)

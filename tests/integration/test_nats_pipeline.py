@@ -38,6 +38,7 @@ from stocksync.wire import (
     OUT_STREAM,
     WORKER_CONSUMER,
     DeadLetter,
+    outcome_subject,
 )
 from tests.support import NatsServer, run_sql
 from tests.support_ledger import adjust, cancel, collect, count, receipt, reserve, return_, sale, unique
@@ -322,7 +323,7 @@ async def test_a_pass_marks_the_rows_the_pass_before_published_as_it_reads_and_n
             assert await unrelayed() == second
             assert await relay.relay_once(mark_later=True) == 0
             assert await unrelayed() == []
-            outcomes = await read_stream(js, OUT_STREAM, "stocksync.out.outcome.>")
+            outcomes = await read_stream(js, OUT_STREAM, outcome_subject(loc))  # the server is shared
             assert len(outcomes) == 2  # each event's outcome published once
     finally:
         await engine.dispose()
