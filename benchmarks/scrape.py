@@ -40,14 +40,13 @@ def _buckets(text: str) -> dict[str, dict[float, float]]:
         if not family.name.removesuffix("_seconds").startswith(WANTED):
             continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
-                key = family.name.removesuffix("_seconds") + (f"{{{labels}}}" if labels else "")
-                series.setdefault(key, {})[float(sample.labels["le"])] = sample.value
-            elif sample.name.endswith("_sum"):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                key = family.name.removesuffix("_seconds") + (f"{{{labels}}}" if labels else "")
-                series.setdefault(key, {})[-1.0] = sample.value  # the sum, kept beside the buckets
+            if not sample.name.endswith(("_bucket", "_sum")):
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+            key = family.name.removesuffix("_seconds") + (f"{{{labels}}}" if labels else "")
+            # the sum kept beside the buckets, under -1
+            le = float(sample.labels["le"]) if sample.name.endswith("_bucket") else -1.0
+            series.setdefault(key, {})[le] = sample.value
     return series
 
 

@@ -47,17 +47,19 @@ TRANSACTION_SECONDS = Histogram(
     "Latency of one batch transaction",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+# the stage histograms: from half a millisecond, where a batch transaction's own buckets start at one
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 TRANSACTION_STAGE_SECONDS = Histogram(
     "stocksync_transaction_stage_seconds",
     "The parts of stocksync_transaction_seconds: load (begin, the locks and reads), apply (the core, and the "
     "held lines read when needed), write (the one statement), commit (the WAL flush)",
     ["stage"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=_STAGE_BUCKETS,
 )
 BATCH_WAIT_SECONDS = Histogram(
     "stocksync_batch_wait_seconds",
     "Time from a batch's first message arriving at the worker to the batch being taken for its transaction",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=_STAGE_BUCKETS,
 )
 RETRIES = Counter("stocksync_batch_retries_total", "Batch transactions retried", ["reason"])
 DEAD_LETTERS = Counter(
@@ -85,12 +87,12 @@ RELAY_STAGE_SECONDS = Histogram(
     "Time a relay pass spends in each stage: read (the pending rows), channels (their channel sums), expect "
     "(reading the last message of subjects first seen), publish (sent, and every acknowledgement in), mark",
     ["stage"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=_STAGE_BUCKETS,
 )
 RELAY_WAKE_SECONDS = Histogram(
     "stocksync_relay_wake_seconds",
     "Time from the first NOTIFY after a pass started to the start of the pass that reads what it announced",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=_STAGE_BUCKETS,
 )
 OUTBOX_LAG = Gauge("stocksync_outbox_unrelayed", "Outbox rows committed and not yet relayed")
 OUTBOX_OLDEST = Gauge(

@@ -149,7 +149,7 @@ class ChannelStock:
 
 
 _NEXT_VERSION = text("SELECT nextval('channel_availability_version')")
-_CHANNEL_LOCATIONS = "SELECT DISTINCT location_id FROM channel_locations"
+_CHANNEL_LOCATIONS = text("SELECT DISTINCT location_id FROM channel_locations")
 
 
 def _channel(row) -> Channel:
@@ -298,8 +298,7 @@ async def every_channel_stock(conn: AsyncConnection) -> tuple[list[Channel], dic
 
 async def channel_locations(conn: AsyncConnection) -> frozenset[str]:
     """Every location some channel sums (the relay's: which changed positions need the channels read)."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    return frozenset(row[0] for row in await driver.fetch(_CHANNEL_LOCATIONS))
+    return frozenset(await conn.scalars(_CHANNEL_LOCATIONS))
 
 
 async def next_version(conn: AsyncConnection) -> int:

@@ -88,6 +88,7 @@ class OutboxRelay:
         batch: int = 1000,
         catch_up_batch: int = 4000,
         poll_s: float = 0.5,
+        mark_within_s: float = 0.05,
         retention: timedelta = timedelta(days=1),
         prune_every_s: float = 60.0,
         prune_slice: int = 5000,
@@ -103,6 +104,7 @@ class OutboxRelay:
         self.catch_up_batch = max(batch, catch_up_batch)
         self._behind = False  # the last pass was full: read the bigger pass
         self.poll_s = poll_s
+        self.mark_within_s = mark_within_s  # how soon an idle leader marks its last pass's rows
         self.retention = retention
         self.prune_every_s = prune_every_s
         self.prune_slice = prune_slice
@@ -118,7 +120,6 @@ class OutboxRelay:
         self._channel_sent: dict[str, int] = {}  # channel entry -> the `available` this leader last published
         self._channel_locations: frozenset[str] | None = None  # the locations channels sum (None: read it)
         self._unmarked: tuple[list[int], datetime] | None = None  # published, marked by the next pass's read
-        self.mark_within_s = 0.05  # how soon an idle leader marks its last pass's rows
 
     async def run(self, stop: asyncio.Event) -> None:
         sampling = asyncio.create_task(metrics.sample_every(stop, "outbox", self.sample_backlog))
