@@ -54,16 +54,30 @@ class ConcurrentWrite(Exception):
     """Another transaction created a row this one meant to create: the batch is retried on fresh reads."""
 
 
+_POSITION_COLUMNS = "location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at"
+_RECORD_COLUMNS = "event_id, body_hash, type, outcome, error, detail, reservation_id, shortages, recorded_at"
+# The positions locked, and the recorded events of the batch's event ids, in one round trip: rows of the
+# second part have an event_id, rows of the first none.
 _LOCK_POSITIONS = text(
+    f"""
+    WITH locked AS (
+        SELECT p.location_id, p.sku, p.on_hand, p.reserved, p.damaged, p.safety_stock, p.version,
+               p.last_count_at
+        FROM positions p
+        JOIN unnest(CAST(:locations AS text[]), CAST(:skus AS text[])) AS k(location_id, sku)
+          ON p.location_id = k.location_id AND p.sku = k.sku
+        ORDER BY p.location_id, p.sku
+        FOR UPDATE OF p
+    )
+    SELECT {_POSITION_COLUMNS}, NULL AS event_id, NULL::bytea AS body_hash, NULL AS type, NULL AS outcome,
+           NULL AS error, NULL AS detail, NULL AS reservation_id, NULL::jsonb AS shortages,
+           NULL::timestamptz AS recorded_at
+    FROM locked
+    UNION ALL
+    SELECT location_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {_RECORD_COLUMNS}
+    FROM processed_events WHERE event_id = ANY(CAST(:ids AS text[]))
     """
-    SELECT p.location_id, p.sku, p.on_hand, p.reserved, p.damaged, p.safety_stock, p.version, p.last_count_at
-    FROM positions p
-    JOIN unnest(CAST(:locations AS text[]), CAST(:skus AS text[])) AS k(location_id, sku)
-      ON p.location_id = k.location_id AND p.sku = k.sku
-    ORDER BY p.location_id, p.sku
-    FOR UPDATE OF p
-    """
-)
+).columns(shortages=JSONB)
 
 # Parts of the one write statement (see `Changes`); ``{p}`` prefixes the part's parameters.
 _UPDATE_POSITIONS = """
@@ -135,8 +149,6 @@ _LOCK_RESERVATIONS = text(
     FOR UPDATE OF r
     """
 )
-# By event id alone (the key's first column), then the location in memory: one array, not a row comparison.
-_LOAD_RECORDED = select(t.processed_events).where(t.processed_events.c.event_id == any_(_IDS))
 
 
 async def load_locations(conn: AsyncConnection, location_ids: Iterable[str]) -> dict[str, Location]:
@@ -191,13 +203,36 @@ def reservation_of(row, lines: Iterable[ReservationLine]) -> Reservation:
 
 
 async def lock_positions(conn: AsyncConnection, keys: Iterable[PositionKey]) -> dict[PositionKey, Position]:
-    ordered = sorted(set(keys))
-    if not ordered:
-        return {}
+    return (await lock_positions_and_read_recorded(conn, keys, ()))[0]
+
+
+async def lock_positions_and_read_recorded(
+    conn: AsyncConnection, keys: Iterable[PositionKey], events: Iterable[EventKey]
+) -> tuple[dict[PositionKey, Position], dict[EventKey, RecordedEvent]]:
+    """The positions of these keys, locked, and the recorded events of these (location_id, event_id) keys
+    (rule 10), in one statement.
+
+    The statement's snapshot is taken before its locks are granted, so it may miss the record of a batch
+    with the same event that committed meanwhile: this batch then applies that event again, and its write,
+    whose record of it conflicts, raises `ConcurrentWrite`: the batch is retried on fresh reads."""
+    ordered, wanted = sorted(set(keys)), set(events)
+    if not ordered and not wanted:
+        return {}, {}
     rows = await conn.execute(
-        _LOCK_POSITIONS, {"locations": [k[0] for k in ordered], "skus": [k[1] for k in ordered]}
+        _LOCK_POSITIONS,
+        {
+            "locations": [k[0] for k in ordered],
+            "skus": [k[1] for k in ordered],
+            "ids": list({event_id for _, event_id in wanted}),
+        },
     )
-    return {(row[0], row[1]): _position(*row) for row in rows}
+    positions, recorded = {}, {}
+    for row in rows:
+        if row.event_id is None:
+            positions[(row[0], row[1])] = _position(*row[:8])
+        elif (key := (row.location_id, row.event_id)) in wanted:
+            recorded[key] = recorded_of(row)
+    return positions, recorded
 
 
 def _position(location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at) -> Position:
@@ -212,13 +247,6 @@ def _position(location_id, sku, on_hand, reserved, damaged, safety_stock, versio
         version=version,
         last_count_at=last_count_at,
     )
-
-
-async def load_recorded(conn: AsyncConnection, keys: Iterable[EventKey]) -> dict[EventKey, RecordedEvent]:
-    """The recorded events of these (location_id, event_id) keys (rule 10)."""
-    keys = set(keys)
-    rows = await conn.execute(_LOAD_RECORDED, {"ids": list({event_id for _, event_id in keys})})
-    return {key: recorded_of(row) for row in rows if (key := (row.location_id, row.event_id)) in keys}
 
 
 def recorded_of(row) -> RecordedEvent:
@@ -309,12 +337,14 @@ async def lock_returned_orders(conn: AsyncConnection, ids: set[str]) -> dict[str
 async def load(
     conn: AsyncConnection, events: Sequence[Command], now: datetime, locations: dict[str, Location]
 ) -> Loaded:
-    """Lock and read what the batch may change, in the global lock order: reservations, then positions; the
-    recorded events after the locks, so a concurrent batch with the same event has committed by then."""
+    """Lock and read what the batch may change, in the global lock order: reservations, then positions with
+    the recorded events; the sums for counts after the locks, so they include what a batch that held them
+    committed."""
     reservations = await lock_reservations(conn, reservation_keys(events))
-    positions = await lock_positions(conn, position_keys(events, reservations))
-    recorded = await load_recorded(
-        conn, [(e.location_id, e.event_id) for e in events if e.type in INBOUND_TYPES]
+    positions, recorded = await lock_positions_and_read_recorded(
+        conn,
+        position_keys(events, reservations),
+        [(e.location_id, e.event_id) for e in events if e.type in INBOUND_TYPES],
     )
     return Loaded(
         now=now,
