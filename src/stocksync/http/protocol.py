@@ -26,47 +26,40 @@ NOT_HTTP = msgspec.json.encode(
 )
 
 
-# Writes held back longer than this go out at once: a body written in many chunks within one step stays bounded.
-_HOLD_MAX = 64 * 1024
-
-
 class CoalescedWrites:
-    """A transport whose writes of one event-loop step go to the socket together, at the end of the step.
+    """A transport that holds a write back until the next one, to send both at once, or until the end of the
+    event loop's step: an answer's head and body leave in one send().
 
     uvicorn writes an answer's status line and headers, then its body: two send() calls and, with TCP_NODELAY,
-    two segments for every small JSON answer, each a wake-up of the reader. The send() of a loopback socket
-    was about a tenth of the API's CPU per availability request; the client paid for the second segment too.
-    Nothing waits longer than the step that wrote it (a stream's head included), and a close sends what is
-    held first, so the bytes and their order on the wire are unchanged.
+    two segments for every small JSON answer, each a wake-up of the reader. A lone write (a stream's head, a
+    chunk) waits no longer than the step that wrote it, and a close sends what is held first, so the bytes and
+    their order on the wire are unchanged.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self._held: list[bytes] = []
-        self._size = 0
+        self._loop = asyncio.get_running_loop()  # once: each get_running_loop() is a getpid() syscall
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if not self._held:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._held.append(data)
-        self._size += len(data)
-        if self._size > _HOLD_MAX:
-            self.flush()
+        if self._held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self.transport.writelines((held, data))
 
     def flush(self) -> None:
-        if not self._held:
-            return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held, self._size = [], 0
-        if not self.transport.is_closing():
-            self.transport.write(data)
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
 
     def close(self) -> None:
         self.flush()
         self.transport.close()
 
     def abort(self) -> None:
-        self._held, self._size = [], 0
+        self._held = None
         self.transport.abort()
 
     def write_eof(self) -> None:
