@@ -104,7 +104,8 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *stamped, *finished],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # line and newline in one write: print() made two syscalls of each line (an access line a request)
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     libraries = logging.StreamHandler(sys.stderr)

@@ -69,7 +69,7 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """The key of the ``Authorization`` header; on a GET without one, the staff session's."""
-    header = connection.headers.get("authorization", "")
+    header = _authorization(connection.scope)
     scheme, _, presented = header.partition(" ")
     if scheme.lower() == "bearer" and presented.strip():
         return presented.strip()
@@ -77,6 +77,15 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     if not header and session and connection.scope.get("method") in _SAFE_METHODS:
         return session
     raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
+
+
+def _authorization(scope: Any) -> str:
+    """The first ``Authorization`` header, read from the scope: on a GET, Litestar's `Headers` (every header,
+    decoded into a multidict) were built for this one value alone."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":  # ASGI header names are lower case
+            return value.decode("latin-1")
+    return ""
 
 
 def provide_key(request: Request[ApiKey, Any, Any]) -> ApiKey:
