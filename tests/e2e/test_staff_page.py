@@ -230,6 +230,28 @@ def test_the_page_refuses_writes_from_elsewhere_and_fragments_without_a_session(
     signed_in.close()
 
 
+async def test_a_look_up_sent_before_the_scripts_have_loaded_still_shows_the_position(
+    served: Served, browser: Browser
+) -> None:
+    """A scanner's Enter can beat the scripts (the form then submits itself): the page answers in full."""
+    shop = Shop(served)
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(f"{served.base}/staff")
+    await page.fill("#key", shop.key)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#store-name")).to_have_text("Amsterdam Centraal")
+    await page.fill("#lookup-sku", shop.sku)
+    await page.locator("#lookup-sku").press("Enter")
+    await expect(page.locator("#position .sku")).to_have_text(shop.sku)
+    await expect(page.locator(AVAILABLE)).to_have_text("10")
+    await expect(page.locator("#lookup-sku")).to_have_value(shop.sku)
+    await page.fill("#lookup-sku", "not a sku!")
+    await page.locator("#lookup-sku").press("Enter")
+    await expect(page.locator("#lookup-result [role=alert]")).to_contain_text("a sku is letters, digits")
+    await context.close()
+
+
 async def _screenshots(page: Page, browser: Browser, served: Served, key: str, sku: str, out: Path) -> None:
     """The page at 360 px (nothing wider than the screen) and on a desktop; into docs/ when asked for."""
     assert await page.evaluate("document.documentElement.scrollWidth") <= 360

@@ -102,10 +102,16 @@ def _fragment(name: str, status: int = 200, *, changed: bool = False, **context:
 
 
 def _problem(error: Exception) -> Template:
+    status, notice = _notice(error)
+    return _fragment("_notice.html", status, **notice)
+
+
+def _notice(error: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and the context of ``_notice.html`` for an error."""
     status, words = in_words(error)
     if status >= 500:
         log.warning("staff_page_error", error=type(error).__name__)
-    return _fragment("_notice.html", status, kind="error", words=words, shortages=_shortages(error))
+    return status, {"kind": "error", "words": words, "shortages": _shortages(error)}
 
 
 def _shortages(error: Exception) -> list[Any]:
@@ -152,8 +158,11 @@ class StaffPage(Controller):
             return _fragment("sign_in.html", status, problem=words)
         if session is None:
             return _fragment("sign_in.html")
+        status, lookup = await _lookup_in_page(queries, session.store, request.query_params.get("sku"))
         return _fragment(
             "page.html",
+            status,
+            **lookup,
             store_id=session.store,
             store=store,
             stores=sorted(session.key.locations),
@@ -195,16 +204,10 @@ class StaffPage(Controller):
     @get("/lookup")
     async def lookup(self, request: Request[Any, Any, Any], queries: NamedDependency[Queries]) -> Any:
         session = await _required(request)
-        sku = request.query_params.get("sku", "").strip()
-        try:
-            if not sku:
-                raise InvalidRequest("type or scan a sku first", field="sku")
-            msgspec.convert(sku, Sku)
-            position = await queries.position(session.store, sku)
-            nearby = await _nearby(queries, session.store, sku)
-        except (StocksyncError, msgspec.ValidationError) as error:
-            return _problem(_invalid(error, "sku"))
-        return _fragment("_lookup.html", store_id=session.store, position=position, nearby=nearby)
+        found = await _looked_up(queries, session.store, request.query_params.get("sku", ""))
+        if isinstance(found, Exception):
+            return _problem(found)
+        return _fragment("_lookup.html", store_id=session.store, **found)
 
     @post("/reservations")
     async def reserve(
@@ -334,6 +337,30 @@ def _whole(value: Any, field: str) -> int:
     if not text.isdigit() or len(text) > 9:
         raise InvalidRequest(_field_words(field), field=field)
     return int(text)
+
+
+async def _lookup_in_page(queries: Queries, store_id: str, sku: str | None) -> tuple[int, dict[str, Any]]:
+    """A look-up the form sent itself (Enter before the page's scripts loaded): its answer in the page."""
+    if sku is None:
+        return 200, {}
+    found = await _looked_up(queries, store_id, sku)
+    if isinstance(found, Exception):
+        status, notice = _notice(found)
+        return status, {"sku": sku, **notice}
+    return 200, {"sku": sku, **found}
+
+
+async def _looked_up(queries: Queries, store_id: str, sku: str) -> dict[str, Any] | Exception:
+    """The looked-up sku's position here and the nearby stores that have it, or the error in words."""
+    sku = sku.strip()
+    try:
+        if not sku:
+            raise InvalidRequest("type or scan a sku first", field="sku")
+        msgspec.convert(sku, Sku)
+        position = await queries.position(store_id, sku)
+        return {"position": position, "nearby": await _nearby(queries, store_id, sku)}
+    except (StocksyncError, msgspec.ValidationError) as error:
+        return _invalid(error, "sku")
 
 
 async def _nearby(queries: Queries, store_id: str, sku: str) -> list[Any]:
