@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 from benchmarks.infra import fetch, fetchval, stream_counts
 from stocksync.wire import outcome_msg_id
@@ -25,7 +26,7 @@ _ERRORS = (
     " GROUP BY error ORDER BY n DESC"
 )
 _RELAYED = """
-        SELECT count(*) AS n, extract(epoch FROM min(created_at)) AS t_first,
+        SELECT sum(messages) AS n, extract(epoch FROM min(created_at)) AS t_first,
                extract(epoch FROM max(relayed_at)) AS t_relayed
         FROM outbox WHERE created_at >= to_timestamp($1)
         """
@@ -132,6 +133,19 @@ async def settle(
     return state | {"settled": False}
 
 
+async def _relayed_messages(url: str, since: float) -> list[tuple]:
+    """Each message of the outbox rows written since ``since`` (epoch s) and relayed, with its row's mark."""
+    from stocksync.adapters.outbox import unpacked
+
+    rows = await fetch(
+        url,
+        "SELECT id, subject, msg_id, payload, traceparent, extract(epoch FROM relayed_at) AS t FROM outbox"
+        " WHERE created_at >= to_timestamp($1) AND relayed_at IS NOT NULL",
+        since - 1,
+    )
+    return [(m, float(r["t"])) for r in rows for m in unpacked([SimpleNamespace(**r)])]
+
+
 async def stage_breakdown(url: str, traces: list) -> dict:
     """Where a sample of the events spent their time: publish -> the start of the transaction that applied it
     (``processed_events.recorded_at``: stream, fetch, waiting for the batch before it) -> its outcome marked
@@ -150,12 +164,11 @@ async def stage_breakdown(url: str, traces: list) -> dict:
     )
     recorded = {r["event_id"]: float(r["t"]) for r in rows}
     outcome_ids = {outcome_msg_id(r["location_id"], r["event_id"], r["outcome"]): r["event_id"] for r in rows}
-    marks = await fetch(
-        url,
-        "SELECT msg_id, extract(epoch FROM relayed_at) AS t FROM outbox WHERE msg_id = ANY($1::text[])",
-        list(outcome_ids),
-    )
-    relayed = {outcome_ids[r["msg_id"]]: float(r["t"]) for r in marks if r["t"] is not None}
+    relayed = {
+        outcome_ids[m.msg_id]: t
+        for m, t in await _relayed_messages(url, min(recorded.values(), default=0))
+        if m.msg_id in outcome_ids
+    }
     sample = [(e, p, v) for e, p, v in traces if e in recorded and e in relayed]
     return {
         "samples": len(sample),

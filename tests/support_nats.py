@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,7 +35,7 @@ from nats.js.api import DeliverPolicy, PubAck
 import stocksync
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.locations import upsert_locations
-from stocksync.adapters.outbox import LEADER_LOCK
+from stocksync.adapters.outbox import LEADER_LOCK, unpacked
 from stocksync.aio import cancel_and_wait
 from stocksync.domain.events import Command, InboundEvent, encode
 from stocksync.domain.ledger import Ledger
@@ -231,6 +232,14 @@ async def lock_waiters(url: str) -> list[int]:
 
 async def unrelayed(url: str) -> int:
     return (await fetch(url, "SELECT count(*) AS n FROM outbox WHERE relayed_at IS NULL"))[0]["n"]
+
+
+async def outbox_messages(url: str) -> list:
+    """Every message the outbox holds, in outbox order (a bundle's each)."""
+    rows = await fetch(
+        url, "SELECT subject, msg_id, payload, kv_key, version, traceparent FROM outbox ORDER BY id"
+    )
+    return unpacked([SimpleNamespace(**row) for row in rows])
 
 
 async def count_processed(url: str, location_ids: Iterable[str]) -> int:

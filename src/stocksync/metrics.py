@@ -81,7 +81,9 @@ RESERVATIONS_OVERDUE = Gauge(
     "stocksync_reservations_overdue", "Held reservations already past their expiry (the sweeper is behind)"
 )
 EXPIRED = Counter("stocksync_reservations_expired_total", "Reservations expired by the sweeper")
-RELAYED = Counter("stocksync_outbox_relayed_total", "Outbox rows published to NATS")
+RELAYED = Counter(
+    "stocksync_outbox_relayed_total", "Outbox messages published to NATS (a bundle row holds several)"
+)
 RELAY_STAGE_SECONDS = Histogram(
     "stocksync_relay_stage_seconds",
     "Time a relay pass spends in each stage: read (the pending rows), channels (their channel sums), expect "
@@ -94,7 +96,7 @@ RELAY_WAKE_SECONDS = Histogram(
     "Time from the first NOTIFY after a pass started to the start of the pass that reads what it announced",
     buckets=_STAGE_BUCKETS,
 )
-OUTBOX_LAG = Gauge("stocksync_outbox_unrelayed", "Outbox rows committed and not yet relayed")
+OUTBOX_LAG = Gauge("stocksync_outbox_unrelayed", "Outbox messages committed and not yet relayed")
 OUTBOX_OLDEST = Gauge(
     "stocksync_outbox_oldest_unrelayed_seconds", "Age of the oldest outbox row not yet relayed (0: none)"
 )

@@ -60,6 +60,8 @@ CHANNEL_ALL = "stocksync.out.channel.>"
 NO_LOCATION = "_"  # the dead-letter subject's token when the refused subject names no valid location
 # An outbox row on this subject is never published: it asks the relay to publish a channel's skus again.
 CHANNEL_REFRESH = "stocksync.internal.channel_refresh"
+# An outbox row on this subject holds a transaction's messages packed together (`adapters.outbox.packed`).
+OUTBOX_BUNDLE = "stocksync.internal.bundle"
 
 __all__ = [  # the contract's names too, for the server's modules that import them from here
     "AVAILABILITY_ALL",
@@ -83,6 +85,7 @@ __all__ = [  # the contract's names too, for the server's modules that import th
     "ORDER_ACTIONS",
     "ORDER_TOKEN",
     "OUT_ALL",
+    "OUTBOX_BUNDLE",
     "OUT_STREAM",
     "WORKER_CONSUMER",
     "alert_msg_id",
@@ -168,8 +171,6 @@ def outbound_target(subject: str) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-
-
 # -- the availability bucket --------------------------------------------------------------------------------------
 
 
@@ -177,8 +178,6 @@ def split_availability_key(key: str) -> tuple[str, str] | None:
     """``<location_id>.<sku>``, or None for a key that is not two valid ids."""
     location_id, dot, sku = key.partition(".")
     return (location_id, sku) if dot and _ID.match(location_id) and _ID.match(sku) else None
-
-
 
 
 # -- message ids: each names the location where it names an event, since an event is both (rule 10) ----------
@@ -231,10 +230,6 @@ class NatsPermissions(msgspec.Struct, frozen=True, kw_only=True):
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-
-
-
-
 
 
 def nats_permissions(

@@ -22,10 +22,12 @@ from stocksync import metrics
 from stocksync.adapters.database import create_engine
 from stocksync.adapters.locations import upsert_locations
 from stocksync.adapters.memory_store import MemoryLedgerStore
+from stocksync.adapters.outbox import unpacked
 from stocksync.clock import ManualClock
 from stocksync.domain.events import Command
 from stocksync.domain.model import Position
 from stocksync.service.ledger_service import LedgerService, body_hash
+from stocksync.wire import OUTBOX_BUNDLE
 from tests.support_ledger import (
     T0,
     adjust,
@@ -638,13 +640,36 @@ async def test_expire_releases_a_hold_only_once_it_is_due(engine):
 
 
 async def outbox_for(engine: AsyncEngine, *tokens: str) -> list:
-    """Outbox rows whose subject names one of ``tokens`` (this test's unique ids), in commit order."""
-    return await rows(
+    """Outbox messages whose subject names one of ``tokens`` (this test's unique ids), in commit order: rows,
+    and the messages of bundles that name one."""
+    found = await rows(
         engine,
-        "SELECT subject, msg_id, payload, kv_key, version FROM outbox"
-        " WHERE subject LIKE ANY(:patterns) ORDER BY id",
+        "SELECT subject, msg_id, payload, kv_key, version, traceparent FROM outbox"
+        " WHERE subject LIKE ANY(:patterns) OR (subject = :bundle AND EXISTS ("
+        "   SELECT FROM unnest(CAST(:tokens AS text[])) AS t WHERE position(convert_to(t, 'UTF8') IN payload) > 0"
+        " )) ORDER BY id",
         patterns=[f"%.{token}%" for token in tokens],
+        bundle=OUTBOX_BUNDLE,
+        tokens=[f".{token}" for token in tokens],
     )
+    return [m for m in unpacked(found) if any(f".{token}" in m.subject for token in tokens)]
+
+
+async def test_a_transactions_messages_are_one_outbox_row(engine):
+    """Three events at one store: one bundle row holding their availability and outcomes, in outbox order."""
+    (shop,) = await new_locations(engine)
+    a = unique("sku")
+    await service(engine).apply([receipt(shop, {a: 5}), sale(shop, {a: 1}), sale(shop, {a: 1})])
+    (row,) = await rows(
+        engine,
+        "SELECT subject, messages FROM outbox WHERE position(convert_to(:token, 'UTF8') IN payload) > 0",
+        token=f".{shop}.",
+    )
+    assert (row.subject, row.messages) == (OUTBOX_BUNDLE, 4)
+    assert [m.subject for m in await outbox_for(engine, shop)] == [
+        f"stocksync.out.availability.{shop}.{a}",
+        *[f"stocksync.out.outcome.{shop}"] * 3,
+    ]
 
 
 async def test_outbox_has_one_availability_row_per_changed_position_with_its_final_version(engine):

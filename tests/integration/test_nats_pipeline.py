@@ -305,26 +305,56 @@ async def test_a_pass_marks_the_rows_the_pass_before_published_as_it_reads_and_n
     engine = create_engine(url, pool_size=2)
     ledger = LedgerService(engine)
 
-    async def unrelayed() -> list[int]:
+    async def unrelayed() -> list[tuple[int, int]]:
+        """The unrelayed rows: (id, how many messages)."""
         async with engine.connect() as conn:
-            found = await conn.scalars(text("SELECT id FROM outbox WHERE relayed_at IS NULL ORDER BY id"))
-            return list(found)
+            found = await conn.execute(
+                text("SELECT id, messages FROM outbox WHERE relayed_at IS NULL ORDER BY id")
+            )
+            return [tuple(row) for row in found]
 
     try:
         async with jetstream(nats_server.url) as (nc, js):
             relay = OutboxRelay(engine, nc)
             await ledger.apply([receipt(loc, {"SKU-A": 5})])
             first = await unrelayed()
-            assert await relay.relay_once(mark_later=True) == len(first) >= 2
+            assert await relay.relay_once(mark_later=True) == sum(n for _, n in first) >= 2
             assert await unrelayed() == first  # published, not yet marked
             await ledger.apply([receipt(loc, {"SKU-A": 1})])
             second = [i for i in await unrelayed() if i not in first]
-            assert await relay.relay_once(mark_later=True) == len(second)  # the first pass's rows not again
+            # the first pass's rows not again
+            assert await relay.relay_once(mark_later=True) == sum(n for _, n in second)
             assert await unrelayed() == second
             assert await relay.relay_once(mark_later=True) == 0
             assert await unrelayed() == []
             outcomes = await read_stream(js, OUT_STREAM, outcome_subject(loc))  # the server is shared
             assert len(outcomes) == 2  # each event's outcome published once
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pass_reads_its_limit_in_messages_and_at_least_one_bundle(
+    fresh_database, nats_server
+) -> None:
+    """Three transactions of two messages each (availability and outcome), one bundle row each: a pass
+    limited to three messages reads two bundles (the second starts within the limit), then the third."""
+    url = fresh_database()
+    loc = unique("store")
+    await prepare(url, nats_server.url, [loc])
+    engine = create_engine(url, pool_size=2)
+    ledger = LedgerService(engine)
+    try:
+        for sku in ("SKU-A", "SKU-B", "SKU-C"):
+            await ledger.apply([receipt(loc, {sku: 1})])
+        async with jetstream(nats_server.url) as (nc, js):
+            relay = OutboxRelay(engine, nc, batch=3, catch_up_batch=3)
+            assert await relay.relay_once() == 4
+            assert relay._behind  # the limit cut the read: the next pass follows at once
+            assert await relay.relay_once() == 2
+            assert not relay._behind
+            assert await relay.relay_once() == 0
+            availability = await read_stream(js, OUT_STREAM, f"stocksync.out.availability.{loc}.*")
+            assert sorted(m.subject.rsplit(".", 1)[1] for m in availability) == ["SKU-A", "SKU-B", "SKU-C"]
     finally:
         await engine.dispose()
 

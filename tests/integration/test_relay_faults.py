@@ -35,6 +35,7 @@ from tests.support_nats import (
     in_process,
     jetstream,
     out_of_order,
+    outbox_messages,
     positions,
     prepare,
     publish_events,
@@ -277,13 +278,11 @@ async def test_a_leader_whose_lock_session_is_killed_stops_and_one_relay_leads_o
 async def availability_in_the_outbox(database_url: str) -> dict[tuple[str, str], list[int]]:
     """The versions each position's availability rows carry, in commit order (a batch writes one per position,
     its last version, so they need not be consecutive)."""
-    rows = await fetch(
-        database_url, "SELECT kv_key, version FROM outbox WHERE kv_key IS NOT NULL ORDER BY id"
-    )
     written: dict[tuple[str, str], list[int]] = {}
-    for row in rows:
-        location_id, _, sku = row["kv_key"].partition(".")
-        written.setdefault((location_id, sku), []).append(row["version"])
+    for message in await outbox_messages(database_url):
+        if message.kv_key is not None:
+            location_id, _, sku = message.kv_key.partition(".")
+            written.setdefault((location_id, sku), []).append(message.version)
     return written
 
 

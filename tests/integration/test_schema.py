@@ -107,7 +107,7 @@ async def test_migrating_again_changes_nothing(migrated_database_url):
     await migrate_database_async(migrated_database_url)
     after = await inspect(migrated_database_url, snapshot)
     assert after == before
-    assert after["version"] == [("0007",)]  # type: ignore[index]
+    assert after["version"] == [("0008",)]  # type: ignore[index]
 
 
 async def test_downgrade_to_base_and_upgrade_again(fresh_database):

@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import answers, ids_param
-from stocksync.adapters.outbox import OUTBOX_CHANNEL
+from stocksync.adapters.outbox import OUTBOX_CHANNEL, packed
 from stocksync.domain.events import INBOUND_TYPES, Command
 from stocksync.domain.ledger import (
     Changes,
@@ -487,9 +487,10 @@ class _Writes:
             self.insert(table, rows, on_conflict=" ON CONFLICT DO NOTHING")
 
     def outbox(self, rows: list[dict]) -> None:
-        """The messages to publish, and a NOTIFY (delivered at commit) that wakes the relay."""
+        """The messages to publish (in one row: `packed`), and a NOTIFY (delivered at commit) that wakes the
+        relay."""
         if rows:
-            self.insert(t.outbox, rows)
+            self.insert(t.outbox, packed(rows))
             self._notify = True
 
     async def write(self, conn: AsyncConnection) -> None:

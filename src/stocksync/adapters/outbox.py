@@ -1,5 +1,7 @@
 """The outbox table as the relay reads it, and the relay's leader lock (a PostgreSQL advisory lock).
 
+A transaction's messages are one row, a bundle (`packed`), read back as messages (`unpacked`).
+
 Rows are picked by their unrelayed flag in id order, never by ``id > last_seen``: ids are taken before commit,
 so a late-committing transaction would be skipped. `leading` is how the relay and `reconcile --repair` both
 take the lock, so no repair overtakes a running relay.
@@ -10,9 +12,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import NamedTuple
 
+import msgspec
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from stocksync.wire import OUTBOX_BUNDLE
 
 LEADER_LOCK = 0x5707C6
 OUTBOX_CHANNEL = "stocksync_outbox"  # NOTIFY after a commit that wrote outbox rows: the leader wakes
@@ -28,29 +34,36 @@ _HOLDS_LOCK = text(
     )
     """
 )
-_PENDING = text(
-    "SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox"
-    " WHERE relayed_at IS NULL ORDER BY id LIMIT :n"
-)
-# The same, marking the previous pass's rows relayed in the same statement (one round trip, where a mark of
-# their own held the next pass back): those rows are still unrelayed in the statement's snapshot, so they are
-# left out by id. A data-modifying CTE runs to completion whether or not the query reads it.
+# The oldest rows holding at most :n messages (at least one row), the read's limit in messages: a bundle holds a
+# whole transaction's. ``head_rows``: how many rows the limit in rows let through (more than were returned: the
+# rows were cut by their messages; :n of them: more may wait). A data-modifying CTE runs to completion whether
+# or not the query reads it: the previous pass's rows are marked relayed in the same statement (one round
+# trip, where a mark of their own held the next pass back); they are still unrelayed in the statement's
+# snapshot, so they are left out by id.
+_PENDING = """
+    head AS (
+        SELECT id, sum(messages) OVER (ORDER BY id) - messages AS before FROM outbox
+        WHERE relayed_at IS NULL{also} ORDER BY id LIMIT :n
+    )
+    SELECT o.id, o.subject, o.msg_id, o.payload, o.kv_key, o.version, o.traceparent,
+           (SELECT count(*) FROM head) AS head_rows
+    FROM head JOIN outbox o USING (id) WHERE head.before < :n ORDER BY o.id
+"""
+_ONLY_PENDING = text("WITH" + _PENDING.format(also=""))
 _MARK_AND_PENDING = text(
     """
     WITH marked AS (
         UPDATE outbox SET relayed_at = :now
         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait
         WHERE id = ANY(CAST(:ids AS bigint[]))
-    )
-    SELECT id, subject, msg_id, payload, kv_key, version, traceparent FROM outbox
-    WHERE relayed_at IS NULL AND id <> ALL(CAST(:ids AS bigint[])) ORDER BY id LIMIT :n
-    """
+    ),"""
+    + _PENDING.format(also=" AND id <> ALL(CAST(:ids AS bigint[]))")
 )
-# How many rows wait and how old the oldest is, by the database's clock (the relay's may differ): both by the
+# How many messages wait and how old the oldest is, by the database's clock (the relay's may differ): both by the
 # partial index on unrelayed rows, the oldest being the first by id.
 _BACKLOG = text(
     """
-    SELECT count(*) AS waiting, coalesce(extract(epoch FROM now() - (
+    SELECT coalesce(sum(messages), 0) AS waiting, coalesce(extract(epoch FROM now() - (
         SELECT created_at FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT 1
     )), 0) AS oldest_s
     FROM outbox WHERE relayed_at IS NULL
@@ -107,19 +120,81 @@ async def leading(engine: AsyncEngine) -> AsyncIterator[bool]:
             await session.commit()
 
 
+class OutboxMessage(msgspec.Struct, array_like=True):
+    """A message to publish, as an outbox row holds it (the row is one, or a bundle holds several)."""
+
+    subject: str
+    msg_id: str
+    payload: bytes
+    kv_key: str | None = None
+    version: int | None = None
+    traceparent: str | None = None  # the writing transaction's, set from the bundle's row
+
+
+_encode_bundle = msgspec.msgpack.Encoder().encode
+_decode_bundle = msgspec.msgpack.Decoder(list[OutboxMessage]).decode
+
+
+def packed(rows: list[dict]) -> list[dict]:
+    """A transaction's outbox rows as one row when there are several: each row is written three times
+    (insert, mark, prune), a bundle once for them all. Their order in the bundle is their order in the
+    outbox; the bundle's msg_id is its first message's, for reading it in the table, and its kv_key their
+    keys separated by spaces (which no key holds): reconcile tells the positions in flight by it."""
+    if len(rows) < 2:
+        return rows
+    first = rows[0]
+    bundle = [(r["subject"], r["msg_id"], r["payload"], r["kv_key"], r["version"]) for r in rows]
+    keys = " ".join(r["kv_key"] for r in rows if r["kv_key"] is not None)
+    return [
+        {
+            "subject": OUTBOX_BUNDLE,
+            "msg_id": first["msg_id"],
+            "payload": _encode_bundle(bundle),
+            "kv_key": keys or None,
+            "version": None,
+            "messages": len(rows),
+            **({"traceparent": first["traceparent"]} if "traceparent" in first else {}),
+        }
+    ]
+
+
+def unpacked(rows: Sequence[Row]) -> list:
+    """The rows' messages in outbox order: a row as it is (its columns are a message's), a bundle's each."""
+    messages: list = []
+    for row in rows:
+        if row.subject != OUTBOX_BUNDLE:
+            messages.append(row)
+            continue
+        bundle = _decode_bundle(row.payload)
+        if row.traceparent:
+            for message in bundle:
+                message.traceparent = row.traceparent
+        messages.extend(bundle)
+    return messages
+
+
+class Pending(NamedTuple):
+    ids: list[int]  # the rows read: marked relayed once their messages are published
+    messages: list  # theirs, in outbox order
+    full: bool  # the read stopped at its limit: more rows wait
+
+
 async def pending(
     conn: AsyncConnection, n: int, marking: tuple[list[int], datetime] | None = None
-) -> Sequence[Row]:
-    """The oldest ``n`` unrelayed rows, in id order; ``marking``: rows (ids, when) marked relayed first, in the
-    same statement."""
+) -> Pending:
+    """The oldest unrelayed rows holding at most ``n`` messages (at least one row), in id order; ``marking``:
+    rows (ids, when) marked relayed first, in the same statement."""
     if marking is None:
-        return (await conn.execute(_PENDING, {"n": n})).all()
-    ids, now = marking
-    return (await conn.execute(_MARK_AND_PENDING, {"n": n, "ids": ids, "now": now})).all()
+        rows = (await conn.execute(_ONLY_PENDING, {"n": n})).all()
+    else:
+        ids, now = marking
+        rows = (await conn.execute(_MARK_AND_PENDING, {"n": n, "ids": ids, "now": now})).all()
+    head = rows[0].head_rows if rows else 0
+    return Pending([r.id for r in rows], unpacked(rows), full=head == n or head > len(rows))
 
 
 async def backlog(conn: AsyncConnection) -> tuple[int, float]:
-    """Rows not yet relayed, and the age in seconds of the oldest (0 when none)."""
+    """Messages not yet relayed, and the age in seconds of the oldest (0 when none)."""
     row = (await conn.execute(_BACKLOG)).one()
     return int(row.waiting), max(0.0, float(row.oldest_s))
 

@@ -146,7 +146,7 @@ def stuck_outbox(conn: AsyncConnection, cutoff: datetime) -> AsyncIterator[list[
     """Outbox rows unrelayed since ``cutoff`` or before, in id order."""
     o = t.outbox.c
     stuck = (
-        select(o.id, o.subject, o.msg_id, o.created_at)
+        select(o.id, o.subject, o.msg_id, o.payload, o.traceparent, o.created_at)
         .where(o.relayed_at.is_(None), o.created_at <= cutoff)
         .order_by(o.id)
     )
@@ -177,13 +177,17 @@ _KV_INSERT = text(
     """
 )
 BUCKET_NUMBERS = ("on_hand", "reserved", "damaged", "safety_stock", "version")
-# A position is in flight while an outbox row of its availability is unrelayed: the relay has yet to write
+# A position is in flight while an outbox row of its availability is unrelayed (a bundle's ``kv_key`` names each
+# of its messages' keys, separated by spaces, which no key holds): the relay has yet to write
 # the bucket (and past the grace, the outbox check names that row). Once relayed, an entry behind is stale,
 # however recent the change: the relay publishes before it marks the row, and the check waits for the bucket
 # to have sourced the out stream.
 _KV_DIFFERENCES = text(
     f"""
-    WITH pending AS (SELECT DISTINCT kv_key FROM outbox WHERE relayed_at IS NULL AND kv_key IS NOT NULL)
+    WITH pending AS (
+        SELECT DISTINCT unnest(string_to_array(kv_key, ' ')) AS kv_key FROM outbox
+        WHERE relayed_at IS NULL AND kv_key IS NOT NULL
+    )
     SELECT coalesce(p.location_id, k.location_id) AS location_id, coalesce(p.sku, k.sku) AS sku,
            p.location_id IS NOT NULL AS in_ledger, pending.kv_key IS NOT NULL AS in_flight,
            {", ".join(f"p.{n}" for n in BUCKET_NUMBERS)},

@@ -181,6 +181,8 @@ outbox = Table(
     Column("kv_key", Text),
     Column("version", BigInteger),
     Column("traceparent", Text),  # the writing transaction's trace, while tracing is on
+    # How many messages the row carries: 1, or a transaction's messages packed in one row (`OUTBOX_BUNDLE`).
+    Column("messages", Integer, nullable=False, server_default=text("1")),
     _ts("created_at", now=True),
     _ts("relayed_at", nullable=True),
     Index("outbox_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),

@@ -279,15 +279,15 @@ class OutboxRelay:
         """Publish the oldest unrelayed rows in order, pipelined; then mark the rows relayed (``mark_later``:
         by the next pass's read, which marks the rows left unmarked before it reads). Each statement is its
         own transaction: only the leader marks rows. A full pass means the relay is behind: the next reads
-        ``catch_up_batch`` rows, so more versions of a position fall into one pass and conflate."""
+        ``catch_up_batch`` messages, so more versions of a position fall into one pass and conflate."""
         size = self.catch_up_batch if self._behind else self.batch
         stage = Stages(metrics.RELAY_STAGE_SECONDS)
         self._observe_wake(stage.at)
         async with self._autocommit.connect() as conn:
             marking, self._unmarked = self._unmarked, None  # failed: sent again, at least once
-            rows = await outbox.pending(conn, size, marking)
+            read = await outbox.pending(conn, size, marking)
             stage.done("read")
-            self._behind = len(rows) == size
+            self._behind, rows = read.full, read.messages
             if not rows:
                 return 0
             messages = conflated(rows)
@@ -295,7 +295,7 @@ class OutboxRelay:
             stage.done("channels")
             # a channel's sum ahead of the positions it includes
             await self._publish([*sums, *messages], stage)
-            relayed = ([r.id for r in rows], utc_now())
+            relayed = (read.ids, utc_now())
             if mark_later:
                 self._unmarked = relayed
             else:

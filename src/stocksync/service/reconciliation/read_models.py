@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from stocksync.adapters import channels as channels_sql
 from stocksync.adapters import reconciliation as sql
 from stocksync.adapters.bucket import publish_if_newer, put_if_newer, sourced
+from stocksync.adapters.outbox import unpacked
 from stocksync.domain.channels import ChannelStock, channel_stock
 from stocksync.domain.events import decoder
 from stocksync.domain.model import Position
@@ -65,28 +66,36 @@ from stocksync.wire import (
 
 
 async def check_outbox(ctx: Context) -> Findings:
-    """Rows unrelayed since before the grace: the relay is down, wedged, or cannot reach NATS."""
+    """Rows unrelayed since before the grace: the relay is down, wedged, or cannot reach NATS. One finding per
+    message (a bundle row holds a transaction's)."""
     ctx.progress.phase("outbox")
     async with ctx.engine.connect() as conn:
         async for rows in sql.stuck_outbox(conn, ctx.cutoff):
-            findings = [
-                outbox_finding(
-                    row_id=r.id, msg_id=r.msg_id, created_at=r.created_at, target=outbound_target(r.subject)
+            found = [
+                (
+                    r.id,
+                    outbox_finding(
+                        row_id=r.id,
+                        msg_id=m.msg_id,
+                        created_at=r.created_at,
+                        target=outbound_target(m.subject),
+                    ),
                 )
                 for r in rows
+                for m in unpacked([r])
             ]
-            yield await _relay(ctx, rows, findings) if ctx.options.repair else findings
+            yield await _relay(ctx, found) if ctx.options.repair else [f for _, f in found]
 
 
-async def _relay(ctx: Context, rows: Sequence[Row], findings: list[Finding]) -> list[Finding]:
+async def _relay(ctx: Context, found: list[tuple[int, Finding]]) -> list[Finding]:
     """Publish through the relay itself, holding its leader lock so no running relay is overtaken."""
     if ctx.relay_all is None or not await ctx.relay_all():
-        return [not_repaired(f, "a running relay holds the leader lock; restart it") for f in findings]
+        return [not_repaired(f, "a running relay holds the leader lock; restart it") for _, f in found]
     async with ctx.engine.connect() as conn:
-        pending = await sql.unrelayed(conn, [r.id for r in rows])
+        pending = await sql.unrelayed(conn, list({row_id for row_id, _ in found}))
     return [
-        not_repaired(f, "still unrelayed") if r.id in pending else repaired(f, "published by the relay")
-        for r, f in zip(rows, findings, strict=True)
+        not_repaired(f, "still unrelayed") if row_id in pending else repaired(f, "published by the relay")
+        for row_id, f in found
     ]
 
 
