@@ -204,13 +204,20 @@ def _unreachable(error: BaseException) -> str:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from nats.js.errors import APIError
+
     from stocksync.messaging.nats_auth import service_options
     from stocksync.messaging.topology import migrate_topology
     from stocksync.migrate import migrate_database_async
 
     await migrate_database_async(settings.database_url)
     console.print("[green]database schema is current[/green]")
-    await migrate_topology(settings.nats_url, settings.nats_replicas, **service_options(settings))
+    try:
+        await migrate_topology(settings.nats_url, settings.nats_replicas, **service_options(settings))
+    except APIError as error:  # a cluster that never formed, or a config it refuses: say what it said
+        return _refused(
+            "stocksync migrate", f"NATS refused the streams: {error.description} ({error.err_code})"
+        )
     console.print("[green]NATS streams, consumer and bucket are current[/green]")
     return 0
 
@@ -355,7 +362,6 @@ def _health(settings: Settings, roles: list[str] | tuple[str, ...]) -> int:
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-
     from stocksync.domain.reconciliation import BadInput
     from stocksync.messaging.nats_auth import service_options
     from stocksync.messaging.relay import relay_all

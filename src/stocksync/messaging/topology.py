@@ -12,7 +12,12 @@ till of one store could otherwise claim, for two minutes, the event ids another 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -25,7 +30,7 @@ from nats.js.api import (
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from stocksync.wire import (
     AVAILABILITY_BUCKET,
@@ -174,8 +179,9 @@ async def _raised_anyway(error: Exception) -> None:
     """nats-py's default error callback logs every failed attempt with a traceback; the last one is raised."""
 
 
-async def migrate_topology(url: str, replicas: int = 1, **options) -> None:
-    """``options``: the service's credentials and TLS (`nats_auth.service_options`)."""
+async def migrate_topology(url: str, replicas: int = 1, *, settle_s: float = 60.0, **options) -> None:
+    """``options``: the service's credentials and TLS (`nats_auth.service_options`). A cluster still forming
+    (`forming`) is waited for up to ``settle_s``; then its last answer is raised."""
     nc = await nats.connect(
         servers=url.split(","),
         connect_timeout=5,
@@ -183,7 +189,29 @@ async def migrate_topology(url: str, replicas: int = 1, **options) -> None:
         error_cb=_raised_anyway,
         **options,
     )
+    deadline, delay = time.monotonic() + settle_s, 0.25
     try:
-        await ensure_topology(nc.jetstream(), replicas)
+        while True:
+            try:
+                await ensure_topology(nc.jetstream(), replicas)
+                return
+            except (APIError, NatsTimeoutError, NoRespondersError) as error:
+                if not forming(error) or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
     finally:
         await nc.close()
+
+
+# What a JetStream cluster answers while it forms: no meta leader yet (no answer, or "temporarily
+# unavailable"), a peer not yet known to be online ("no suitable peers for placement"), too few peers yet for
+# the replicas ("insufficient resources"). Compose starts migrate once every node answers /healthz, which can
+# be before they agree on their peers.
+_FORMING_CODES = frozenset({10005, 10008, 10023})
+
+
+def forming(error: Exception) -> bool:
+    if isinstance(error, APIError):
+        return error.err_code in _FORMING_CODES or error.code == 503
+    return True  # no answer in time, or no responder yet
