@@ -97,10 +97,10 @@ class RelayLag:
 
 
 def _relay_rates(outbox, n: int, t_first: float, t_last: float) -> dict:
-    """The relay: outbox rows published (availability, outcomes, reservations, alerts) and how far behind it was."""
+    """The relay: outbox messages published (availability, outcomes, reservations, alerts) and how far behind it was."""
     relayed, created = outbox["t_relayed"], outbox["t_first"]
     return {
-        "outbox_rows": outbox["n"],
+        "outbox_messages": outbox["n"],
         "relayed_per_s": (
             outbox["n"] / (float(relayed) - float(created))
             if relayed and created and relayed > created

@@ -54,10 +54,15 @@ CPU_SHARES = (  # what each process spends its share on, per event (benchmarks/p
     ),
     (
         "relay",
-        "reading the pass's outbox rows, and one publish per row: the outcome, each changed position and "
-        "channel entry (on the out stream and in its bucket), reservation changes and alerts",
+        "reading the pass's outbox rows (a transaction's messages in one row), and one publish per message: "
+        "the outcome, each changed position and channel entry (on the out stream and in its bucket), "
+        "reservation changes and alerts",
     ),
-    ("postgres", "the batch's statements and commit (WAL), the relay's reads and marks of the outbox"),
+    (
+        "postgres",
+        "the batch's statements and commit (WAL), the relay's reads and marks of the outbox (a row per "
+        "transaction)",
+    ),
     (
         "nats-server",
         "storing each inbound message, delivering it to a worker and taking its ack, storing each "
@@ -287,7 +292,7 @@ def headline(results) -> list[dict]:
                 "figure": "mixed events visible end to end (until the relay published the last)",
                 "value": _num(led.get("visible_per_s")),
                 "unit": "events/s",
-                "ratio": f"relay {_num(led.get('relayed_per_s'))} rows/s, "
+                "ratio": f"relay {_num(led.get('relayed_per_s'))} messages/s, "
                 f"{_num(led.get('relay_lag_at_end_s'), 1)} s behind at the end",
             }
         )
@@ -403,11 +408,17 @@ def headline(results) -> list[dict]:
         rows.append(
             {
                 "figure": "latency sweep's knee (offered rate where p99 passes 100 ms)",
-                "value": f"> {max(rates):,}" if knee is None else f"≤ {min(rates):,}" if knee == min(rates)
+                "value": f"> {max(rates):,}"
+                if knee is None
+                else f"≤ {min(rates):,}"
+                if knee == min(rates)
                 else _num(knee),
                 "unit": "events/s",
-                "ratio": "not passed in the sweep" if knee is None else "passed at the sweep's lowest rate"
-                if knee == min(rates) else "interpolated between the sweep's rates",
+                "ratio": "not passed in the sweep"
+                if knee is None
+                else "passed at the sweep's lowest rate"
+                if knee == min(rates)
+                else "interpolated between the sweep's rates",
                 "target": "≥ 5,000/s",
                 "ok": knee is None or knee >= 5_000,
             }
@@ -642,7 +653,7 @@ def markdown(results, plot_name: str | None) -> str:
         ),
         "",
         "| scenario | events | sustained applied/s | while publishing /s | overall /s | visible /s "
-        "| outbox rows relayed/s | relay behind at the end | publisher msg/s | movements | rejected "
+        "| outbox messages relayed/s | relay behind at the end | publisher msg/s | movements | rejected "
         "| worker peak RSS |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
