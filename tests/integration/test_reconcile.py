@@ -28,6 +28,7 @@ from stocksync.adapters.bucket import sourced
 from stocksync.adapters.bulk import seed_bulk
 from stocksync.adapters.channels import put_channel
 from stocksync.adapters.database import create_engine
+from stocksync.adapters.reconciliation import STUCK_BATCH
 from stocksync.cli import main
 from stocksync.domain.channels import Channel
 from stocksync.domain.events import Command, SetSafetyStock, encode
@@ -471,6 +472,27 @@ async def test_a_stuck_outbox_row_is_named_and_its_position_is_left_to_the_grace
     assert run.code == 1
     assert (loc, sku) in run.named("outbox_stuck")
     assert run.kinds == {"outbox_stuck"}  # the bucket is behind a change made within the grace: not stale yet
+
+
+async def test_every_message_of_more_stuck_bundles_than_one_read_holds_is_named_and_repaired(
+    stack: Stack,
+) -> None:
+    """A transaction's messages are one outbox row; the check reads stuck rows a few dozen at a time
+    (`STUCK_BATCH`), so more transactions than that span several reads."""
+    loc = unique("store")
+    skus = [unique("SKU") for _ in range(STUCK_BATCH + 10)]
+    await stocked(stack, {loc: dict.fromkeys(skus, 10)})
+    for sku in skus:  # one transaction each: its availability and its outcome, one bundle
+        await apply(stack, sale(loc, {sku: 1}, at=5))
+    sql(stack, "UPDATE outbox SET created_at = now() - interval '1 hour' WHERE relayed_at IS NULL")
+
+    repair = await reconcile(stack, "--repair", "--grace-seconds", "300")
+    again = await reconcile(stack, "--grace-seconds", "300")
+
+    stuck = repair.findings("outbox_stuck")
+    assert len(stuck) == 2 * len(skus) and all(f["repaired"] for f in stuck)
+    assert {sku for _, sku in repair.named("outbox_stuck")} == {*skus, None}  # an outcome names no sku
+    assert (again.code, again.report["findings"]) == (0, [])
 
 
 async def test_an_entry_behind_a_relayed_change_is_stale_however_recent(stack: Stack) -> None:

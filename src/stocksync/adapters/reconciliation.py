@@ -19,11 +19,11 @@ BATCH = 1000
 
 
 async def stream_rows(
-    conn: AsyncConnection, statement: Any, params: dict | None = None
+    conn: AsyncConnection, statement: Any, params: dict | None = None, size: int = BATCH
 ) -> AsyncIterator[list[Row]]:
-    """A server-side cursor, read a thousand rows at a time: memory holds one partition."""
+    """A server-side cursor, read ``size`` rows at a time: memory holds one partition."""
     result = await conn.stream(statement, params or {})
-    async for partition in result.partitions(BATCH):
+    async for partition in result.partitions(size):
         yield partition
 
 
@@ -142,15 +142,19 @@ async def recorded_keys(conn: AsyncConnection, event_ids: Iterable[str]) -> set[
 # -- check 4: the outbox and the bucket -----------------------------------------------------------------------
 
 
+STUCK_BATCH = 50  # bundles of up to 500 events, some 200 KB each: a partition stays near 10 MB
+
+
 def stuck_outbox(conn: AsyncConnection, cutoff: datetime) -> AsyncIterator[list[Row]]:
-    """Outbox rows unrelayed since ``cutoff`` or before, in id order."""
+    """Outbox rows unrelayed since ``cutoff`` or before, in id order, with their payloads (a bundle's names
+    its messages): a few dozen at a time, as a bundle holds a whole transaction's messages."""
     o = t.outbox.c
     stuck = (
         select(o.id, o.subject, o.msg_id, o.payload, o.traceparent, o.created_at)
         .where(o.relayed_at.is_(None), o.created_at <= cutoff)
         .order_by(o.id)
     )
-    return stream_rows(conn, stuck)
+    return stream_rows(conn, stuck, size=STUCK_BATCH)
 
 
 async def unrelayed(conn: AsyncConnection, ids: list[int]) -> set[int]:
