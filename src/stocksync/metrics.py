@@ -39,6 +39,12 @@ HTTP_SECONDS = Histogram(
 )
 HTTP_ERRORS = Counter("stocksync_http_errors_total", "HTTP error answers by code", ["code"])
 EVENTS = Counter("stocksync_events_total", "Events recorded, by type and outcome", ["type", "outcome"])
+POSITION_READ_GROUP = Histogram(
+    "stocksync_position_read_group",
+    "Position reads (GET /v1/availability at locations) answered by one statement: reads that arrive while one "
+    "is in the database share the next",
+    buckets=(1, 2, 5, 10, 25, 50, 100),
+)
 BATCH_SIZE = Histogram(
     "stocksync_batch_size", "Events per applied batch", buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 )

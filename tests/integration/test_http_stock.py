@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -257,7 +258,8 @@ async def test_a_movement_cursor_is_a_next_or_a_movement_id(admin: Api) -> None:
     by_next = await admin.get("/v1/movements", params={"location_id": store, "after": first["next"]})
     by_id = await admin.get("/v1/movements", params={"location_id": store, "after": one["id"]})
     bad = [
-        await admin.get("/v1/movements", params={"after": after}) for after in ("x", "1.", "-1", "9" * 21, "9" * 20 + ".1")
+        await admin.get("/v1/movements", params={"after": after})
+        for after in ("x", "1.", "-1", "9" * 21, "9" * 20 + ".1")
     ]
     unknown = await admin.get("/v1/movements", params={"after": 2**62})
 
@@ -309,3 +311,40 @@ async def test_an_availability_read_on_a_connection_that_died_is_503_once_then_a
         await one.dispose()
     assert (died.status_code, died.json()["error"]) == (503, "unavailable")
     assert again.status_code == 200
+
+
+async def test_availability_reads_at_once_share_statements_and_each_gets_its_own_positions(
+    admin: Api, ecommerce: Api
+) -> None:
+    """Reads that arrive while one is in the database are answered by the next statement together: each
+    answer holds exactly its own positions (zeros for a sku never seen), and fewer statements ran than reads."""
+    stores = [await admin.store() for _ in range(4)]
+    skus = [unique("sku") for _ in range(40)]
+    for n, sku in enumerate(skus):
+        await admin.receive(stores[n % 4], sku, n + 1)
+    for store in stores:  # the locations known to the API: each read below goes straight to the positions
+        assert (
+            await ecommerce.get("/v1/availability", params={"sku": skus[0], "location_id": store})
+        ).is_success
+    never = unique("sku")
+    before = {part: _group_metric(part) for part in ("sum", "count")}
+
+    answers = await asyncio.gather(
+        *(
+            ecommerce.get("/v1/availability", params={"sku": [sku, never], "location_id": stores[n % 4]})
+            for n, sku in enumerate(skus)
+        )
+    )
+
+    for n, (sku, answer) in enumerate(zip(skus, answers, strict=True)):
+        assert [(i["location_id"], i["sku"], i["on_hand"]) for i in answer.json()["items"]] == [
+            (stores[n % 4], sku, n + 1),
+            (stores[n % 4], never, 0),
+        ]
+    reads, statements = (_group_metric(part) - before[part] for part in ("sum", "count"))
+    assert reads == 40
+    assert statements < reads
+
+
+def _group_metric(part: str) -> float:
+    return REGISTRY.get_sample_value(f"stocksync_position_read_group_{part}") or 0.0
