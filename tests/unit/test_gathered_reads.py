@@ -26,7 +26,7 @@ class Database:
         return {key: Position(location_id=key[0], sku=key[1], on_hand=len(key[1])) for key in keys}
 
 
-async def settle() -> None:
+async def turns() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
 
@@ -35,9 +35,9 @@ async def test_reads_arriving_during_a_statement_share_the_next_one() -> None:
     db = Database()
     reads = GatheredReads(db.fetch)
     alone = asyncio.ensure_future(reads.read([("s1", "a")]))
-    await settle()
+    await turns()
     later = [asyncio.ensure_future(reads.read([("s1", "b" * n)])) for n in range(1, 4)]
-    await settle()
+    await turns()
     db.release.set()
 
     assert set((await alone).keys()) == {("s1", "a")}
@@ -59,10 +59,10 @@ async def test_an_error_fails_its_group_only_and_a_read_whose_request_went_away_
     db = Database(fail={2})
     reads = GatheredReads(db.fetch)
     holding = asyncio.ensure_future(reads.read([("s", "x")]))
-    await settle()
+    await turns()
     failing = [asyncio.ensure_future(reads.read([("s", f"f{n}")])) for n in range(2)]
     gone = asyncio.ensure_future(reads.read([("s", "gone")]))
-    await settle()
+    await turns()
     gone.cancel()
     db.release.set()
     await holding
@@ -71,3 +71,14 @@ async def test_an_error_fails_its_group_only_and_a_read_whose_request_went_away_
             await read
     assert gone.cancelled()
     assert (await reads.read([("s", "after")]))[("s", "after")].on_hand == 5
+
+
+async def test_reads_waiting_when_the_process_stops_are_cancelled_not_left_waiting() -> None:
+    reads = GatheredReads(Database().fetch)
+    held = asyncio.ensure_future(reads.read([("s", "held")]))
+    await turns()
+    queued = asyncio.ensure_future(reads.read([("s", "queued")]))
+    await turns()
+    reads._gathering._server.cancel()  # as the loop cancels its tasks at shutdown
+    await turns()
+    assert held.cancelled() and queued.cancelled()

@@ -22,6 +22,7 @@ from stocksync import metrics
 from stocksync.adapters import tables as t
 from stocksync.adapters.database import any_of, ids_param
 from stocksync.adapters.ledger_store import recorded_of, reservation_of
+from stocksync.aio import Gathering, settle
 from stocksync.domain.errors import InvalidRequest, Unavailable, UnknownLocation
 from stocksync.domain.model import (
     Location,
@@ -119,53 +120,23 @@ class GatheredReads:
         fetch: Callable[[list[PositionKey]], Awaitable[dict[PositionKey, Position]]],
         max_keys: int = 2_000,
     ) -> None:
-        self._fetch, self.max_keys = fetch, max_keys
-        self._waiting: list[tuple[list[PositionKey], asyncio.Future]] = []
-        self._reader: asyncio.Task | None = None
+        self._fetch = fetch
+        self._gathering: Gathering[list[PositionKey], dict[PositionKey, Position]] = Gathering(
+            self._read_group, len, max_keys
+        )
 
     async def read(self, keys: list[PositionKey]) -> dict[PositionKey, Position]:
         """The positions found of ``keys`` (and maybe of other reads' keys)."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((keys, future))
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_waiting())
-        return await future
+        return await self._gathering(keys)
 
-    async def _read_waiting(self) -> None:
-        while self._waiting:
-            group = self._take_group()
-            try:
-                found = await self._fetch(list(dict.fromkeys(key for keys, _ in group for key in keys)))
-            except asyncio.CancelledError:  # shutting down: no read waits for ever
-                for _, future in [*group, *self._waiting]:
-                    future.cancel()
-                raise
-            except Exception as error:
-                _settle(group, error)
-            else:
-                metrics.POSITION_READ_GROUP.observe(len(group))
-                _settle(group, found)
-
-    def _take_group(self) -> list[tuple[list[PositionKey], asyncio.Future]]:
-        size, taken = 0, 0
-        while taken < len(self._waiting) and (
-            taken == 0 or size + len(self._waiting[taken][0]) <= self.max_keys
-        ):
-            size += len(self._waiting[taken][0])
-            taken += 1
-        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
-        return group
-
-
-def _settle(group: list[tuple[list[PositionKey], asyncio.Future]], outcome: object) -> None:
-    """Each read's answer, or the error they met; a read whose request went away is left alone."""
-    for _, future in group:
-        if future.done():
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+    async def _read_group(self, group: list[tuple[list[PositionKey], asyncio.Future]]) -> None:
+        try:
+            found: object = await self._fetch(list(dict.fromkeys(key for keys, _ in group for key in keys)))
+            metrics.POSITION_READ_GROUP.observe(len(group))
+        except Exception as error:
+            found = error
+        for _, future in group:
+            settle(future, found)
 
 
 def _below(number: int, bound: int) -> int:

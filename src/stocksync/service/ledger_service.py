@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from stocksync import metrics, tracing
 from stocksync.adapters.faults import DATABASE_ERRORS, collided, passing_fault
 from stocksync.adapters.ledger_store import ConcurrentWrite, PostgresLedgerStore
+from stocksync.aio import Gathering, settle
 from stocksync.clock import Clock, utc_now
 from stocksync.domain.errors import Unavailable
 from stocksync.domain.events import Command, encode
@@ -202,55 +203,32 @@ class GroupCommitLedger(LedgerService):
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now, max_events: int = 500) -> None:
         super().__init__(engine, clock=clock)
-        self.max_events = max_events
-        self._waiting: list[tuple[Sequence[Command], asyncio.Future[BatchResult]]] = []
-        self._committer: asyncio.Task | None = None
+        self._gathering: Gathering[Sequence[Command], BatchResult] = Gathering(self._commit, len, max_events)
 
     async def apply(self, events: Sequence[Command]) -> BatchResult:
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append((events, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting())
-        return await future
+        return await self._gathering(events)
 
-    async def _commit_waiting(self) -> None:
-        while self._waiting:
-            group = self._take_group()
-            try:
-                result = await super().apply([event for events, _ in group for event in events])
-            except Unavailable as error:
-                _fail(group, error)
-            except Exception:
-                await self._one_by_one(group)
-            else:
-                _answer(group, result)
+    async def _commit(self, group: Group) -> None:
+        try:
+            result = await super().apply([event for events, _ in group for event in events])
+        except Unavailable as error:
+            for _, future in group:
+                settle(future, error)
+        except Exception:
+            await self._one_by_one(group)
+        else:
+            start = 0
+            for events, future in group:
+                outcomes = result.outcomes[start : start + len(events)]
+                start += len(events)
+                settle(future, msgspec.structs.replace(result, outcomes=outcomes))
 
-    def _take_group(self) -> list[tuple[Sequence[Command], asyncio.Future[BatchResult]]]:
-        size, taken = 0, 0
-        while taken < len(self._waiting) and (
-            taken == 0 or size + len(self._waiting[taken][0]) <= self.max_events
-        ):
-            size += len(self._waiting[taken][0])
-            taken += 1
-        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
-        return group
-
-    async def _one_by_one(self, group: list[tuple[Sequence[Command], asyncio.Future[BatchResult]]]) -> None:
+    async def _one_by_one(self, group: Group) -> None:
         for events, future in group:
             try:
-                future.set_result(await super().apply(events))
+                settle(future, await super().apply(events))
             except Exception as error:
-                future.set_exception(error)
+                settle(future, error)
 
 
-def _answer(group: list[tuple[Sequence[Command], asyncio.Future[BatchResult]]], result: BatchResult) -> None:
-    start = 0
-    for events, future in group:
-        outcomes = result.outcomes[start : start + len(events)]
-        start += len(events)
-        future.set_result(msgspec.structs.replace(result, outcomes=outcomes))
-
-
-def _fail(group: list[tuple[Sequence[Command], asyncio.Future[BatchResult]]], error: Exception) -> None:
-    for _, future in group:
-        future.set_exception(error)
+Group = list[tuple[Sequence[Command], asyncio.Future[BatchResult]]]
