@@ -64,7 +64,7 @@ SIZES = {
     "naive_events": (1_500, 6_000),
     "hot_events": (8_000, 60_000),
     "naive_hot_events": (1_000, 4_000),
-    "sweep_rates": ([1_000, 3_000], [250, 500, 1_000, 2_000, 4_000, 8_000]),
+    "sweep_rates": ([1_000, 3_000], [250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 8_000]),
     "sweep_seconds": (4, 10),
     "hot_latency_rate": (1_000, 1_000),
     "hot_latency_seconds": (3, 10),
