@@ -145,7 +145,7 @@ def _note_sustained(bench: Bench, name: str) -> None:
     missed = [f"{rate:,.0f}/s (p99 {p99:.1f} ms)" for rate, p99 in fixed if p99 > limit]
     bench.results.notes.append(
         f"HTTP {name}, fixed rates: p99 ≤ {limit:g} ms held up to {held[-1] if held else 'none offered'};"
-        f" missed from {missed[0] if missed else 'none offered'}"
+        f" missed from {missed[0] if missed else 'none: held at every rate offered'}"
     )
 
 
