@@ -109,7 +109,12 @@ def _spawn_nats(data_dir: Path, port: int | None, text: str) -> tuple[int, Ports
     with log_path.open("ab") as log_file:
         # A session of its own: Ctrl-C in the terminal must not kill it while other processes hold it.
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env=_server_env(),
         )
     _children[process.pid] = process
     try:
@@ -117,6 +122,14 @@ def _spawn_nats(data_dir: Path, port: int | None, text: str) -> tuple[int, Ports
     except BaseException:
         _stop_nats(process.pid, data_dir)
         raise
+
+
+def _server_env() -> dict[str, str]:
+    """The embedded nats-server shares its machine with PostgreSQL and every stocksync process: with a Go
+    thread per core its scheduler spins for work on cores the others need (on 2 cores, 36-40 against 43-49 us
+    of its CPU per mixed event, benchmarks/profiling.md). It runs on half the cores unless GOMAXPROCS is set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"GOMAXPROCS": str(max(1, cores // 2)), **os.environ}
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], data_dir: Path, log_path: Path) -> Ports:
