@@ -18,8 +18,9 @@ Answer = TypeVar("Answer")
 class Gathering(Generic[Asked, Answer]):
     """Requests that arrive while a group of them is being served gather and are served together next (a
     group commit, a shared read): under load one round trip serves many, alone a request goes at once.
-    ``serve`` answers every future of its group; a group holds requests of at most ``limit`` in ``size``
-    in all, or one larger request alone. Cancelled (the process stopping), no request waits for ever."""
+    ``serve`` answers every future of its group; an error it raises is the answer of each one it left
+    unanswered. A group holds requests of at most ``limit`` in ``size`` in all, or one larger request alone.
+    Cancelled (the process stopping), no request waits for ever."""
 
     def __init__(
         self,
@@ -47,14 +48,17 @@ class Gathering(Generic[Asked, Answer]):
                 for _, future in [*group, *self._waiting]:
                     future.cancel()
                 raise
+            except Exception as error:
+                for _, future in group:
+                    settle(future, error)
 
     def _take_group(self) -> list[tuple[Asked, asyncio.Future[Answer]]]:
         size, taken = 0, 0
-        while taken < len(self._waiting) and (
-            taken == 0 or size + self._size(self._waiting[taken][0]) <= self.limit
-        ):
-            size += self._size(self._waiting[taken][0])
-            taken += 1
+        while taken < len(self._waiting):
+            more = self._size(self._waiting[taken][0])
+            if taken and size + more > self.limit:
+                break
+            size, taken = size + more, taken + 1
         group, self._waiting = self._waiting[:taken], self._waiting[taken:]
         return group
 

@@ -130,11 +130,9 @@ class GatheredReads:
         return await self._gathering(keys)
 
     async def _read_group(self, group: list[tuple[list[PositionKey], asyncio.Future]]) -> None:
-        try:
-            found: object = await self._fetch(list(dict.fromkeys(key for keys, _ in group for key in keys)))
-            metrics.POSITION_READ_GROUP.observe(len(group))
-        except Exception as error:
-            found = error
+        """One statement for the group's keys; an error is every read's (`Gathering`)."""
+        found = await self._fetch(list(dict.fromkeys(key for keys, _ in group for key in keys)))
+        metrics.POSITION_READ_GROUP.observe(len(group))
         for _, future in group:
             settle(future, found)
 

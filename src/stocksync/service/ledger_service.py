@@ -211,9 +211,8 @@ class GroupCommitLedger(LedgerService):
     async def _commit(self, group: Group) -> None:
         try:
             result = await super().apply([event for events, _ in group for event in events])
-        except Unavailable as error:
-            for _, future in group:
-                settle(future, error)
+        except Unavailable:
+            raise  # a passing fault: every request of the group gets it (`Gathering`), none is tried alone
         except Exception:
             await self._one_by_one(group)
         else:
