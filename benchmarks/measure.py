@@ -77,10 +77,12 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
     say(f"- {key}: {spec.events:,} events at {rate:,.0f}/s offered{' (one hot sku)' if spec.hot else ''}")
     messages = await prepare_messages(spec, group.bench.stock_file, group.log_dir)
     before = await scrape.scrape(group.services)
-    published = await publish(
-        group.infra, spec, messages, group.log_dir, rate=rate, latency=True, wait=timeout
-    )
-    state = await settle(group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout)
+    sampler = group.sampler()
+    with sampler:
+        published = await publish(
+            group.infra, spec, messages, group.log_dir, rate=rate, latency=True, wait=timeout
+        )
+        state = await settle(group.url, group.infra.nats_url, spec.prefix, published["unique"], timeout)
     inside = scrape.summary(before, await scrape.scrape(group.services))
     ledger = await ledger_rate(group.url, spec.prefix, published["wall_start"], published["wall_end"])
     lat, seen = published["latency_ms"], published["availability_latency_ms"]
@@ -104,6 +106,7 @@ async def latency_run(group: Group, key: str, spec: WorkloadSpec, rate: float) -
         "outcomes_matched": published["outcomes_matched"],
         "ledger": ledger,
         "end_state": state,
+        "cpu_seconds": sampler.cpu_seconds_with("publisher", published["cpu_seconds"]),
     }
     _consistency(results, key, published, state, ledger)
     results.check(

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks.results import PIPELINE, cpu_per_event
 from benchmarks.scenarios.mixed import BURST, PROBE
 from benchmarks.workload import WorkloadSpec, hot_position
 
@@ -44,7 +45,6 @@ def _verdict(ok: bool | None) -> str:
 CHANNEL_COST_TARGET = 0.15  # issue 11: channel publishing costs the mixed event throughput less than 15%
 
 
-PIPELINE = ("worker", "relay", "postgres", "nats-server", "publisher")
 CPU_PER_EVENT_TARGET = 200  # issue 13: 10,000 events/s on two cores leaves 200 µs of CPU per event in all
 CPU_SHARES = (  # what each process spends its share on, per event (benchmarks/profiling.md has the profiles)
     (
@@ -70,15 +70,6 @@ CPU_SHARES = (  # what each process spends its share on, per event (benchmarks/p
     ),
     ("publisher", "the load generator's pipelined publishes: the tills' side, on the same cores here"),
 )
-
-
-def cpu_per_event(sc: dict) -> dict[str, float] | None:
-    """CPU microseconds per recorded event of each pipeline process, and their total."""
-    cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
-    if not n or not cpu:
-        return None
-    shares = {name: cpu.get(name, 0) / n * 1e6 for name in PIPELINE}
-    return {**shares, "total": sum(shares.values())}
 
 
 def _cpu_section(results) -> list[str]:
@@ -714,19 +705,24 @@ def markdown(results, plot_name: str | None) -> str:
         out += [f"![latency against offered load]({plot_name})", ""]
     out += [
         "| offered events/s | reached | p50 ms | p95 ms | p99 ms | max ms | p99 to the availability message ms "
-        "(events timed) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "(events timed) | pipeline cores busy | pipeline CPU µs/event |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for x in results.sweep:
         out.append(
             f"| {x['offered']:,} | {_num(x['reached'])} | {_num(x['p50'], 1)} | {_num(x['p95'], 1)} | "
             f"{_num(x['p99'], 1)} | {_num(x['max'], 1)} | {_num(x.get('availability_p99'), 1)} "
-            f"({_num(x.get('availability_timed'))}) |"
+            f"({_num(x.get('availability_timed'))}) | {_num(x.get('cores'), 2)} | {_num(x.get('cpu_per_event'))} |"
         )
     out += [
         "",
-        "The last column times only the events whose one position no other event of the run touches (the "
-        "first availability message on its subject is then its own): fewer, and less popular skus.",
+        "The availability column times only the events whose one position no other event of the run touches "
+        "(the first availability message on its subject is then its own): fewer, and less popular skus. "
+        "*Pipeline cores busy*: the CPU seconds of the worker, the relay, PostgreSQL, nats-server and the "
+        "publisher (which also receives every outcome here) over the run's wall time, of the machine's "
+        f"{results.machine.get('nproc', '?')}. The worker takes what has arrived whenever it is free, so at a low rate it runs many "
+        "small batches, each with the fixed cost of its transaction, its pull and the relay's pass: the cores "
+        "stay busy and the CPU per event falls as the rate rises and batches grow, until they are full.",
     ]
     if probe := results.scenarios.get(PROBE):
         seen, lat = probe.get("availability_latency_ms") or {}, probe["latency_ms"]

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PIPELINE = ("worker", "relay", "postgres", "nats-server", "publisher")
+
+
+def cpu_per_event(sc: dict) -> dict[str, float] | None:
+    """CPU microseconds per recorded event of each pipeline process, and their total."""
+    cpu, n = sc.get("cpu_seconds") or {}, sc["ledger"]["recorded"]
+    if not n or not cpu:
+        return None
+    shares = {name: cpu.get(name, 0) / n * 1e6 for name in PIPELINE}
+    return {**shares, "total": sum(shares.values())}
+
+
+def pipeline_load(sc: dict) -> dict[str, float]:
+    """How many cores the pipeline's processes kept busy over a run, and their CPU per event: where the two
+    cores fill, a fixed rate starts to queue (the latency sweep's knee)."""
+    per, wall = cpu_per_event(sc), (sc.get("cpu_seconds") or {}).get("wall seconds")
+    if not per or not wall:
+        return {}
+    return {"cores": per["total"] * sc["ledger"]["recorded"] / 1e6 / wall, "cpu_per_event": per["total"]}
+
 
 @dataclass
 class Results:

@@ -16,7 +16,7 @@ from benchmarks.infra import fetchval, run_module, stocksync_env
 from benchmarks.ledger import settle
 from benchmarks.measure import latency_run, throughput
 from benchmarks.plan import Bench
-from benchmarks.results import say
+from benchmarks.results import pipeline_load, say
 from benchmarks.workload import ONLINE, WAREHOUSE, WorkloadSpec, store_ids
 
 MIXED = "mixed"
@@ -34,7 +34,12 @@ def bench_channels(spec: WorkloadSpec) -> list[dict]:
     """The channels of the second mixed run: every store in both (a location may be in several channels)."""
     stores = store_ids(spec)
     return [
-        {"channel_id": "web", "name": "Bench web shop", "locations": [WAREHOUSE, ONLINE, *stores], "buffer": 2},
+        {
+            "channel_id": "web",
+            "name": "Bench web shop",
+            "locations": [WAREHOUSE, ONLINE, *stores],
+            "buffer": 2,
+        },
         {"channel_id": "stores", "name": "Bench ship-from-store", "locations": stores, "buffer": 0},
     ]
 
@@ -55,6 +60,7 @@ async def run(bench: Bench) -> None:
                     **scenario["latency_ms"],
                     "availability_p99": seen.get("p99"),
                     "availability_timed": scenario["availability_timed"],
+                    **pipeline_load(scenario),
                 }
             )
         await after_burst(group)
@@ -108,7 +114,9 @@ async def caught_up(group: Group) -> float:
     else a run would pay for it, with the relay's bucket writes at their slowest (a key not yet seen is read
     before it is written), and runs that waited would be compared with runs that did not. Returns the seconds."""
     started = time.perf_counter()
-    state = await settle(group.url, group.infra.nats_url, "no-such-prefix", 0, group.bench.plan.timeout_for(50_000))
+    state = await settle(
+        group.url, group.infra.nats_url, "no-such-prefix", 0, group.bench.plan.timeout_for(50_000)
+    )
     if not state.get("settled"):
         raise RuntimeError(f"the relay did not catch up with the clone's outbox: {state}")
     return time.perf_counter() - started
@@ -130,7 +138,10 @@ async def define_channels(group: Group, channels: list[dict]) -> float:
             await put_channel(
                 engine,
                 Channel(
-                    channel_id=c["channel_id"], name=c["name"], locations=tuple(c["locations"]), buffer=c["buffer"]
+                    channel_id=c["channel_id"],
+                    name=c["name"],
+                    locations=tuple(c["locations"]),
+                    buffer=c["buffer"],
                 ),
             )
     finally:

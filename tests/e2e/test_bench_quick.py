@@ -89,6 +89,14 @@ def test_latency_runs_saw_every_outcome(bench: dict) -> None:
     assert [point["offered"] for point in bench["sweep"]] == bench["plan"]["sweep_rates"]
 
 
+def test_the_sweep_says_how_busy_the_cores_were_at_each_rate(bench: dict) -> None:
+    """The knee is where the cores fill: each rate's pipeline CPU, over the run's wall time and per event."""
+    for point in bench["sweep"]:
+        assert 0 < point["cores"] <= int(bench["machine"]["nproc"]) + 0.5, point
+        assert point["cpu_per_event"] > 0, point
+    assert "| pipeline cores busy | pipeline CPU µs/event |" in bench["_report"]
+
+
 def test_the_probe_after_a_burst_times_every_event_to_its_own_availability_message(bench: dict) -> None:
     burst, probe = (bench["scenarios"][key] for key in (BURST, PROBE))
     assert burst["ledger"]["recorded"] == bench["plan"]["burst_events"]
