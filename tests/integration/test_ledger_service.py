@@ -354,6 +354,38 @@ class TestServiceWholeBatch(ServiceBackend):
 # -- exactly once -----------------------------------------------------------------------------------------
 
 
+async def test_many_identifiers_cross_joined_and_come_back_each_itself(engine):
+    """Skus, locations and event ids travel joined (`ledger_store.joined`): 300 of each, and the odd ones the
+    contract allows (dots, colons, spaces in event ids), are each stored against its own position."""
+    shops = await new_locations(engine, 3)
+    skus = [f"{unique('sku')}.{n}" for n in range(100)]
+    events = [
+        receipt(shop, {sku: n + 1}, event_id=f"till 7: {unique('e')}")
+        for shop in shops
+        for n, sku in enumerate(skus)
+    ]
+    result = await service(engine).apply(events)
+    assert {o.outcome for o in result.outcomes} == {"applied"}
+    stored = await stored_positions(engine, *shops)
+    assert {key: numbers["on_hand"] for key, numbers in stored.items()} == {
+        (shop, sku): n + 1 for shop in shops for n, sku in enumerate(skus)
+    }
+    recorded = await rows(
+        engine, "SELECT count(*) AS n FROM processed_events WHERE location_id = ANY(:ids)", ids=shops
+    )
+    assert recorded[0].n == 300
+
+
+async def test_an_identifier_holding_the_separator_fails_its_batch_and_writes_nothing(engine):
+    """The contract refuses control characters in ids at the edge; one built past it must fail its batch
+    (the worker then isolates and dead-letters it), never be split into other positions."""
+    (shop,) = await new_locations(engine)
+    sku = unique("sku")
+    with pytest.raises(ValueError, match="identifier"):
+        await service(engine).apply([receipt(shop, {sku: 1}), receipt(shop, {f"{sku}\x1fother": 5})])
+    assert await stored_positions(engine, shop) == {}
+
+
 async def test_an_event_delivered_five_times_moves_stock_once(engine):
     (shop,) = await new_locations(engine)
     a = unique("sku")
