@@ -1,10 +1,15 @@
 """Pull requests to a JetStream consumer, without nats-py's ``fetch``: it costs ≈ 22 µs of CPU a message (a
 ``wait_for`` per message), a subscription callback appending to a list ≈ 4 (benchmarks/profiling.md).
 
-One request is open at a time: ``{"batch": n, "expires": ns}``, no ``no_wait`` and no idle heartbeat. It stays
-open while its messages are applied, so the next batch gathers meanwhile, and a message that arrives alone is
-handed over at once. Each request has its own reply subject, so a late status of an older request (its 408)
-cannot end the current one; a message (it comes on its stream subject) of an older one is kept as any other.
+One request is open at a time, asked by `Pull.fetch`, which waits for it to end: ``{"batch": n, "expires": ns, "no_wait":
+true}``, for which the server waits for a first message (up to ``expires``), then sends what the stream holds
+and ends the request (404). So a message that arrives alone is handed over at once, and what arrives while a
+batch is applied stays in the stream until the next fetch takes it in one delivery: a request left open during
+the apply would have delivered each message as it came, each its own wakeup and socket read here and its own
+write in nats-server (benchmarks/profiling.md). With messages already in hand a fetch asks without ``expires``,
+for what the stream holds now. No idle heartbeat. Each request has its own reply subject, so a late status of
+an older request (its 408) cannot end the current one; a message (it comes on its stream subject) of an older
+one is kept as any other.
 
 A request ends when it has delivered its batch, on a status that ends a pull (404 no messages, 408 expired,
 409 leadership change, max waiting exceeded, consumer deleted), or at its expiry: a reconnect, a NATS restart
@@ -60,35 +65,44 @@ class Pull:
         self.msgs = []
 
     async def fetch(self, timeout: float) -> list[Msg]:
-        """What has arrived, up to ``batch``; if nothing has, what arrives within ``timeout`` (or nothing)."""
+        """What the stream holds for us now, up to ``batch``; if nothing, what arrives first within ``timeout``
+        (or nothing)."""
         loop = asyncio.get_running_loop()
-        if not self.msgs:
-            await self._ask(timeout)
-            await self._wait(loop, min(timeout, self._until - loop.time()))
+        if len(self.msgs) < self.batch:
+            await self._ask(timeout, wait=not self.msgs)
+            await self._wait(loop, self._until - loop.time())
         if self._failure is not None:
             failure, self._failure = self._failure, None
             APIError.from_msg(failure)
         taken, self.msgs = self.msgs[: self.batch], self.msgs[self.batch :]
         now = loop.time()
         self.waited, self.first_at = now - self.first_at, now  # the rest arrived before now: a lower bound
-        await self._ask(timeout)  # the next batch gathers while this one is applied
         return taken
 
-    async def _ask(self, expires_s: float) -> None:
-        """A new request, unless one is open or enough messages wait."""
+    async def _ask(self, expires_s: float, wait: bool) -> None:
+        """A new request, unless one is open: for what the stream holds now, and if it holds nothing and
+        ``wait``, for the first message to come within ``expires_s`` (``no_wait`` with ``expires``)."""
         now = asyncio.get_running_loop().time()
-        wanted = self.batch - len(self.msgs)
-        if (self._owed > 0 and now < self._until) or wanted <= 0:
+        if self._open(now):
             return
+        wanted = self.batch - len(self.msgs)
         self._requests += 1
         self._reply = f"{self.inbox}.{self._requests}"
         self._owed, self._until = wanted, now + expires_s
-        body = b'{"batch":%d,"expires":%d}' % (wanted, int(expires_s * 1e9))
+        if wait:
+            body = b'{"batch":%d,"expires":%d,"no_wait":true}' % (wanted, int(expires_s * 1e9))
+        else:
+            body = b'{"batch":%d,"no_wait":true}' % wanted
         await self.nc.publish(self.subject, body, reply=self._reply)
 
+    def _open(self, now: float) -> bool:
+        return self._owed > 0 and now < self._until
+
     async def _wait(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        """Until a message or a status arrives, or ``seconds`` pass (a bare future: a cancellation is never
-        lost, as it may be in Python 3.11's ``wait_for``)."""
+        """Until the open request ends (its batch delivered, a status, a failure) or ``seconds`` pass (a bare
+        future: a cancellation is never lost, as it may be in Python 3.11's ``wait_for``)."""
+        if not self._open(loop.time()):
+            return
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(max(seconds, 0.0), _wake, waiter)
         try:
@@ -110,7 +124,7 @@ class Pull:
             self._owed = 0
         else:
             self._failure = msg
-        if self._waiter is not None:
+        if self._waiter is not None and (self._owed <= 0 or self._failure is not None):
             _wake(self._waiter)
 
 
