@@ -712,7 +712,8 @@ def markdown(results, plot_name: str | None) -> str:
         out.append(
             f"| {x['offered']:,} | {_num(x['reached'])} | {_num(x['p50'], 1)} | {_num(x['p95'], 1)} | "
             f"{_num(x['p99'], 1)} | {_num(x['max'], 1)} | {_num(x.get('availability_p99'), 1)} "
-            f"({_num(x.get('availability_timed'))}) | {_num(x.get('cores'), 2)} | {_num(x.get('cpu_per_event'))} |"
+            f"({_num(x.get('availability_timed'))}) | {_num(x.get('cores'), 2)} | "
+            f"{_num(x.get('cpu_per_event'))} |"
         )
     out += [
         "",
@@ -720,9 +721,10 @@ def markdown(results, plot_name: str | None) -> str:
         "(the first availability message on its subject is then its own): fewer, and less popular skus. "
         "*Pipeline cores busy*: the CPU seconds of the worker, the relay, PostgreSQL, nats-server and the "
         "publisher (which also receives every outcome here) over the run's wall time, of the machine's "
-        f"{results.machine.get('nproc', '?')}. The worker takes what has arrived whenever it is free, so at a low rate it runs many "
-        "small batches, each with the fixed cost of its transaction, its pull and the relay's pass: the cores "
-        "stay busy and the CPU per event falls as the rate rises and batches grow, until they are full.",
+        f"{results.machine.get('nproc', '?')}. The worker takes what has arrived whenever it is free, so at a "
+        "low rate it runs many small batches, each with the fixed cost of its transaction, its pull and the "
+        "relay's pass: the cores stay busy and the CPU per event falls as the rate rises and batches grow, "
+        "until they are full.",
     ]
     if probe := results.scenarios.get(PROBE):
         seen, lat = probe.get("availability_latency_ms") or {}, probe["latency_ms"]

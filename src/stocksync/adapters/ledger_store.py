@@ -106,9 +106,9 @@ _UPDATE_POSITIONS = f"""
     SET on_hand = v.on_hand, reserved = v.reserved, damaged = v.damaged, safety_stock = v.safety_stock,
         version = v.version, last_count_at = v.last_count_at, updated_at = :{{p}}now
     FROM unnest({_texts("{p}locations")}, {_texts("{p}skus")},
-                CAST(:{{p}}on_hand AS bigint[]), CAST(:{{p}}reserved AS bigint[]), CAST(:{{p}}damaged AS bigint[]),
-                CAST(:{{p}}safety_stock AS bigint[]), CAST(:{{p}}version AS bigint[]),
-                CAST(:{{p}}last_count_at AS timestamptz[]))
+                CAST(:{{p}}on_hand AS bigint[]), CAST(:{{p}}reserved AS bigint[]),
+                CAST(:{{p}}damaged AS bigint[]), CAST(:{{p}}safety_stock AS bigint[]),
+                CAST(:{{p}}version AS bigint[]), CAST(:{{p}}last_count_at AS timestamptz[]))
          AS v(location_id, sku, on_hand, reserved, damaged, safety_stock, version, last_count_at)
     WHERE p.location_id = v.location_id AND p.sku = v.sku
     RETURNING 1
@@ -545,7 +545,8 @@ def _unnest_insert(
     table_name: str, columns: tuple[str, ...], on_conflict: str = ""
 ) -> tuple[str, frozenset[str]]:
     """``INSERT ... SELECT FROM unnest(arrays)``: one statement and a bind parameter per column however many
-    rows, where executemany pays per row; and the columns sent `joined` (the identifiers: text, never NULL)."""
+    rows, where executemany pays per row; and the columns sent `joined` (the identifiers: text, never
+    NULL)."""
     table = t.metadata.tables[table_name]
     arrays, values, identifiers = [], [], set()
     for name in columns:

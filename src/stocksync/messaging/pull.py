@@ -1,13 +1,13 @@
 """Pull requests to a JetStream consumer, without nats-py's ``fetch``: it costs ≈ 22 µs of CPU a message (a
 ``wait_for`` per message), a subscription callback appending to a list ≈ 4 (benchmarks/profiling.md).
 
-One request is open at a time, asked by `Pull.fetch`, which waits for it to end: ``{"batch": n, "expires": ns, "no_wait":
-true}``, for which the server waits for a first message (up to ``expires``), then sends what the stream holds
-and ends the request (404). So a message that arrives alone is handed over at once, and what arrives while a
-batch is applied stays in the stream until the next fetch takes it in one delivery: a request left open during
-the apply would have delivered each message as it came, each its own wakeup and socket read here and its own
-write in nats-server (benchmarks/profiling.md). With messages already in hand a fetch asks without ``expires``,
-for what the stream holds now. No idle heartbeat. Each request has its own reply subject, so a late status of
+One request is open at a time, asked by `Pull.fetch`, which waits for it to end: ``{"batch": n, "expires":
+ns, "no_wait": true}``, for which the server waits for a first message (up to ``expires``), then sends what the
+stream holds and ends the request (404). So a message that arrives alone is handed over at once, and what
+arrives while a batch is applied stays in the stream until the next fetch takes it in one delivery: a request
+left open during the apply would have delivered each message as it came, each its own wakeup and socket read
+here and its own write in nats-server (benchmarks/profiling.md). With messages already in hand a fetch asks
+without ``expires``, for what the stream holds now. No idle heartbeat. Each request has its own reply subject, so a late status of
 an older request (its 408) cannot end the current one; a message (it comes on its stream subject) of an older
 one is kept as any other.
 
@@ -65,8 +65,8 @@ class Pull:
         self.msgs = []
 
     async def fetch(self, timeout: float) -> list[Msg]:
-        """What the stream holds for us now, up to ``batch``; if nothing, what arrives first within ``timeout``
-        (or nothing)."""
+        """What the stream holds for us now, up to ``batch``; if nothing, what arrives first within
+        ``timeout`` (or nothing)."""
         loop = asyncio.get_running_loop()
         if len(self.msgs) < self.batch:
             await self._ask(timeout, wait=not self.msgs)
