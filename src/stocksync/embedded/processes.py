@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import random
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -12,12 +13,46 @@ from pathlib import Path
 
 import psutil
 
+_issued: set[int] = set()  # the ports `free_port` handed out in this process
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS just found free (it may be taken again before use; prefer letting servers pick)."""
+    """A TCP port found free just now, never one this process handed out before, and below the kernel's range
+    for outgoing connections: a port the OS picks (bind to 0) comes from that range, where any client's
+    connect may take it before the server meant to have it binds it. Another process may still take it
+    first: prefer letting servers pick."""
+    below = _outgoing_ports_start()
+    for _ in range(200):
+        port = random.randrange(_LOWEST_PORT, below) if below > _LOWEST_PORT else _os_port(host)
+        if port not in _issued and _bindable(host, port):
+            _issued.add(port)
+            return port
+    raise OSError("no free TCP port found")
+
+
+_LOWEST_PORT = 10_000  # below: the well-known and registered services' usual ports
+
+
+def _outgoing_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default, and near enough elsewhere
+
+
+def _os_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def terminate(process: subprocess.Popen | None, timeout: float = 30) -> int | None:
